@@ -1,0 +1,43 @@
+# Lacuna: set-up, run, demo and tests on Debian 12 (as root) or any machine with dcmtk,
+# dicom3tools and Python 3.11. Every target sets up what it needs first.
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+APT_PACKAGES := dcmtk dicom3tools
+LACUNA_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+export LACUNA_TEST_POSTGRES_URL
+
+.PHONY: setup system-deps serve demo test test-all lint
+
+setup: system-deps $(STAMP)
+
+# DICOM peers and validators from Debian: dcmtk (storescu/storescp/echoscu), dicom3tools (dciodvfy).
+system-deps:
+	@if ! command -v storescp >/dev/null || ! command -v dciodvfy >/dev/null \
+	    || ! $(PYTHON) -c "import ensurepip" 2>/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    $(APT_PACKAGES) python3-venv >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+serve: setup
+	$(VENV)/bin/lacuna serve
+
+demo: setup
+	$(VENV)/bin/lacuna demo
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+test-all: setup
+	$(VENV)/bin/python -m pytest -m ''
+
+lint: setup
+	$(VENV)/bin/ruff check node models training tests bench
+	$(VENV)/bin/mypy

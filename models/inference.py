@@ -1,0 +1,220 @@
+"""Two-stage inference: segment lesion areas on T2 FLAIR, classify each lesion on T1 FLAIR,
+correct the label map.
+
+All arrays are ``(slices, rows, cols)`` on the T2 FLAIR grid, slices ordered along the slice
+normal. Spacings are in mm.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+from skimage.measure import label, regionprops
+
+from models.package import PRIMARY_FILE, SECONDARY_FILE, ModelManifest, verify_package
+from models.preprocessing import extract_roi, from_model_grid, normalise_volume, to_model_grid
+
+logger = logging.getLogger(__name__)
+
+WARM_UP_SLICES = 24  # a typical 2D FLAIR study
+
+
+class LesionClass(StrEnum):
+    FCI = "FCI"  # focal cerebral ischemia: bright on T2 FLAIR, iso on T1 FLAIR
+    LACI = "LACI"  # lacunar infarction: bright on T2 FLAIR, dark on T1 FLAIR
+    UNCLASSIFIED = "UNCLASSIFIED"  # no T1 FLAIR at the lesion's slices
+
+
+LABEL_VALUES: dict[LesionClass, int] = {
+    LesionClass.FCI: 1,
+    LesionClass.LACI: 2,
+    LesionClass.UNCLASSIFIED: 3,
+}
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One 3D connected component. ``slices`` index the T2 FLAIR stack in normal order."""
+
+    number: int
+    lesion_class: LesionClass
+    laci_probability: float | None
+    voxel_count: int
+    volume_mm3: float
+    largest_area_mm2: float
+    slices: tuple[int, ...]
+    centroid: tuple[float, float, float]  # (slice, row, col) in voxels
+
+
+@dataclass(frozen=True)
+class LesionSegmentation:
+    """``labels`` holds :data:`LABEL_VALUES`; ``lesion_numbers`` holds each voxel's lesion."""
+
+    labels: np.ndarray
+    lesion_numbers: np.ndarray
+    lesions: tuple[Lesion, ...]
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    input_matrix: tuple[int, int]
+    lesion_threshold: float
+    laci_threshold: float
+    min_lesion_voxels: int
+
+    @classmethod
+    def from_manifest(cls, manifest: ModelManifest) -> InferenceSettings:
+        return cls(
+            input_matrix=manifest.input_matrix,
+            lesion_threshold=manifest.lesion_threshold,
+            laci_threshold=manifest.laci_threshold,
+            min_lesion_voxels=manifest.min_lesion_voxels,
+        )
+
+
+class TwoStageEngine:
+    """Holds both networks, loaded once; :meth:`segment` runs a whole study."""
+
+    def __init__(self, primary: object, secondary: object, settings: InferenceSettings) -> None:
+        self._primary = primary
+        self._secondary = secondary
+        self.settings = settings
+
+    @classmethod
+    def load(cls, package_dir: Path) -> TwoStageEngine:
+        """Verify the package's checksums, then load both networks (TensorFlow imported here)."""
+        manifest = verify_package(package_dir)
+        import keras  # imported late: the SCP process never pays for TensorFlow
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            try:  # share the card with other processes instead of taking all its memory
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # already initialised by an earlier load in this process
+                pass
+        devices = [device.name for device in tf.config.list_logical_devices()]
+        logger.info("loading model %s %s on devices %s", manifest.name, manifest.version, devices)
+        primary = keras.saving.load_model(package_dir / PRIMARY_FILE, compile=False)
+        secondary = keras.saving.load_model(package_dir / SECONDARY_FILE, compile=False)
+        engine = cls(primary, secondary, InferenceSettings.from_manifest(manifest))
+        engine.warm_up()
+        return engine
+
+    def warm_up(self, slices: int = WARM_UP_SLICES) -> None:
+        """Run both networks once on zeros of a typical study's size. The first call at a new
+        largest batch costs seconds (TensorFlow's CPU kernels and buffers are set up then);
+        this moves that cost from the first study to model loading."""
+        _predict(self._primary, np.zeros((slices, *self.settings.input_matrix, 1), np.float32))
+        self.classify_rois(np.zeros((4 * slices, 64, 64), np.float32))
+
+    def predict_lesion_probability(self, t2: np.ndarray) -> np.ndarray:
+        """Primary network over all slices in one batched call; returns (slices, rows, cols)."""
+        normalised = normalise_volume(t2)
+        batch = to_model_grid(normalised, self.settings.input_matrix)[..., np.newaxis]
+        probability = _predict(self._primary, batch)[..., 1]
+        return np.clip(from_model_grid(probability, t2.shape[1:]), 0.0, 1.0)
+
+    def classify_rois(self, rois: np.ndarray) -> np.ndarray:
+        """Secondary network over ``(n, 64, 64)`` ROIs in one call; returns P(LACI), ``(n,)``."""
+        if len(rois) == 0:
+            return np.zeros((0,), dtype=np.float32)
+        return _predict(self._secondary, rois[..., np.newaxis]).reshape(-1)
+
+    def segment(
+        self,
+        t2: np.ndarray,
+        t1: np.ndarray | None,
+        t1_available: np.ndarray | None,
+        pixel_spacing_mm: tuple[float, float],
+        slice_spacing_mm: float,
+    ) -> LesionSegmentation:
+        """Segment and classify a study.
+
+        ``t1`` is T1 FLAIR already resampled onto the T2 grid, or None; ``t1_available[k]`` is
+        False where T2 slice ``k`` has no T1 FLAIR counterpart.
+        """
+        if t1 is not None and t1.shape != t2.shape:
+            raise ValueError(f"T1 FLAIR shape {t1.shape} differs from T2 FLAIR {t2.shape}")
+        probability = self.predict_lesion_probability(t2)
+        components = label(probability >= self.settings.lesion_threshold, connectivity=2)
+        regions = [
+            region
+            for region in regionprops(components)
+            if region.area >= self.settings.min_lesion_voxels
+        ]
+        regions.sort(key=lambda region: tuple(region.centroid))
+
+        available = (
+            np.zeros(t2.shape[0], dtype=bool)
+            if t1 is None or t1_available is None
+            else np.asarray(t1_available, dtype=bool)
+        )
+        # Stage two: one ROI per lesion per slice it occupies, on the model grid.
+        rois: list[np.ndarray] = []
+        roi_owner: list[tuple[int, int]] = []  # (region index, pixel count on that slice)
+        if t1 is not None and available.any():
+            t1_model = to_model_grid(
+                normalise_volume(np.where(available[:, None, None], t1, 0.0)),
+                self.settings.input_matrix,
+            )
+            row_scale = self.settings.input_matrix[0] / t2.shape[1]
+            col_scale = self.settings.input_matrix[1] / t2.shape[2]
+            for index, region in enumerate(regions):
+                for slice_index in np.unique(region.coords[:, 0]):
+                    if not available[slice_index]:
+                        continue
+                    in_slice = region.coords[region.coords[:, 0] == slice_index]
+                    # Centres of pixels map to (i + 0.5) * scale - 0.5 on the resized grid.
+                    centre_row = (in_slice[:, 1].mean() + 0.5) * row_scale - 0.5
+                    centre_col = (in_slice[:, 2].mean() + 0.5) * col_scale - 0.5
+                    rois.append(extract_roi(t1_model[slice_index], centre_row, centre_col))
+                    roi_owner.append((index, len(in_slice)))
+        laci = self.classify_rois(np.stack(rois) if rois else np.zeros((0, 64, 64), np.float32))
+
+        weighted = np.zeros(len(regions))
+        weights = np.zeros(len(regions))
+        for (index, pixels), p in zip(roi_owner, laci, strict=True):
+            weighted[index] += pixels * float(p)
+            weights[index] += pixels
+
+        # Correct the segmentation with the secondary network's verdicts.
+        labels = np.zeros(t2.shape, dtype=np.uint8)
+        numbers = np.zeros(t2.shape, dtype=np.uint16)
+        pixel_area = float(pixel_spacing_mm[0] * pixel_spacing_mm[1])
+        lesions: list[Lesion] = []
+        for index, region in enumerate(regions):
+            p_laci: float | None = None
+            lesion_class = LesionClass.UNCLASSIFIED
+            if weights[index] > 0:
+                p_laci = float(weighted[index] / weights[index])
+                lesion_class = (
+                    LesionClass.LACI if p_laci >= self.settings.laci_threshold else LesionClass.FCI
+                )
+            coords = region.coords
+            labels[coords[:, 0], coords[:, 1], coords[:, 2]] = LABEL_VALUES[lesion_class]
+            numbers[coords[:, 0], coords[:, 1], coords[:, 2]] = index + 1
+            slices, counts = np.unique(coords[:, 0], return_counts=True)
+            lesions.append(
+                Lesion(
+                    number=index + 1,
+                    lesion_class=lesion_class,
+                    laci_probability=None if p_laci is None else round(p_laci, 4),
+                    voxel_count=int(region.area),
+                    volume_mm3=float(region.area) * pixel_area * slice_spacing_mm,
+                    largest_area_mm2=float(counts.max()) * pixel_area,
+                    slices=tuple(int(s) for s in slices),
+                    centroid=tuple(float(c) for c in region.centroid),  # type: ignore[arg-type]
+                )
+            )
+        return LesionSegmentation(labels=labels, lesion_numbers=numbers, lesions=tuple(lesions))
+
+
+def _predict(model: object, batch: np.ndarray) -> np.ndarray:
+    import keras
+
+    output = model(batch, training=False)  # type: ignore[operator]
+    return np.asarray(keras.ops.convert_to_numpy(output), dtype=np.float32)

@@ -1,0 +1,94 @@
+"""Network builders for the two-stage method of Liu et al. (BMC Med Inform Decis Mak 2021).
+
+The *primary network* is a U-Net that segments lesion areas on T2 FLAIR (task b: background and
+lesion). The *secondary network* is a small CNN that tells focal cerebral ischemia (FCI) from
+lacunar infarction (LACI) on a T1 FLAIR ROI. Only stock Keras layers are used, so the saved
+``.keras`` files load without this module.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from models.preprocessing import ROI_INPUT_SIZE
+
+PRIMARY_DEPTH = 5  # encoding path: 5 levels x 2 convolutions = the paper's 10 convolutions
+# Keras' default BN momentum (0.99) leaves the moving statistics behind the weights after the
+# few thousand steps a CPU training run takes; inference then misses lesions it saw in training.
+BN_MOMENTUM = 0.9
+
+
+def _conv_bn_relu(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_primary_network(
+    input_shape: tuple[int | None, int | None, int] = (None, None, 1),
+    base_filters: int = 16,
+    num_classes: int = 2,
+) -> keras.Model:
+    """U-Net of the paper's Fig. 3.
+
+    Input ``(rows, cols, 1)`` normalised T2 FLAIR; rows and cols must be multiples of 16.
+    Output ``(rows, cols, num_classes)`` softmax; channel 1 is the lesion probability.
+    """
+    if base_filters < 1:
+        raise ValueError(f"base_filters must be positive, got {base_filters}")
+    inputs = keras.Input(shape=input_shape, name="t2_flair")
+    x = inputs
+
+    # Encoding path: two conv+BN+ReLU per level, 2x2 max-pooling between levels.
+    skips: list[keras.KerasTensor] = []
+    for level in range(PRIMARY_DEPTH):
+        filters = base_filters * 2**level
+        x = _conv_bn_relu(x, filters, f"enc{level}a")
+        x = _conv_bn_relu(x, filters, f"enc{level}b")
+        if level < PRIMARY_DEPTH - 1:
+            skips.append(x)
+            x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+
+    # Decoding path: 2x2 deconvolution halving the channels, BN+ReLU, concatenation with the
+    # encoder's feature map, then two conv+BN+ReLU.
+    for level in reversed(range(PRIMARY_DEPTH - 1)):
+        filters = base_filters * 2**level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, use_bias=False, name=f"dec{level}_up")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"dec{level}_up_bn")(x)
+        x = layers.ReLU(name=f"dec{level}_up_relu")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
+        x = _conv_bn_relu(x, filters, f"dec{level}a")
+        x = _conv_bn_relu(x, filters, f"dec{level}b")
+
+    # Two consecutive 1x1 convolutions map each feature vector to the classes.
+    x = layers.Conv2D(base_filters, 1, activation="relu", name="head_1x1")(x)
+    outputs = layers.Conv2D(num_classes, 1, activation="softmax", name="lesion_probability")(x)
+    return keras.Model(inputs, outputs, name="primary_network")
+
+
+def build_secondary_network(
+    input_shape: tuple[int, int, int] = (ROI_INPUT_SIZE, ROI_INPUT_SIZE, 1),
+    base_filters: int = 16,
+    dropout_rate: float = 0.3,
+) -> keras.Model:
+    """Classifier of the paper's Fig. 4: five 3x3 convolutions, three average poolings, two
+    fully connected layers with dropout.
+
+    Input ``(64, 64, 1)``: a gamma-corrected T1 FLAIR ROI in [0, 1].
+    Output ``(1,)``: the probability that the lesion is a lacunar infarction (LACI); below the
+    manifest's threshold it is focal cerebral ischemia (FCI).
+    """
+    inputs = keras.Input(shape=input_shape, name="t1_flair_roi")
+    x = inputs
+    for block, convolutions in enumerate((2, 2, 1)):
+        filters = base_filters * 2**block
+        for index in range(convolutions):
+            x = _conv_bn_relu(x, filters, f"block{block}_{index}")
+        x = layers.AveragePooling2D(2, name=f"block{block}_pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(dropout_rate, name="fc1_dropout")(x)
+    x = layers.Dense(64, activation="relu", name="fc1")(x)
+    x = layers.Dropout(dropout_rate, name="fc2_dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="laci_probability")(x)
+    return keras.Model(inputs, outputs, name="secondary_network")

@@ -1,0 +1,93 @@
+"""Model packages: a folder with the two ``.keras`` files and ``manifest.json``.
+
+The manifest names the package, pins every file by sha256 and carries what the node needs to
+run it (input matrix, thresholds) and what a reader needs to trust it (training data, metrics,
+intended use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+PRIMARY_FILE = "primary.keras"
+SECONDARY_FILE = "secondary.keras"
+SYNTHETIC_DATA_WARNING = (
+    "Trained on synthetic data only (MNI152-derived phantoms); not for clinical use."
+)
+
+
+class PackageError(ValueError):
+    """A model package is missing, malformed or does not match its manifest."""
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """What ``manifest.json`` holds. Thresholds are probabilities in [0, 1]."""
+
+    name: str
+    version: str
+    files: dict[str, str]  # file name -> sha256 hex digest
+    input_matrix: tuple[int, int]
+    lesion_threshold: float
+    laci_threshold: float
+    min_lesion_voxels: int
+    trained_on: str
+    intended_use: str = SYNTHETIC_DATA_WARNING
+    metrics: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelManifest:
+        try:
+            raw = json.loads(text)
+            matrix = raw.pop("input_matrix")
+            manifest = cls(input_matrix=(int(matrix[0]), int(matrix[1])), **raw)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise PackageError(f"{MANIFEST_NAME} is malformed: {error}") from error
+        for required in (PRIMARY_FILE, SECONDARY_FILE):
+            if required not in manifest.files:
+                raise PackageError(f"{MANIFEST_NAME} does not list {required}")
+        if any(size % 16 for size in manifest.input_matrix):
+            raise PackageError(f"input_matrix {manifest.input_matrix} must be multiples of 16")
+        return manifest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(package_dir: Path) -> ModelManifest:
+    path = package_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise PackageError(f"no {MANIFEST_NAME} in {package_dir}")
+    return ModelManifest.from_json(path.read_text())
+
+
+def verify_package(package_dir: Path) -> ModelManifest:
+    """Read the manifest and check every listed file's sha256; raise :class:`PackageError`."""
+    manifest = read_manifest(package_dir)
+    for name, expected in sorted(manifest.files.items()):
+        path = package_dir / name
+        if not path.is_file():
+            raise PackageError(f"{name} is listed in the manifest but missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise PackageError(f"{name}: sha256 {actual} does not match manifest {expected}")
+    return manifest
+
+
+def default_package_dir() -> Path:
+    """The package committed with the source: ``models/default``."""
+    return Path(__file__).resolve().parent / "default"

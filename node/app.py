@@ -1,0 +1,123 @@
+"""The composition root: builds the engine once, wires the services, runs the embedded node
+(SCP, scheduler and worker in one process)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import Engine
+
+from node.config import Settings
+from node.db.engine import SessionFactory, build_engine, migrate, session_factory, startup_lock, upgrade
+from node.dicom.scp import ScpContext, start_scp
+from node.services import registry
+from node.services.export import Exporter
+from node.services.intake import Intake
+from node.services.processing import EngineCache, Processor
+from node.services.scheduler import Scheduler
+from node.services.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Database:
+    engine: Engine
+    sessions: SessionFactory
+
+
+def open_database(settings: Settings, migrate: bool = True) -> Database:
+    engine = build_engine(settings.database.url)
+    if migrate:
+        upgrade(engine)
+    return Database(engine, session_factory(engine))
+
+
+def open_node_database(settings: Settings) -> Database:
+    """Migrate and, on first start, register and activate the bundled model: under one lock, so
+    an scp and workers that start together on an empty database do not race."""
+    engine = build_engine(settings.database.url)
+    sessions = session_factory(engine)
+    with startup_lock(engine):
+        migrate(engine)
+        with sessions.begin() as session:
+            if registry.ensure_default(session, settings.models.default_package):
+                logger.info("registered and activated the bundled model %s",
+                            settings.models.default_package)
+    return Database(engine, sessions)
+
+
+class EmbeddedNode:
+    """A node process. By default both roles (``lacuna serve``): the SCP listens, and a
+    background thread schedules and runs jobs. ``receive=False`` is ``lacuna worker``;
+    ``process=False`` is ``lacuna scp``, which never loads a model (nor TensorFlow). Any number
+    of either share one database and one storage root."""
+
+    def __init__(self, settings: Settings, receive: bool = True, process: bool = True) -> None:
+        if not (receive or process):
+            raise ValueError("a node must receive, process or both")
+        self.settings = settings
+        self.receive, self.process = receive, process
+        self.database = open_node_database(settings)
+        sessions = self.database.sessions
+        root = settings.storage.root
+        root.mkdir(parents=True, exist_ok=True)
+        self.intake = Intake(root, sessions)
+        self.scheduler = Scheduler(sessions, settings.study.stable_seconds)
+        self.processor = Processor(sessions, root, EngineCache())
+        self.worker = Worker(
+            sessions,
+            self.processor,
+            Exporter(sessions, root, settings.destinations, settings.scp.ae_title),
+            settings.worker,
+        )
+        self._stop = threading.Event()
+        self.model_ready = threading.Event()  # set once the active model is loaded (or failed)
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("node is not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        if self.receive:
+            self._server = start_scp(
+                self.settings.scp, ScpContext(self.intake, self.database.sessions)
+            )
+        if self.process:
+            self._thread = threading.Thread(target=self._loop, name="lacuna-worker", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            self.processor.preload()
+        except Exception:  # a broken package fails its jobs with the reason; keep serving
+            logger.exception("could not preload the active model")
+        self.model_ready.set()
+        while not self._stop.is_set():
+            try:
+                self.scheduler.run_once()
+                while not self._stop.is_set() and self.worker.run_once() is not None:
+                    self.scheduler.run_once()
+            except Exception:  # keep the loop alive; the failure is logged with its traceback
+                logger.exception("scheduler/worker loop error")
+            self._stop.wait(self.settings.worker.poll_seconds)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=120)
+        self.database.engine.dispose()
+
+    def wait(self) -> None:
+        self._stop.wait()
+
+

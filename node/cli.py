@@ -1,0 +1,276 @@
+"""``lacuna``: the admin CLI. It wires things together and holds no logic.
+
+Exit codes: 0 success, 1 failure, 2 usage error, 3 bad configuration, 4 not found or refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from node.config import Settings, load_settings
+from node.errors import ConfigError, JobError, LacunaError, ModelError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG, EXIT_REFUSED = 0, 1, 2, 3, 4
+logger = logging.getLogger("lacuna")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    # Library chatter at INFO is noise here (and pynetdicom's can describe datasets).
+    for noisy in ("pynetdicom", "alembic", "highdicom", "absl", "tensorflow", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lacuna", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML settings (default: LACUNA_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("serve", help="run the embedded node: SCP, scheduler and worker")
+    commands.add_parser("scp", help="only receive and store (never loads a model)")
+    commands.add_parser("worker", help="only schedule and run jobs (no DICOM listener)")
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(dest="action",
+                                                                           required=True)
+    db.add_parser("upgrade", help="migrate to the newest schema")
+    downgrade = db.add_parser("downgrade", help="migrate down to REVISION ('base' drops all)")
+    downgrade.add_argument("revision")
+    db.add_parser("current", help="print the schema revision")
+
+    synth = commands.add_parser("synth", help="write synthetic FLAIR studies as DICOM")
+    synth.add_argument("out", type=Path)
+    synth.add_argument("--subjects", type=int, default=1)
+    synth.add_argument("--seed", type=int, default=1)
+
+    train = commands.add_parser("train", help="train both networks on synthetic data (CPU)")
+    train.add_argument("--out", type=Path, required=True, help="folder for the model package")
+    train.add_argument("--subjects", type=int, default=40)
+    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--epochs", type=int, default=5, help="primary network epochs")
+    train.add_argument("--version", default="0.1.0")
+
+    demo = commands.add_parser("demo", help="round trip: synthetic study in, SEG + SR out")
+    demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
+    demo.add_argument("--seed", type=int, default=2026)
+
+    models = commands.add_parser("models", help="model versions").add_subparsers(
+        dest="action", required=True)
+    models.add_parser("list")
+    register = models.add_parser("register", help="verify and record a model package")
+    register.add_argument("package", type=Path)
+    activate = models.add_parser("activate", help="make NAME VERSION the active model")
+    activate.add_argument("name")
+    activate.add_argument("version")
+    models.add_parser("rollback", help="re-activate the previously active version")
+
+    jobs = commands.add_parser("jobs", help="processing jobs").add_subparsers(
+        dest="action", required=True)
+    jobs_list = jobs.add_parser("list")
+    jobs_list.add_argument("--limit", type=int, default=50)
+    show = jobs.add_parser("show")
+    show.add_argument("job_id", type=int)
+    retry = jobs.add_parser("retry", help="queue a failed or cancelled job again")
+    retry.add_argument("job_id", type=int)
+    cancel = jobs.add_parser("cancel", help="cancel a queued or failed job")
+    cancel.add_argument("job_id", type=int)
+
+    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="action", required=True)
+    audit_list = audit.add_parser("list")
+    audit_list.add_argument("--study", help="StudyInstanceUID")
+    audit_list.add_argument("--action", dest="event_action", help="e.g. job.finished")
+    audit_list.add_argument("--job", type=int)
+    audit_list.add_argument("--limit", type=int, default=100)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config, os.environ)
+    except ConfigError as error:
+        print(f"lacuna: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level)
+    handler = COMMANDS[args.command]
+    try:
+        return handler(args, settings)
+    except (ModelError, JobError) as error:
+        print(f"lacuna: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    except LookupError as error:
+        print(f"lacuna: {error.args[0] if error.args else error}", file=sys.stderr)
+        return EXIT_REFUSED
+    except LacunaError as error:
+        print(f"lacuna: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from node.app import EmbeddedNode
+
+    receive, process = {"serve": (True, True), "scp": (True, False), "worker": (False, True)}[
+        args.command
+    ]
+    logger.info("starting %s with %s", args.command,
+                json.dumps(settings.describe(), default=str))
+    node = EmbeddedNode(settings, receive=receive, process=process)
+    node.start()
+
+    def stop(signum: int, _frame: Any) -> None:
+        logger.info("signal %d: stopping", signum)
+        node.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    node.wait()
+    return EXIT_OK
+
+
+def _db(args: argparse.Namespace, settings: Settings) -> int:
+    from node.db.engine import build_engine, current_revision, downgrade, upgrade
+
+    engine = build_engine(settings.database.url)
+    if args.action == "upgrade":
+        upgrade(engine)
+    elif args.action == "downgrade":
+        downgrade(engine, args.revision)
+    print(f"schema revision: {current_revision(engine) or 'none'}")
+    return EXIT_OK
+
+
+def _synth(args: argparse.Namespace, settings: Settings) -> int:
+    from training.synth import write_studies
+
+    for study in write_studies(args.out, args.subjects, args.seed):
+        print(f"{study.folder}: {len(study.ground_truth)} lesion(s), "
+              f"{sum(len(p) for p in study.series.values())} instances")
+    return EXIT_OK
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from training.train import TrainingPlan, train_package
+
+    plan = TrainingPlan(subjects=args.subjects, seed=args.seed, primary_epochs=args.epochs,
+                        version=args.version)
+    manifest = train_package(plan, args.out)
+    print(f"wrote {manifest.name} {manifest.version} to {args.out}: {manifest.metrics}")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from node.demo import run_demo
+
+    return run_demo(args.workdir.resolve(), args.seed, settings.models)
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from node.app import open_database
+    from node.services import audit, registry
+
+    database = open_database(settings)
+    with database.sessions.begin() as session:
+        if args.action == "list":
+            for version in registry.list_versions(session):
+                marker = "*" if version.active else " "
+                print(f"{marker} {version.name} {version.version}  {version.path}  "
+                      f"registered {version.registered_at:%Y-%m-%d %H:%M}")
+            return EXIT_OK
+        if args.action == "register":
+            version = registry.register(session, args.package, audit.admin_actor())
+        elif args.action == "activate":
+            version = registry.activate(session, args.name, args.version, audit.admin_actor())
+        else:
+            version = registry.rollback(session, audit.admin_actor())
+        print(f"{args.action}: {version.name} {version.version}"
+              f"{' (active)' if version.active else ''}")
+    return EXIT_OK
+
+
+def _jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from node.app import open_database
+    from node.db.tables import Job, ModelVersion, ResultObject, Study
+    from node.services import audit
+    from node.services.job_admin import cancel_job, retry_job
+
+    database = open_database(settings)
+    with database.sessions.begin() as session:
+        if args.action in ("retry", "cancel"):
+            act = retry_job if args.action == "retry" else cancel_job
+            job = act(session, args.job_id, audit.admin_actor())
+            print(f"job {job.id}: {job.state}")
+            return EXIT_OK
+        if args.action == "list":
+            rows = session.execute(
+                select(Job, Study.study_instance_uid, ModelVersion.name, ModelVersion.version)
+                .join(Study, Job.study_id == Study.id)
+                .join(ModelVersion, Job.model_version_id == ModelVersion.id)
+                .order_by(Job.id.desc()).limit(args.limit)
+            ).all()
+            for job, study_uid, name, version in rows:
+                print(f"{job.id:>6}  {job.state:<8} {job.created_at:%Y-%m-%d %H:%M:%S}  "
+                      f"{name} {version}  {study_uid}")
+            return EXIT_OK
+        shown = session.get(Job, args.job_id)
+        if shown is None:
+            raise LookupError(f"no job {args.job_id}")
+        results = session.scalars(select(ResultObject).where(ResultObject.job_id == shown.id))
+        print(json.dumps({
+            "id": shown.id, "state": shown.state, "attempts": shown.attempts,
+            "created_at": shown.created_at.isoformat(),
+            "started_at": shown.started_at.isoformat() if shown.started_at else None,
+            "finished_at": shown.finished_at.isoformat() if shown.finished_at else None,
+            "error": shown.error, "timings_s": shown.timings,
+            "results": [{"kind": r.kind, "sop_instance_uid": r.sop_instance_uid,
+                         "path": r.path} for r in results],
+        }, indent=2))
+    return EXIT_OK
+
+
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    from node.app import open_database
+    from node.db.tables import AuditEvent
+
+    database = open_database(settings)
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(args.limit)
+    if args.study:
+        query = query.where(AuditEvent.study_instance_uid == args.study)
+    if args.event_action:
+        query = query.where(AuditEvent.action == args.event_action)
+    if args.job is not None:
+        query = query.where(AuditEvent.job_id == args.job)
+    with database.sessions.begin() as session:
+        for event in reversed(list(session.scalars(query))):
+            where = " ".join(
+                f"{k}={v}" for k, v in (
+                    ("ae", event.calling_ae), ("study", event.study_instance_uid),
+                    ("sop", event.sop_instance_uid), ("job", event.job_id),
+                    ("model", event.model_version),
+                ) if v
+            )
+            print(f"{event.id:>7} {event.occurred_at:%Y-%m-%d %H:%M:%S} {event.action:<22} "
+                  f"{event.actor:<14} {where} {json.dumps(event.details, default=str)}")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "serve": _serve, "scp": _serve, "worker": _serve, "db": _db, "synth": _synth,
+    "train": _train, "demo": _demo, "models": _models, "jobs": _jobs, "audit": _audit,
+}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""Settings: a TOML file (``--config`` or ``LACUNA_CONFIG``) with ``LACUNA_*`` environment
+overrides, validated once at start-up.
+
+Every scalar key ``[section] key`` is overridden by ``LACUNA_SECTION_KEY``; list keys take a
+comma-separated value; ``[[destinations]]`` is overridden whole by ``LACUNA_DESTINATIONS``
+holding a JSON array of tables. A bad or missing value raises :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.package import default_package_dir
+from node.errors import ConfigError
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
+
+
+@dataclass(frozen=True)
+class ScpSettings:
+    ae_title: str = "LACUNA"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE title
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    root: Path = Path("var/storage")
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///var/lacuna.db"
+
+    def masked_url(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url).render_as_string(hide_password=True)
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    stable_seconds: float = 30.0  # quiet period after the last instance
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    poll_seconds: float = 1.0
+    lease_seconds: float = 120.0  # a claim not renewed for this long is claimable again
+    max_attempts: int = 5
+    retry_base_seconds: float = 10.0  # first retry after 5-10 s, then doubling
+    retry_max_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Where the bundled default package lives; registered on first start if none is."""
+
+    default_package: Path = field(default_factory=default_package_dir)
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    scp: ScpSettings = field(default_factory=ScpSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    study: StudySettings = field(default_factory=StudySettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
+    destinations: tuple[Destination, ...] = ()
+    log_level: str = "INFO"
+
+    def describe(self) -> dict[str, Any]:
+        """The effective settings with secrets masked, for the start-up log."""
+        return {
+            "scp": vars(self.scp),
+            "storage": str(self.storage.root),
+            "database": self.database.masked_url(),
+            "study": vars(self.study),
+            "destinations": [vars(d) for d in self.destinations],
+        }
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (or ``LACUNA_CONFIG``; none means built-in defaults), apply overrides,
+    validate."""
+    environ = environ if environ is not None else {}
+    raw: dict[str, Any] = {}
+    path = path or (Path(environ["LACUNA_CONFIG"]) if environ.get("LACUNA_CONFIG") else None)
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError as error:
+            raise ConfigError("--config", f"{path} does not exist") from error
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError("--config", f"{path} is not valid TOML: {error}") from error
+    return _build(raw, environ)
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(name, "must be a table")
+    return dict(value)
+
+
+def _override(section: str, values: dict[str, Any], environ: Mapping[str, str]) -> None:
+    prefix = f"LACUNA_{section.upper()}_"
+    for variable, value in environ.items():
+        if variable.startswith(prefix):
+            values[variable[len(prefix) :].lower()] = value
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _ae_title(key: str, value: Any) -> str:
+    title = _text(key, value)
+    if not _AE_TITLE.match(title):
+        raise ConfigError(key, f"{title!r} is not a valid AE title (1-16 ASCII, no backslash)")
+    return title
+
+
+def _port(key: str, value: Any) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be an integer, got {value!r}") from None
+    if not 0 <= port <= 65535:  # 0 asks the OS for a free port (tests, demo)
+        raise ConfigError(key, f"must be 0-65535, got {port}")
+    return port
+
+
+def _seconds(key: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be a number of seconds, got {value!r}") from None
+    if seconds < 0:
+        raise ConfigError(key, f"must not be negative, got {seconds}")
+    return seconds
+
+
+def _positive(key: str, value: Any) -> float:
+    number = _seconds(key, value)
+    if number <= 0:
+        raise ConfigError(key, f"must be positive, got {number}")
+    return number
+
+
+def _unknown(section: str, values: dict[str, Any], known: set[str]) -> None:
+    for key in sorted(set(values) - known):
+        raise ConfigError(f"{section}.{key}", "unknown key")
+
+
+def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
+    _unknown("", raw, {"scp", "storage", "database", "study", "worker", "models",
+                       "destinations", "log_level"})
+    sections = {}
+    for name in ("scp", "storage", "database", "study", "worker", "models"):
+        sections[name] = _section(raw, name)
+        _override(name, sections[name], environ)
+
+    scp = sections["scp"]
+    _unknown("scp", scp, {"ae_title", "host", "port", "allowed_calling_aes"})
+    allowed = scp.get("allowed_calling_aes", ())
+    if isinstance(allowed, str):
+        allowed = [part for part in allowed.split(",") if part.strip()]
+    if not isinstance(allowed, list | tuple):
+        raise ConfigError("scp.allowed_calling_aes", "must be a list of AE titles")
+    scp_settings = ScpSettings(
+        ae_title=_ae_title("scp.ae_title", scp.get("ae_title", "LACUNA")),
+        host=_text("scp.host", scp.get("host", "0.0.0.0")),
+        port=_port("scp.port", scp.get("port", 11112)),
+        allowed_calling_aes=tuple(
+            _ae_title("scp.allowed_calling_aes", title) for title in allowed
+        ),
+    )
+
+    storage = sections["storage"]
+    _unknown("storage", storage, {"root"})
+    database = sections["database"]
+    _unknown("database", database, {"url"})
+    url = _text("database.url", database.get("url", DatabaseSettings.url))
+    if not url.startswith(("sqlite", "postgresql")):
+        raise ConfigError("database.url", "must be a sqlite:// or postgresql:// URL")
+    study = sections["study"]
+    _unknown("study", study, {"stable_seconds"})
+    worker = sections["worker"]
+    _unknown("worker", worker, {"poll_seconds", "lease_seconds", "max_attempts",
+                                "retry_base_seconds", "retry_max_seconds"})
+    models = sections["models"]
+    _unknown("models", models, {"default_package"})
+
+    destinations_raw: Any = raw.get("destinations", [])
+    if "LACUNA_DESTINATIONS" in environ:
+        try:
+            destinations_raw = json.loads(environ["LACUNA_DESTINATIONS"])
+        except json.JSONDecodeError as error:
+            raise ConfigError("destinations", f"LACUNA_DESTINATIONS is not JSON: {error}") from None
+    if not isinstance(destinations_raw, list):
+        raise ConfigError("destinations", "must be an array of tables")
+    destinations = []
+    for index, entry in enumerate(destinations_raw):
+        key = f"destinations[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(key, "must be a table")
+        _unknown(key, entry, {"name", "ae_title", "host", "port"})
+        for required in ("name", "ae_title", "host", "port"):
+            if required not in entry:
+                raise ConfigError(f"{key}.{required}", "is missing")
+        destinations.append(
+            Destination(
+                name=_text(f"{key}.name", entry["name"]),
+                ae_title=_ae_title(f"{key}.ae_title", entry["ae_title"]),
+                host=_text(f"{key}.host", entry["host"]),
+                port=_port(f"{key}.port", entry["port"]),
+            )
+        )
+    names = [d.name for d in destinations]
+    if len(set(names)) != len(names):
+        raise ConfigError("destinations", f"names must be unique, got {names}")
+
+    log_level = str(environ.get("LACUNA_LOG_LEVEL", raw.get("log_level", "INFO"))).upper()
+    if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError("log_level", f"must be DEBUG, INFO, WARNING or ERROR, got {log_level}")
+
+    return Settings(
+        scp=scp_settings,
+        storage=StorageSettings(root=Path(_text("storage.root", storage.get("root", "var/storage")))),
+        database=DatabaseSettings(url=url),
+        study=StudySettings(
+            stable_seconds=_seconds("study.stable_seconds", study.get("stable_seconds", 30))
+        ),
+        worker=WorkerSettings(
+            poll_seconds=_seconds("worker.poll_seconds", worker.get("poll_seconds", 1.0)),
+            lease_seconds=_positive("worker.lease_seconds", worker.get("lease_seconds", 120.0)),
+            max_attempts=int(_positive("worker.max_attempts", worker.get("max_attempts", 5))),
+            retry_base_seconds=_seconds(
+                "worker.retry_base_seconds", worker.get("retry_base_seconds", 10.0)
+            ),
+            retry_max_seconds=_seconds(
+                "worker.retry_max_seconds", worker.get("retry_max_seconds", 600.0)
+            ),
+        ),
+        models=ModelSettings(
+            default_package=Path(
+                _text("models.default_package", models["default_package"])
+            )
+        )
+        if "default_package" in models
+        else ModelSettings(),
+        destinations=tuple(destinations),
+        log_level=log_level,
+    )

@@ -1,0 +1,1 @@
+"""Database adapter: tables, engine, unit of work, repositories and the job claim."""

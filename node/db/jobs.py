@@ -1,0 +1,71 @@
+"""The job claim and its lease: safe for several workers on PostgreSQL and on SQLite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from node.db.tables import Job
+from node.domain.jobs import JobState
+
+
+@dataclass(frozen=True)
+class Claim:
+    job: Job
+    previous_owner: str | None  # set when the job was reclaimed from an expired lease
+
+
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        and_(Job.state == JobState.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now)),
+        and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
+    )
+
+
+def claim_next_job(
+    session: Session, owner: str, now: datetime, lease_seconds: float
+) -> Claim | None:
+    """Take the oldest claimable job (queued and due, or running with an expired lease), mark
+    it running under a lease held by ``owner``, and return it; None when there is none.
+
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets concurrent workers pass each other's locked
+    rows. SQLite ignores the lock clause; there the conditional UPDATE (the row must still be
+    claimable) makes the claim atomic, since SQLite serialises writers.
+    """
+    candidate = session.scalar(
+        select(Job).where(_claimable(now)).order_by(Job.id).limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    if candidate is None:
+        return None
+    previous_owner = candidate.lease_owner if candidate.state == JobState.RUNNING else None
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == candidate.id, _claimable(now))
+        .values(
+            state=JobState.RUNNING, started_at=now, attempts=Job.attempts + 1,
+            lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
+            not_before=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    session.refresh(candidate)
+    return Claim(candidate, previous_owner)
+
+
+def renew_lease(
+    session: Session, job_id: int, owner: str, now: datetime, lease_seconds: float
+) -> bool:
+    """Extend ``owner``'s lease; False if the job is no longer running under it."""
+    renewed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == owner)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]

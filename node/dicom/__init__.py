@@ -1,0 +1,1 @@
+"""DICOM adapter: the SCP and its handlers, named status codes, file storage, SCU senders."""

@@ -1,0 +1,123 @@
+"""The Storage SCP: an Application Entity plus plain handlers bound to events.
+
+Collaborators are passed in when the handlers are bound; there are no globals. This module
+never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pynetdicom import AE, StoragePresentationContexts, VerificationPresentationContexts, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.config import ScpSettings
+from node.db.engine import SessionFactory
+from node.dicom.status import Status
+from node.errors import InstanceRejected, StorageError
+from node.services import audit
+from node.services.intake import Intake, ReceivedInstance
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScpContext:
+    intake: Intake
+    sessions: SessionFactory
+
+
+def _requestor(event: Any) -> tuple[str, str]:
+    requestor = event.assoc.requestor
+    return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
+
+
+def handle_echo(event: Any) -> int:
+    return Status.SUCCESS
+
+
+def handle_store(event: Any, context: ScpContext) -> int:
+    """Answer success only after the instance is durably stored and indexed."""
+    calling_ae, peer = _requestor(event)
+    request = event.request
+    received = ReceivedInstance(
+        data=event.encoded_dataset(include_meta=True),
+        calling_ae=calling_ae,
+        peer_address=peer,
+        affected_sop_class_uid=str(request.AffectedSOPClassUID),
+        affected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+    )
+    try:
+        stored = context.intake.store(received)
+    except InstanceRejected as error:
+        logger.warning("refused %s from %s: %s", received.affected_sop_instance_uid,
+                       calling_ae, error.reason)
+        _audit_refusal(context, received, error.status, error.reason)
+        return error.status
+    except StorageError as error:
+        logger.error("cannot store %s: %s", received.affected_sop_instance_uid, error)
+        _audit_refusal(context, received, Status.OUT_OF_RESOURCES, str(error))
+        return Status.OUT_OF_RESOURCES
+    except Exception:  # the edge: any other failure becomes a failure status, never success
+        logger.exception("failed to store %s", received.affected_sop_instance_uid)
+        _audit_refusal(context, received, Status.PROCESSING_FAILURE, "internal error")
+        return Status.PROCESSING_FAILURE
+    logger.debug("stored %s (duplicate=%s)", stored.sop_instance_uid, stored.duplicate)
+    return Status.SUCCESS
+
+
+def _audit_refusal(context: ScpContext, received: ReceivedInstance, status: int, reason: str) -> None:
+    try:
+        with context.sessions.begin() as session:
+            audit.record(
+                session,
+                "instance.refused",
+                calling_ae=received.calling_ae,
+                peer_address=received.peer_address,
+                sop_instance_uid=received.affected_sop_instance_uid[:64] or None,
+                status=f"0x{status:04X}",
+                reason=reason[:500],
+            )
+    except Exception:  # auditing a refusal must not turn it into a crash
+        logger.exception("could not audit a refused instance")
+
+
+def handle_accepted(event: Any, context: ScpContext) -> None:
+    calling_ae, peer = _requestor(event)
+    with context.sessions.begin() as session:
+        audit.record(session, "association.accepted", calling_ae=calling_ae, peer_address=peer)
+
+
+def handle_rejected(event: Any, context: ScpContext) -> None:
+    calling_ae, peer = _requestor(event)
+    logger.warning("rejected association from %s at %s", calling_ae, peer)
+    with context.sessions.begin() as session:
+        audit.record(session, "association.rejected", calling_ae=calling_ae, peer_address=peer)
+
+
+def build_ae(settings: ScpSettings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    # Every standard storage SOP class is accepted and stored; only MR is processed.
+    ae.supported_contexts = [*StoragePresentationContexts, *VerificationPresentationContexts]
+    ae.require_called_aet = True
+    if settings.allowed_calling_aes:
+        ae.require_calling_aet = list(settings.allowed_calling_aes)
+    return ae
+
+
+def start_scp(settings: ScpSettings, context: ScpContext) -> ThreadedAssociationServer:
+    """Start listening in background threads; ``server.server_address`` has the bound port."""
+    ae = build_ae(settings)
+    handlers: list[Any] = [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [context]),
+        (evt.EVT_ACCEPTED, handle_accepted, [context]),
+        (evt.EVT_REJECTED, handle_rejected, [context]),
+    ]
+    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    if server is None:
+        raise RuntimeError("pynetdicom returned no server in non-blocking mode")
+    logger.info("DICOM SCP %s listening on %s:%d", settings.ae_title, *server.server_address[:2])
+    return server

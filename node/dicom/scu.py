@@ -1,0 +1,44 @@
+"""C-STORE SCU: send result files to a destination and report each status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from node.config import Destination
+from node.errors import DeliveryError
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    path: Path
+    sop_instance_uid: str
+    status: int | None  # None: no response (association lost)
+
+
+def send_files(destination: Destination, paths: list[Path], calling_ae: str) -> list[SendOutcome]:
+    """C-STORE every file over one association. Raises :class:`DeliveryError` when the
+    association cannot be established."""
+    datasets = [dcmread(path) for path in paths]
+    ae = AE(ae_title=calling_ae)
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        raise DeliveryError(
+            f"destination {destination.name} ({destination.ae_title}@{destination.host}:"
+            f"{destination.port}) refused or did not answer the association"
+        )
+    outcomes: list[SendOutcome] = []
+    try:
+        for path, dataset in zip(paths, datasets, strict=True):
+            response = assoc.send_c_store(dataset)
+            status = int(response.Status) if "Status" in response else None
+            outcomes.append(SendOutcome(path, str(dataset.SOPInstanceUID), status))
+    finally:
+        assoc.release()
+    return outcomes

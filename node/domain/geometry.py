@@ -1,0 +1,107 @@
+"""Slice geometry in patient coordinates (DICOM LPS, mm): ordering along the slice normal,
+pairing T1 FLAIR slices with T2 FLAIR slices, and the in-plane mapping used to resample.
+
+``pixel_spacing`` is DICOM PixelSpacing: (between rows, between columns).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ORIENTATION_TOLERANCE = 1e-3  # direction cosines
+
+
+class GeometryError(ValueError):
+    """Slices that cannot be stacked or paired."""
+
+
+@dataclass(frozen=True)
+class SlicePlane:
+    sop_instance_uid: str
+    frame_of_reference_uid: str
+    position: tuple[float, float, float]  # ImagePositionPatient: centre of the first pixel
+    row_cosine: tuple[float, float, float]  # ImageOrientationPatient[:3]
+    column_cosine: tuple[float, float, float]  # ImageOrientationPatient[3:]
+    pixel_spacing: tuple[float, float]
+    rows: int
+    columns: int
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(np.asarray(self.row_cosine), np.asarray(self.column_cosine))
+
+    def distance_along(self, normal: np.ndarray) -> float:
+        return float(np.dot(np.asarray(self.position), normal))
+
+    def same_orientation(self, other: SlicePlane) -> bool:
+        return bool(
+            np.allclose(self.row_cosine, other.row_cosine, atol=ORIENTATION_TOLERANCE)
+            and np.allclose(self.column_cosine, other.column_cosine, atol=ORIENTATION_TOLERANCE)
+        )
+
+
+def sort_along_normal(planes: list[SlicePlane]) -> list[SlicePlane]:
+    """Slices in increasing position along the normal of the first slice; never by
+    InstanceNumber. Raises :class:`GeometryError` for mixed orientations or duplicate positions."""
+    if not planes:
+        raise GeometryError("no slices")
+    reference = planes[0]
+    for plane in planes[1:]:
+        if not plane.same_orientation(reference):
+            raise GeometryError(f"slice {plane.sop_instance_uid} has a different orientation")
+    normal = reference.normal
+    ordered = sorted(planes, key=lambda p: p.distance_along(normal))
+    distances = np.array([p.distance_along(normal) for p in ordered])
+    if len(distances) > 1 and np.min(np.diff(distances)) < 1e-3:
+        raise GeometryError("two slices share one position")
+    return ordered
+
+
+def slice_spacing(ordered: list[SlicePlane]) -> float:
+    """Median distance between neighbouring slice centres (mm); 1.0 for a single slice."""
+    if len(ordered) < 2:
+        return 1.0
+    normal = ordered[0].normal
+    return float(np.median(np.diff([p.distance_along(normal) for p in ordered])))
+
+
+def pair_slices(
+    t2: list[SlicePlane], t1: list[SlicePlane], tolerance_mm: float | None = None
+) -> list[int | None]:
+    """For each T2 FLAIR slice (ordered), the index of the T1 FLAIR slice (ordered) nearest
+    along the T2 normal, or None where none lies within ``tolerance_mm`` (default half the T2
+    slice spacing), the frames of reference differ or the planes are not parallel."""
+    if not t2 or not t1:
+        return [None] * len(t2)
+    if t1[0].frame_of_reference_uid != t2[0].frame_of_reference_uid:
+        return [None] * len(t2)
+    normal = t2[0].normal
+    if abs(abs(float(np.dot(normal, t1[0].normal))) - 1.0) > ORIENTATION_TOLERANCE:
+        return [None] * len(t2)
+    tolerance = tolerance_mm if tolerance_mm is not None else slice_spacing(t2) / 2
+    t1_distances = np.array([p.distance_along(normal) for p in t1])
+    pairs: list[int | None] = []
+    for plane in t2:
+        gaps = np.abs(t1_distances - plane.distance_along(normal))
+        nearest = int(np.argmin(gaps))
+        pairs.append(nearest if gaps[nearest] <= tolerance else None)
+    return pairs
+
+
+def in_plane_indices(target: SlicePlane, source: SlicePlane) -> np.ndarray:
+    """Where each pixel centre of ``target`` falls in ``source``'s pixel grid: an array
+    ``(2, target.rows, target.columns)`` of fractional (row, column) indices, for interpolation.
+    Points are projected onto the source plane."""
+    rows = np.arange(target.rows)[:, None, None]
+    columns = np.arange(target.columns)[None, :, None]
+    world = (
+        np.asarray(target.position)
+        + columns * target.pixel_spacing[1] * np.asarray(target.row_cosine)
+        + rows * target.pixel_spacing[0] * np.asarray(target.column_cosine)
+    )
+    relative = world - np.asarray(source.position)
+    source_rows = relative @ np.asarray(source.column_cosine) / source.pixel_spacing[0]
+    source_columns = relative @ np.asarray(source.row_cosine) / source.pixel_spacing[1]
+    return np.stack([source_rows, source_columns])

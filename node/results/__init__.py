@@ -1,0 +1,1 @@
+"""DICOM result objects (SEG and SR), built with highdicom."""

@@ -1,0 +1,75 @@
+"""DICOM Segmentation of the lesions on the T2 FLAIR grid, one segment per lesion class."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+
+from models.inference import LABEL_VALUES, LesionClass, LesionSegmentation
+from node.results import codes
+from node.results.identity import ModelIdentity
+
+
+def segment_numbers(result: LesionSegmentation) -> dict[LesionClass, int]:
+    """Segment number of each class present, numbered 1.. in FCI, LACI, unclassified order."""
+    present = {lesion.lesion_class for lesion in result.lesions}
+    ordered = [c for c in (LesionClass.FCI, LesionClass.LACI, LesionClass.UNCLASSIFIED)
+               if c in present]
+    return {lesion_class: number for number, lesion_class in enumerate(ordered, start=1)}
+
+
+def build_segmentation(
+    source_images: list[Dataset],
+    result: LesionSegmentation,
+    model: ModelIdentity,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+) -> hd.seg.Segmentation:
+    """A BINARY SEG over ``source_images`` (the T2 FLAIR series, in the same slice order as
+    ``result.labels``). Frames without lesions are omitted; each remaining frame references the
+    source image it was computed from. Raises ``ValueError`` when there is no lesion."""
+    numbers = segment_numbers(result)
+    if not numbers:
+        raise ValueError("no lesions: a SEG needs at least one segment")
+    if len(source_images) != result.labels.shape[0]:
+        raise ValueError("one source image per slice of the label map is required")
+    label_map = np.zeros(result.labels.shape, dtype=np.uint8)
+    for lesion_class, number in numbers.items():
+        label_map[result.labels == LABEL_VALUES[lesion_class]] = number
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=model.name, family=codes.ALGORITHM_FAMILY, version=model.version,
+        source=codes.MANUFACTURER,
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=codes.SEGMENT_LABEL[lesion_class],
+            segmented_property_category=codes.CATEGORY,
+            segmented_property_type=codes.LESION_TYPE[lesion_class],
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            anatomic_regions=[codes.ANATOMIC_REGION],
+            display_color=hd.color.CIELabColor(*codes.SEGMENT_LAB[lesion_class]),
+        )
+        for lesion_class, number in numbers.items()
+    ]
+    return hd.seg.Segmentation(
+        source_images=source_images,
+        pixel_array=label_map,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_instance_uid,
+        series_number=codes.SEG_SERIES_NUMBER,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=codes.MANUFACTURER,
+        manufacturer_model_name=model.label[:64],
+        software_versions=codes.SOFTWARE_VERSION,
+        device_serial_number=codes.DEVICE_SERIAL_NUMBER,
+        content_description=f"Lesions by {model.label}; {codes.NOT_FOR_CLINICAL_USE}"[:64],
+        content_label=codes.SEG_CONTENT_LABEL,
+        series_description=codes.SEG_SERIES_DESCRIPTION,
+        omit_empty_frames=True,
+    )

@@ -1,0 +1,149 @@
+"""Comprehensive 3D SR with an Imaging Measurement Report (TID 1500): one volumetric
+measurement group (TID 1411) per lesion, and document-level qualitative evaluations that say
+what was found, why lesions may be unclassified, and that the model is not for clinical use."""
+
+from __future__ import annotations
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from models.inference import Lesion, LesionClass
+from node.results import codes
+from node.results.identity import ModelIdentity
+
+
+def _lesion_group(
+    lesion: Lesion,
+    segmentation: hd.seg.Segmentation,
+    segment_number: int,
+    source_series_uid: str,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    evaluations = [hd.sr.QualitativeEvaluation(codes.T2_HYPERINTENSITY, codes.PRESENT)]
+    # A classified lesion was seen on T1 FLAIR: LACI is T1-dark, FCI is not.
+    if lesion.lesion_class is not LesionClass.UNCLASSIFIED:
+        t1_dark = lesion.lesion_class is LesionClass.LACI
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                codes.T1_HYPOINTENSITY, codes.PRESENT if t1_dark else codes.ABSENT
+            )
+        )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=str(generate_uid()), identifier=f"Lesion {lesion.number}"
+        ),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=segmentation.SOPClassUID,
+            sop_instance_uid=segmentation.SOPInstanceUID,
+            segment_number=segment_number,
+            source_series=hd.sr.SourceSeriesForSegmentation(source_series_uid),
+        ),
+        finding_type=codes.LESION_TYPE[lesion.lesion_class],
+        finding_sites=[hd.sr.FindingSite(codes.ANATOMIC_REGION)],
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.VOLUME, value=round(lesion.volume_mm3, 2), unit=codes.CUBIC_MILLIMETER
+            ),
+            hd.sr.Measurement(
+                name=codes.AREA, value=round(lesion.largest_area_mm2, 2),
+                unit=codes.SQUARE_MILLIMETER,
+            ),
+        ],
+        qualitative_evaluations=evaluations,
+    )
+
+
+def summary_statements(
+    lesions: tuple[Lesion, ...], model: ModelIdentity, t1_missing_reason: str | None
+) -> list[str]:
+    """The document-level statements, in reading order."""
+    counts = {c: sum(1 for lesion in lesions if lesion.lesion_class is c) for c in LesionClass}
+    statements = []
+    if not lesions:
+        statements.append("No FCI or LACI lesion found on T2 FLAIR.")
+    else:
+        statements.append(
+            f"{len(lesions)} lesion(s) found: {counts[LesionClass.FCI]} FCI, "
+            f"{counts[LesionClass.LACI]} LACI, {counts[LesionClass.UNCLASSIFIED]} unclassified; "
+            f"total volume {sum(lesion.volume_mm3 for lesion in lesions):.1f} mm3."
+        )
+    if t1_missing_reason:
+        statements.append(f"Lesions are unclassified where no T1 FLAIR exists: {t1_missing_reason}")
+    statements.append(
+        f"Produced by {model.label}. {model.trained_on}. Not for clinical use."
+    )
+    return statements
+
+
+def build_report(
+    evidence: list[Dataset],
+    lesions: tuple[Lesion, ...],
+    segmentation: hd.seg.Segmentation | None,
+    segment_numbers: dict[LesionClass, int],
+    source_series_uid: str,
+    model: ModelIdentity,
+    t1_missing_reason: str | None,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+) -> hd.sr.Comprehensive3DSR:
+    """The SR for one run. ``evidence`` are the T2 (and T1) FLAIR images that were read;
+    ``segmentation`` is None exactly when ``lesions`` is empty (a negative report)."""
+    if bool(lesions) != (segmentation is not None):
+        raise ValueError("a SEG is required exactly when there are lesions")
+    observer = hd.sr.ObserverContext(
+        observer_type=hd.sr.CodedConcept.from_code(codes.OBSERVER_DEVICE),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=model.device_uid,
+            name=model.label[:64],
+            manufacturer_name=codes.MANUFACTURER,
+            model_name=model.name[:64],
+        ),
+    )
+    groups = [] if segmentation is None else [
+        _lesion_group(lesion, segmentation, segment_numbers[lesion.lesion_class], source_series_uid)
+        for lesion in lesions
+    ]
+    # A study-level group comes first and is always there, so a negative report still states
+    # its finding (white-matter T2 hyperintensity absent) in coded form.
+    summary = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=str(generate_uid()), identifier="Study summary"
+        ),
+        finding_sites=[hd.sr.FindingSite(codes.ANATOMIC_REGION)],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                codes.T2_HYPERINTENSITY, codes.PRESENT if lesions else codes.ABSENT
+            )
+        ],
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.PROCEDURE_REPORTED,
+        imaging_measurements=[summary, *groups],
+        referenced_images=evidence,
+    )
+    evaluations = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    evaluations.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+            )
+            for text in summary_statements(lesions, model, t1_missing_reason)
+        ]
+    )
+    report[0].ContentSequence.append(evaluations)
+    return hd.sr.Comprehensive3DSR(
+        # The SEG is referenced by the lesion groups, so it is evidence too.
+        evidence=[*evidence, *([segmentation] if segmentation is not None else [])],
+        content=report[0],
+        series_instance_uid=series_instance_uid,
+        series_number=codes.SR_SERIES_NUMBER,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=codes.MANUFACTURER,
+        is_complete=True,
+        series_description=codes.SR_SERIES_DESCRIPTION,
+    )

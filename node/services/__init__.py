@@ -1,0 +1,1 @@
+"""Use cases: intake, scheduling, processing, export, audit, model registry, the worker."""

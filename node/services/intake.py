@@ -1,0 +1,275 @@
+"""Intake: a received instance becomes a durable file plus index and audit rows, or a refusal.
+
+Contract: :meth:`Intake.store` returns only after the file is fsynced and the transaction that
+indexes it (with its audit row) has committed; otherwise it raises, and the SCP answers a
+failure status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom.config
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from node.db.engine import SessionFactory
+from node.db.tables import Instance, Patient, Series, Study, utcnow
+from node.dicom.status import Status
+from node.dicom.storage import InvalidUid, checked_uid, relative_path, write_atomically
+from node.domain.jobs import StudyState
+from node.errors import InstanceRejected, StorageError
+from node.services import audit
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """A C-STORE request: the Part 10 bytes as received and who sent them."""
+
+    data: bytes
+    calling_ae: str
+    peer_address: str
+    affected_sop_class_uid: str
+    affected_sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    duplicate: bool
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def series_attributes(dataset: Dataset) -> dict[str, Any]:
+    """The acquisition attributes the series-role classifier reads, as JSON."""
+    return {
+        "modality": str(dataset.get("Modality", "")),
+        "sop_class_uid": str(dataset.SOPClassUID),
+        "image_type": list(_strings(dataset.get("ImageType"))),
+        "scanning_sequence": list(_strings(dataset.get("ScanningSequence"))),
+        "scan_options": list(_strings(dataset.get("ScanOptions"))),
+        "repetition_time": _number(dataset.get("RepetitionTime")),
+        "echo_time": _number(dataset.get("EchoTime")),
+        "inversion_time": _number(dataset.get("InversionTime")),
+    }
+
+
+def decode(received: ReceivedInstance) -> Dataset:
+    """Parse and check a received dataset; :class:`InstanceRejected` with the status to answer."""
+    try:
+        dataset = dcmread(BytesIO(received.data), force=False)
+        # Touch every top-level element so truncated or malformed data fails here, not later.
+        for element in dataset:
+            _ = element.value
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OverflowError) as error:
+        raise InstanceRejected(Status.CANNOT_UNDERSTAND, f"undecodable dataset: {error}") from None
+    except Exception as error:  # pydicom raises assorted errors on corrupt input
+        raise InstanceRejected(
+            Status.CANNOT_UNDERSTAND, f"undecodable dataset: {type(error).__name__}"
+        ) from None
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if keyword not in dataset:
+            raise InstanceRejected(Status.CANNOT_UNDERSTAND, f"missing {keyword}")
+    if str(dataset.SOPInstanceUID) != received.affected_sop_instance_uid:
+        raise InstanceRejected(
+            Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOP Instance UID differs from the C-STORE request",
+        )
+    if str(dataset.SOPClassUID) != received.affected_sop_class_uid:
+        raise InstanceRejected(
+            Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOP Class UID differs from the C-STORE request",
+        )
+    _check_pixel_length(dataset)
+    return dataset
+
+
+def _check_pixel_length(dataset: Dataset) -> None:
+    """Native (uncompressed) pixel data must be as long as its header says."""
+    if "PixelData" not in dataset or dataset.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    try:
+        expected = (
+            int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1))
+            * int(dataset.get("NumberOfFrames", 1) or 1) * int(dataset.BitsAllocated) // 8
+        )
+    except (AttributeError, TypeError, ValueError):
+        raise InstanceRejected(
+            Status.CANNOT_UNDERSTAND, "pixel data without a valid image pixel module"
+        ) from None
+    actual = len(dataset.PixelData)
+    if actual < expected:
+        raise InstanceRejected(
+            Status.CANNOT_UNDERSTAND, f"pixel data has {actual} bytes, header needs {expected}"
+        )
+
+
+class Intake:
+    def __init__(
+        self,
+        storage_root: Path,
+        sessions: SessionFactory,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._root = storage_root
+        self._sessions = sessions
+        self._clock = clock
+        # Intake checks what it relies on (UIDs, pixel data length) itself and answers with a
+        # status; pydicom's read-time value warnings would only make that depend on the
+        # process's warning filters.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+    def store(self, received: ReceivedInstance) -> StoredInstance:
+        dataset = decode(received)
+        try:
+            study_uid = checked_uid(dataset.StudyInstanceUID, "StudyInstanceUID")
+            series_uid = checked_uid(dataset.SeriesInstanceUID, "SeriesInstanceUID")
+            sop_uid = checked_uid(dataset.SOPInstanceUID, "SOPInstanceUID")
+        except InvalidUid as error:
+            raise InstanceRejected(Status.CANNOT_UNDERSTAND, str(error)) from None
+
+        relative = relative_path("instances", study_uid, series_uid, sop_uid)
+        try:
+            write_atomically(self._root, relative, received.data)
+        except OSError as error:
+            raise StorageError(f"cannot write {relative}: {error.strerror}") from error
+
+        digest = hashlib.sha256(received.data).hexdigest()
+        # Two associations may create the same study or series at once: the loser of the
+        # unique constraint retries and finds the winner's row.
+        for attempt in range(3):
+            try:
+                with self._sessions.begin() as session:
+                    duplicate = self._index(
+                        session, dataset, received, relative, digest,
+                        study_uid, series_uid, sop_uid,
+                    )
+                return StoredInstance(study_uid, series_uid, sop_uid, duplicate)
+            except IntegrityError:
+                if attempt == 2:
+                    raise StorageError(f"cannot index {sop_uid}: constraint conflict") from None
+            except SQLAlchemyError as error:
+                raise StorageError(f"cannot index {sop_uid}: {type(error).__name__}") from error
+        raise AssertionError("unreachable")
+
+    def _index(
+        self,
+        session: Session,
+        dataset: Dataset,
+        received: ReceivedInstance,
+        relative: Path,
+        digest: str,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+    ) -> bool:
+        """Index rows and the audit row; returns True for an identical re-send, which changes
+        nothing but the audit trail."""
+        now = self._clock()
+        instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
+        duplicate = instance is not None and instance.sha256 == digest
+        audit.record(
+            session,
+            "instance.received",
+            calling_ae=received.calling_ae,
+            peer_address=received.peer_address,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            sop_class_uid=str(dataset.SOPClassUID),
+            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+            size_bytes=len(received.data),
+            duplicate=duplicate,
+        )
+        if duplicate:
+            return True
+
+        patient_id = str(dataset.get("PatientID", "") or "")
+        patient = session.scalar(select(Patient).where(Patient.patient_id == patient_id))
+        if patient is None:
+            patient = Patient(patient_id=patient_id, patient_name=str(dataset.get("PatientName", "")))
+            session.add(patient)
+            session.flush()
+
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+        if study is None:
+            study = Study(
+                study_instance_uid=study_uid,
+                patient_id=patient.id,
+                accession_number=str(dataset.get("AccessionNumber", "") or ""),
+                study_date=str(dataset.get("StudyDate", "") or ""),
+                state=StudyState.RECEIVING,
+                first_received_at=now,
+                last_received_at=now,
+            )
+            session.add(study)
+            session.flush()
+        study.last_received_at = now
+        if study.state != StudyState.RECEIVING:
+            audit.record(
+                session, "study.reopened", study_instance_uid=study_uid, previous=study.state,
+                reason="new or changed instance after the study was scheduled",
+            )
+            study.state = StudyState.RECEIVING
+
+        series = session.scalar(select(Series).where(Series.series_instance_uid == series_uid))
+        if series is None:
+            series_number = dataset.get("SeriesNumber")
+            series = Series(
+                series_instance_uid=series_uid,
+                study_id=study.id,
+                modality=str(dataset.get("Modality", "")),
+                series_number=None if series_number in (None, "") else int(series_number),
+                series_description=str(dataset.get("SeriesDescription", ""))[:64],
+                attributes=series_attributes(dataset),
+            )
+            session.add(series)
+            session.flush()
+
+        if instance is None:
+            instance_number = dataset.get("InstanceNumber")
+            session.add(
+                Instance(
+                    sop_instance_uid=sop_uid,
+                    series_id=series.id,
+                    sop_class_uid=str(dataset.SOPClassUID),
+                    transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+                    instance_number=None if instance_number in (None, "") else int(instance_number),
+                    path=str(relative),
+                    size_bytes=len(received.data),
+                    sha256=digest,
+                    received_at=now,
+                )
+            )
+        else:  # same SOP Instance UID, new content: the file was replaced; so is its row
+            instance.size_bytes, instance.sha256, instance.received_at = len(received.data), digest, now
+            instance.transfer_syntax_uid = str(dataset.file_meta.TransferSyntaxUID)
+        return False

@@ -1,0 +1,184 @@
+"""Processing of one claimed job: read the study's FLAIR series, run the two-stage engine,
+build the SEG and SR, store them and record them. Timings are in seconds."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from models.inference import LesionSegmentation, TwoStageEngine
+from node.db.engine import SessionFactory
+from node.db.tables import Instance, ModelVersion, ResultObject, Series, Study, utcnow
+from node.dicom.storage import relative_path, write_atomically
+from node.domain.series import SeriesRole
+from node.errors import NotProcessable
+from node.results.identity import ModelIdentity
+from node.results.seg import build_segmentation, segment_numbers
+from node.results.sr import build_report
+from node.services import audit, registry
+from node.services.volumes import load_study_volumes
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCache:
+    """Loads each model version's networks once per process."""
+
+    def __init__(self) -> None:
+        self._engines: dict[int, TwoStageEngine] = {}
+        self._lock = threading.Lock()
+
+    def get(self, version_id: int, package_dir: Path) -> TwoStageEngine:
+        with self._lock:
+            if version_id not in self._engines:
+                self._engines[version_id] = TwoStageEngine.load(package_dir)
+            return self._engines[version_id]
+
+
+@dataclass
+class RunReport:
+    """What one run produced, for the job row, the demo and bench/."""
+
+    lesions: LesionSegmentation | None = None
+    result_paths: list[Path] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    study_instance_uid: str
+    t2_paths: list[Path]
+    t1_paths: list[Path]
+    model_version_id: int
+    model_path: Path
+    model: ModelIdentity
+
+
+class Processor:
+    def __init__(self, sessions: SessionFactory, storage_root: Path, engines: EngineCache) -> None:
+        self._sessions = sessions
+        self._root = storage_root
+        self._engines = engines
+
+    def preload(self) -> None:
+        """Load the active model now rather than on the first study."""
+        with self._sessions.begin() as session:
+            version = registry.active_version(session)
+            if version is None:
+                return
+            version_id, path = version.id, Path(version.path)
+        self._engines.get(version_id, path)
+
+    def inputs(self, study_id: int, model_version_id: int) -> JobInputs:
+        with self._sessions.begin() as session:
+            study = session.get(Study, study_id)
+            version = session.get(ModelVersion, model_version_id)
+            if study is None or version is None:
+                raise NotProcessable("study or model version no longer exists")
+            paths: dict[str, list[Path]] = {SeriesRole.T2_FLAIR: [], SeriesRole.T1_FLAIR: []}
+            rows = session.execute(
+                select(Series.role, Instance.path)
+                .join(Instance, Instance.series_id == Series.id)
+                .where(Series.study_id == study_id, Series.role.in_(list(paths)))
+            ).all()
+            for role, path in rows:
+                paths[str(role)].append(self._root / path)
+            if not paths[SeriesRole.T2_FLAIR]:
+                raise NotProcessable("no T2 FLAIR series")
+            return JobInputs(
+                study_instance_uid=study.study_instance_uid,
+                t2_paths=sorted(paths[SeriesRole.T2_FLAIR]),
+                t1_paths=sorted(paths[SeriesRole.T1_FLAIR]),
+                model_version_id=version.id,
+                model_path=Path(version.path),
+                model=registry.identity_of(version),
+            )
+
+    def stored_results(self, job_id: int) -> RunReport | None:
+        """The results an earlier attempt of ``job_id`` built, or None."""
+        with self._sessions.begin() as session:
+            paths = list(session.scalars(
+                select(ResultObject.path).where(ResultObject.job_id == job_id)
+                .order_by(ResultObject.id)
+            ))
+        if not paths:
+            return None
+        return RunReport(result_paths=[self._root / path for path in paths])
+
+    def run(self, job_id: int, inputs: JobInputs) -> RunReport:
+        report = RunReport()
+        clock = time.perf_counter()
+        volumes = load_study_volumes(inputs.t2_paths, inputs.t1_paths)
+        report.timings["read"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        engine = self._engines.get(inputs.model_version_id, inputs.model_path)
+        report.timings["model_load"] = time.perf_counter() - clock  # ~0 once cached
+
+        clock = time.perf_counter()
+        lesions = engine.segment(
+            volumes.t2, volumes.t1, volumes.t1_available, volumes.pixel_spacing,
+            volumes.slice_spacing,
+        )
+        report.lesions = lesions
+        report.timings["inference"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        numbers = segment_numbers(lesions)
+        objects: list[tuple[str, Any]] = []
+        segmentation = None
+        if lesions.lesions:
+            segmentation = build_segmentation(
+                volumes.t2_datasets, lesions, inputs.model,
+                series_instance_uid=str(generate_uid()), sop_instance_uid=str(generate_uid()),
+            )
+            objects.append(("SEG", segmentation))
+        sr = build_report(
+            evidence=volumes.t2_datasets + volumes.t1_datasets,
+            lesions=lesions.lesions,
+            segmentation=segmentation,
+            segment_numbers=numbers,
+            source_series_uid=str(volumes.t2_datasets[0].SeriesInstanceUID),
+            model=inputs.model,
+            t1_missing_reason=volumes.t1_missing_reason,
+            series_instance_uid=str(generate_uid()),
+            sop_instance_uid=str(generate_uid()),
+        )
+        objects.append(("SR", sr))
+        stored: list[tuple[str, Any, Path]] = []
+        for kind, dataset in objects:
+            buffer = io.BytesIO()
+            dataset.save_as(buffer, enforce_file_format=True)
+            relative = relative_path(
+                "results", inputs.study_instance_uid, str(dataset.SeriesInstanceUID),
+                str(dataset.SOPInstanceUID),
+            )
+            write_atomically(self._root, relative, buffer.getvalue())
+            stored.append((kind, dataset, relative))
+            report.result_paths.append(self._root / relative)
+        with self._sessions.begin() as session:
+            for kind, dataset, relative in stored:
+                session.add(
+                    ResultObject(
+                        job_id=job_id, kind=kind, sop_class_uid=str(dataset.SOPClassUID),
+                        sop_instance_uid=str(dataset.SOPInstanceUID),
+                        series_instance_uid=str(dataset.SeriesInstanceUID),
+                        path=str(relative), created_at=utcnow(),
+                    )
+                )
+                audit.record(
+                    session, "result.built", study_instance_uid=inputs.study_instance_uid,
+                    series_instance_uid=str(dataset.SeriesInstanceUID),
+                    sop_instance_uid=str(dataset.SOPInstanceUID), job_id=job_id,
+                    model_version=inputs.model.label, kind=kind,
+                    lesions=len(lesions.lesions),
+                )
+        report.timings["encoding"] = time.perf_counter() - clock
+        return report

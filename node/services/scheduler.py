@@ -1,0 +1,136 @@
+"""The scheduler: studies that have been quiet for ``stable_seconds`` get their series roles
+and, when a T2 FLAIR exists, one job per study and active model version."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from node.db.engine import SessionFactory
+from node.db.tables import Instance, Job, Series, Study, utcnow
+from node.domain.completeness import is_stable
+from node.domain.jobs import JobState, StudyState
+from node.domain.series import SeriesAttributes, SeriesRole, assign_roles
+from node.services import audit, registry
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        stable_seconds: float,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._stable_seconds = stable_seconds
+        self._clock = clock
+
+    def run_once(self) -> list[int]:
+        """Schedule every stable study; returns the ids of jobs queued."""
+        now = self._clock()
+        cutoff = now - timedelta(seconds=self._stable_seconds)
+        queued: list[int] = []
+        with self._sessions.begin() as session:
+            study_ids = list(
+                session.scalars(
+                    select(Study.id).where(
+                        Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff
+                    )
+                )
+            )
+        for study_id in study_ids:
+            with self._sessions.begin() as session:
+                study = session.get(Study, study_id, with_for_update=True)
+                if study is None or study.state != StudyState.RECEIVING:
+                    continue
+                if not is_stable(study.last_received_at, now, self._stable_seconds):
+                    continue  # an instance arrived since we listed it
+                job_id = self._schedule(session, study, now)
+                if job_id is not None:
+                    queued.append(job_id)
+        return queued
+
+    def _schedule(self, session: Session, study: Study, now: datetime) -> int | None:
+        model = registry.active_version(session)
+        if model is None:
+            logger.warning("study %s is stable but no model version is active",
+                           study.study_instance_uid)
+            return None
+        counts = dict(
+            session.execute(
+                select(Instance.series_id, func.count()).join(Series)
+                .where(Series.study_id == study.id).group_by(Instance.series_id)
+            ).all()
+        )
+        series_rows = list(session.scalars(select(Series).where(Series.study_id == study.id)))
+        decisions = assign_roles(
+            [
+                SeriesAttributes(
+                    series_instance_uid=s.series_instance_uid,
+                    series_number=s.series_number,
+                    series_description=s.series_description,
+                    instance_count=counts.get(s.id, 0),
+                    modality=s.attributes.get("modality", ""),
+                    sop_class_uid=s.attributes.get("sop_class_uid", ""),
+                    image_type=tuple(s.attributes.get("image_type", ())),
+                    scanning_sequence=tuple(s.attributes.get("scanning_sequence", ())),
+                    scan_options=tuple(s.attributes.get("scan_options", ())),
+                    repetition_time=s.attributes.get("repetition_time"),
+                    echo_time=s.attributes.get("echo_time"),
+                    inversion_time=s.attributes.get("inversion_time"),
+                )
+                for s in series_rows
+            ]
+        )
+        for s in series_rows:
+            decision = decisions[s.series_instance_uid]
+            if (s.role, s.role_reason) == (decision.role, decision.reason):
+                continue
+            s.role, s.role_reason = decision.role, decision.reason
+            audit.record(
+                session,
+                "series.ignored" if decision.role is SeriesRole.IGNORED else "series.role",
+                study_instance_uid=study.study_instance_uid,
+                series_instance_uid=s.series_instance_uid,
+                role=decision.role.value,
+                reason=decision.reason,
+            )
+        if not any(d.role is SeriesRole.T2_FLAIR for d in decisions.values()):
+            study.state = StudyState.NOT_PROCESSABLE
+            audit.record(
+                session, "study.not_processable", study_instance_uid=study.study_instance_uid,
+                reason="no T2 FLAIR series",
+            )
+            return None
+
+        study.state = StudyState.SCHEDULED
+        label = f"{model.name} {model.version}"
+        existing = session.scalar(
+            select(Job).where(Job.study_id == study.id, Job.model_version_id == model.id)
+        )
+        if existing is not None:
+            # Late arrivals re-running a finished study are not handled yet: the job stands.
+            audit.record(
+                session, "study.late_arrival", study_instance_uid=study.study_instance_uid,
+                job_id=existing.id, model_version=label,
+                reason="a job for this study and model version exists; not re-run",
+            )
+            return None
+        job = Job(
+            study_id=study.id, model_version_id=model.id, state=JobState.QUEUED, attempts=0,
+            created_at=now,
+        )
+        session.add(job)
+        session.flush()
+        audit.record(
+            session, "job.queued", study_instance_uid=study.study_instance_uid, job_id=job.id,
+            model_version=label,
+        )
+        logger.info("queued job %d for study %s with %s", job.id, study.study_instance_uid, label)
+        return job.id

@@ -1,0 +1,83 @@
+"""The admin CLI, called in-process with a temporary configuration."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from models.package import default_package_dir
+from node.cli import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, main
+
+
+@pytest.fixture
+def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    config = tmp_path / "lacuna.toml"
+    config.write_text(
+        f'[storage]\nroot = "{tmp_path / "storage"}"\n'
+        f'[database]\nurl = "sqlite:///{tmp_path / "lacuna.db"}"\n'
+    )
+    monkeypatch.setenv("LACUNA_CONFIG", str(config))
+    return tmp_path
+
+
+def test_db_upgrade_and_downgrade(configured: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "upgrade"]) == EXIT_OK
+    assert "schema revision: 0002" in capsys.readouterr().out
+    assert main(["db", "downgrade", "base"]) == EXIT_OK
+    assert "schema revision: none" in capsys.readouterr().out
+
+
+def test_models_register_activate_rollback(
+    configured: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", "rollback"]) == EXIT_REFUSED  # nothing registered yet
+    assert "no previously active" in capsys.readouterr().err
+    assert main(["models", "register", str(default_package_dir())]) == EXIT_OK
+    copy = configured / "candidate"
+    shutil.copytree(default_package_dir(), copy)
+    manifest = copy / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"version": "', '"version": "rc-', 1))
+    assert main(["models", "register", str(copy)]) == EXIT_OK
+    capsys.readouterr()
+    name = "lacuna-synthetic"
+    assert main(["models", "list"]) == EXIT_OK
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 2 and not any(line.startswith("*") for line in listed)
+    versions = [line.split()[1] for line in listed]
+    assert main(["models", "activate", name, versions[0]]) == EXIT_OK
+    assert main(["models", "activate", name, versions[1]]) == EXIT_OK
+    assert main(["models", "rollback"]) == EXIT_OK
+    assert f"rollback: {name} {versions[0]} (active)" in capsys.readouterr().out
+    assert main(["audit", "list", "--action", "model.rolled_back"]) == EXIT_OK
+    assert "admin:" in capsys.readouterr().out
+
+
+def test_register_refuses_a_folder_without_manifest(
+    configured: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", "register", str(configured)]) == EXIT_REFUSED
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_bad_configuration_exits_with_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LACUNA_SCP_PORT", "not-a-port")
+    assert main(["jobs", "list"]) == EXIT_CONFIG
+    assert "scp.port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["show", "retry", "cancel"])
+def test_jobs_unknown_job(
+    configured: Path, capsys: pytest.CaptureFixture[str], action: str
+) -> None:
+    assert main(["jobs", action, "42"]) == EXIT_REFUSED
+    assert "no job 42" in capsys.readouterr().err
+
+
+def test_synth_writes_a_study(configured: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["synth", str(configured / "out"), "--subjects", "1", "--seed", "3"]) == EXIT_OK
+    assert "48 instances" in capsys.readouterr().out
+    assert len(list((configured / "out").rglob("*.dcm"))) == 48

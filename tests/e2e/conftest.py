@@ -1,0 +1,101 @@
+"""Real DICOM peers on loopback: dcmtk storescp as the PACS, an embedded node on a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from node.app import EmbeddedNode
+from node.config import Settings
+from node.demo import PACS_AE, free_port, local_settings, start_storescp
+from tests.conftest import require_tool
+
+
+@dataclass
+class Pacs:
+    folder: Path
+    port: int
+
+    def received(self) -> dict[str, list[Path]]:
+        by_modality: dict[str, list[Path]] = {}
+        for path in sorted(self.folder.iterdir()):
+            modality = str(dcmread(path, stop_before_pixels=True).Modality)
+            by_modality.setdefault(modality, []).append(path)
+        return by_modality
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[Pacs]:
+    require_tool("storescp")
+    port = free_port()
+    process = start_storescp(tmp_path / "pacs", port)
+    yield Pacs(tmp_path / "pacs", port)
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def node_settings(tmp_path: Path, pacs: Pacs, allowed: tuple[str, ...] = ()) -> Settings:
+    return local_settings(tmp_path, pacs.port, stable_seconds=1.0, poll_seconds=0.2,
+                          allowed_calling_aes=allowed)
+
+
+@pytest.fixture
+def node(tmp_path: Path, pacs: Pacs) -> Iterator[EmbeddedNode]:
+    running = EmbeddedNode(node_settings(tmp_path, pacs))
+    running.start()
+    yield running
+    running.stop()
+
+
+def storescu(
+    port: int, path: Path, *options: str, calling_ae: str = "SCANNER"
+) -> subprocess.CompletedProcess[str]:
+    """dcmtk storescu sending a file, or a folder's *.dcm recursively, to the node."""
+    return subprocess.run(
+        [require_tool("storescu"), *options, "-aet", calling_ae, "-aec", "LACUNA", "+sd", "+r",
+         "+sp", "*.dcm", "127.0.0.1", str(port), str(path)],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def node_environment(
+    tmp_path: Path, scp_port: int, pacs: Pacs, database_url: str, **overrides: str
+) -> dict[str, str]:
+    """Environment for `lacuna scp|worker` processes sharing one database and storage root."""
+    return {
+        **os.environ,
+        "LACUNA_STORAGE_ROOT": str(tmp_path / "storage"),
+        "LACUNA_DATABASE_URL": database_url,
+        "LACUNA_SCP_HOST": "127.0.0.1",
+        "LACUNA_SCP_PORT": str(scp_port),
+        "LACUNA_STUDY_STABLE_SECONDS": "1",
+        "LACUNA_WORKER_POLL_SECONDS": "0.2",
+        "LACUNA_DESTINATIONS": json.dumps(
+            [{"name": "pacs", "ae_title": PACS_AE, "host": "127.0.0.1", "port": pacs.port}]
+        ),
+        **overrides,
+    }
+
+
+def spawn(role: str, environment: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A `lacuna ROLE` process; its log goes to ``ROLE-N.log`` beside the storage root."""
+    logs = Path(environment["LACUNA_STORAGE_ROOT"]).parent
+    logs.mkdir(parents=True, exist_ok=True)
+    number = len(list(logs.glob(f"{role}-*.log")))
+    with (logs / f"{role}-{number}.log").open("wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "node.cli", role], env=environment,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0

@@ -1,0 +1,168 @@
+"""Scheduling and claiming on SQLite and real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, select
+
+from models.package import default_package_dir
+from node.db.engine import session_factory, upgrade
+from node.db.jobs import claim_next_job, renew_lease
+from node.db.tables import AuditEvent, Job, Patient, Series, Study
+from node.domain.jobs import JobState, StudyState
+from node.errors import JobError
+from node.services import registry
+from node.services.job_admin import cancel_job, retry_job
+from node.services.scheduler import Scheduler
+
+T2_ATTRIBUTES = {
+    "modality": "MR", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4",
+    "image_type": ["ORIGINAL", "PRIMARY"], "scanning_sequence": ["SE", "IR"],
+    "scan_options": ["IR"], "repetition_time": 9000.0, "echo_time": 120.0,
+    "inversion_time": 2500.0,
+}
+
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def sessions(engine: Engine):  # type: ignore[no-untyped-def]
+    """A session factory on a freshly migrated database."""
+    upgrade(engine)
+    return session_factory(engine)
+
+
+def add_study(session, uid: str, received: datetime, attributes: dict | None) -> Study:  # type: ignore[no-untyped-def]
+    patient = session.scalar(select(Patient).where(Patient.patient_id == "P")) or Patient(
+        patient_id="P", patient_name="")
+    session.add(patient)
+    session.flush()
+    study = Study(study_instance_uid=uid, patient_id=patient.id, accession_number="",
+                  study_date="", state=StudyState.RECEIVING, first_received_at=received,
+                  last_received_at=received)
+    session.add(study)
+    session.flush()
+    if attributes is not None:
+        session.add(Series(series_instance_uid=f"{uid}.1", study_id=study.id, modality="MR",
+                           series_number=1, series_description="", attributes=attributes))
+    return study
+
+
+def test_scheduler_waits_for_the_quiet_period_then_queues_one_job(sessions) -> None:  # type: ignore[no-untyped-def]
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    with sessions.begin() as session:
+        registry.ensure_default(session, default_package_dir())
+        add_study(session, "1.2.1", now - timedelta(seconds=5), T2_ATTRIBUTES)
+        add_study(session, "1.2.2", now - timedelta(seconds=60), T2_ATTRIBUTES)
+        add_study(session, "1.2.3", now - timedelta(seconds=60), {**T2_ATTRIBUTES, "modality": "CT"})
+
+    assert len(Scheduler(sessions, 30, clock=lambda: now).run_once()) == 1
+    assert Scheduler(sessions, 30, clock=lambda: now).run_once() == []  # idempotent
+    with sessions.begin() as session:
+        states = dict(session.execute(select(Study.study_instance_uid, Study.state)).all())
+        assert states == {"1.2.1": StudyState.RECEIVING, "1.2.2": StudyState.SCHEDULED,
+                          "1.2.3": StudyState.NOT_PROCESSABLE}
+        actions = list(session.scalars(select(AuditEvent.action)))
+        assert actions.count("job.queued") == 1
+        assert "series.ignored" in actions and "study.not_processable" in actions
+
+
+def test_concurrent_claims_never_take_one_job_twice(sessions) -> None:  # type: ignore[no-untyped-def]
+    now = NOW
+    with sessions.begin() as session:
+        model = registry.ensure_default(session, default_package_dir())
+        assert model is not None
+        for n in range(20):
+            study = add_study(session, f"1.3.{n}", now, None)
+            session.add(Job(study_id=study.id, model_version_id=model.id, state=JobState.QUEUED,
+                            attempts=0, created_at=now))
+
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with sessions.begin() as session:
+                claim = claim_next_job(session, threading.current_thread().name, now, 60)
+                if claim is None:
+                    return
+                with lock:
+                    claimed.append(claim.job.id)
+
+    threads = [threading.Thread(target=drain) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(claimed) == sorted(set(claimed))
+    assert len(claimed) == 20
+    with sessions.begin() as session:
+        assert set(session.scalars(select(Job.state))) == {JobState.RUNNING}
+
+
+def queued_job(sessions, now: datetime) -> int:  # type: ignore[no-untyped-def]
+    with sessions.begin() as session:
+        model = registry.ensure_default(session, default_package_dir())
+        assert model is not None
+        study = add_study(session, "1.4.1", now, None)
+        job = Job(study_id=study.id, model_version_id=model.id, state=JobState.QUEUED,
+                  attempts=0, created_at=now)
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def test_an_expired_lease_makes_the_job_claimable_again(sessions) -> None:  # type: ignore[no-untyped-def]
+    now = NOW
+    job_id = queued_job(sessions, now)
+    with sessions.begin() as session:
+        first = claim_next_job(session, "worker-a", now, lease_seconds=30)
+        assert first is not None and first.previous_owner is None
+    with sessions.begin() as session:  # still leased: nobody else gets it
+        assert claim_next_job(session, "worker-b", now + timedelta(seconds=20), 30) is None
+    with sessions.begin() as session:  # renewed by its owner only
+        assert renew_lease(session, job_id, "worker-a", now + timedelta(seconds=20), 30)
+        assert not renew_lease(session, job_id, "worker-b", now + timedelta(seconds=20), 30)
+    with sessions.begin() as session:
+        assert claim_next_job(session, "worker-b", now + timedelta(seconds=45), 30) is None
+    with sessions.begin() as session:
+        second = claim_next_job(session, "worker-b", now + timedelta(seconds=51), 30)
+        assert second is not None and second.previous_owner == "worker-a"
+        assert (second.job.attempts, second.job.lease_owner) == (2, "worker-b")
+
+
+def test_a_retry_waits_for_its_time(sessions) -> None:  # type: ignore[no-untyped-def]
+    now = NOW
+    job_id = queued_job(sessions, now)
+    with sessions.begin() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.not_before = now + timedelta(seconds=10)
+    with sessions.begin() as session:
+        assert claim_next_job(session, "w", now + timedelta(seconds=9), 30) is None
+    with sessions.begin() as session:
+        assert claim_next_job(session, "w", now + timedelta(seconds=10), 30) is not None
+
+
+def test_admin_retry_and_cancel_are_audited_and_guarded(sessions) -> None:  # type: ignore[no-untyped-def]
+    now = NOW
+    job_id = queued_job(sessions, now)
+    with sessions.begin() as session:
+        assert cancel_job(session, job_id, "admin:test").state == JobState.CANCELLED
+    with sessions.begin() as session, pytest.raises(JobError, match="cancelled to cancelled"):
+        cancel_job(session, job_id, "admin:test")
+    with sessions.begin() as session:
+        job = retry_job(session, job_id, "admin:test")
+        assert (job.state, job.attempts) == (JobState.QUEUED, 0)
+    with sessions.begin() as session, pytest.raises(LookupError, match="no job 999"):
+        retry_job(session, 999, "admin:test")
+    with sessions.begin() as session:
+        rows = session.execute(
+            select(AuditEvent.action, AuditEvent.actor).where(AuditEvent.job_id == job_id)
+        ).all()
+    assert [tuple(row) for row in rows] == [("job.cancelled", "admin:test"),
+                                            ("job.retried", "admin:test")]

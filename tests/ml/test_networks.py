@@ -1,0 +1,82 @@
+"""The networks as the paper describes them, the ROI preprocessing, and the shipped model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.inference import LesionClass, TwoStageEngine
+from models.networks import build_primary_network, build_secondary_network
+from models.package import default_package_dir, verify_package
+from models.preprocessing import ROI_GAMMA, extract_roi, normalise_volume
+from training.evaluate import evaluate_engine
+from training.phantom import Contrast, axial_geometry, make_phantom, render_series
+
+
+def test_primary_network_shapes() -> None:
+    model = build_primary_network(base_filters=4)
+    output = np.asarray(model(np.zeros((2, 64, 96, 1), np.float32), training=False))
+    assert output.shape == (2, 64, 96, 2)
+    np.testing.assert_allclose(output.sum(axis=-1), 1.0, rtol=1e-5)
+    encoder_convolutions = [layer for layer in model.layers if layer.name.startswith("enc")
+                            and layer.name.endswith("_conv")]
+    assert len(encoder_convolutions) == 10  # the paper's encoding path
+    with pytest.raises(ValueError, match="base_filters"):
+        build_primary_network(base_filters=0)
+
+
+def test_secondary_network_shapes() -> None:
+    model = build_secondary_network()
+    output = np.asarray(model(np.zeros((3, 64, 64, 1), np.float32), training=False))
+    assert output.shape == (3, 1)
+    convolutions = [layer for layer in model.layers if layer.name.endswith("_conv")]
+    pools = [layer for layer in model.layers if layer.name.endswith("_pool")]
+    assert (len(convolutions), len(pools)) == (5, 3)
+
+
+def test_roi_is_centred_upsampled_and_gamma_corrected() -> None:
+    image = np.zeros((256, 256), np.float32)
+    image[100:104, 50:54] = 0.25
+    roi = extract_roi(image, 101.5, 51.5)
+    assert roi.shape == (64, 64)
+    assert roi.max() == pytest.approx(0.25**ROI_GAMMA, rel=1e-4)
+    assert roi[28:36, 28:36].mean() > roi.mean()  # the lesion sits in the middle
+    edge = extract_roi(image + 1.0, 0.0, 0.0)  # zero padding outside the image
+    assert edge[0, 0] == 0.0 and edge[-1, -1] == 1.0
+
+
+def test_normalise_volume_ignores_background() -> None:
+    volume = np.zeros((2, 16, 16), np.float32)
+    volume[:, 4:12, 4:12] = 500.0
+    assert normalise_volume(volume).max() == pytest.approx(1.0)
+
+
+def test_shipped_package_is_intact_and_says_it_is_synthetic() -> None:
+    manifest = verify_package(default_package_dir())
+    assert "not for clinical use" in manifest.intended_use
+    assert manifest.metrics["detection_recall_any_overlap"] > 0
+
+
+@pytest.fixture(scope="module")
+def engine() -> TwoStageEngine:
+    return TwoStageEngine.load(default_package_dir())
+
+
+def test_shipped_model_finds_and_classifies_lesions_on_unseen_subjects(
+    engine: TwoStageEngine,
+) -> None:
+    metrics = evaluate_engine(engine, seeds=[900_001, 900_002])
+    assert metrics["detection_recall_any_overlap"] >= 70
+    assert metrics["detection_precision_any_overlap"] >= 70
+    assert metrics["classification_accuracy"] >= 70
+
+
+def test_without_t1_every_lesion_is_unclassified(engine: TwoStageEngine) -> None:
+    geometry = axial_geometry()
+    phantom = make_phantom(900_003, geometry, lesion_count=4)
+    t2 = render_series(phantom, geometry, Contrast.T2_FLAIR).pixels.astype(np.float32)
+    result = engine.segment(t2, None, None, geometry.pixel_spacing, geometry.slice_spacing)
+    assert result.lesions
+    assert {lesion.lesion_class for lesion in result.lesions} == {LesionClass.UNCLASSIFIED}
+    assert all(lesion.laci_probability is None for lesion in result.lesions)
+    assert (result.labels[result.lesion_numbers > 0] == 3).all()

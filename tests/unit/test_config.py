@@ -1,0 +1,84 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from node.config import load_settings
+from node.errors import ConfigError
+
+
+def test_defaults_are_the_embedded_node() -> None:
+    settings = load_settings(None, {})
+    assert settings.scp.ae_title == "LACUNA"
+    assert settings.scp.port == 11112
+    assert settings.database.url.startswith("sqlite:///var/")
+    assert settings.storage.root == Path("var/storage")
+    assert settings.destinations == ()
+
+
+def test_toml_then_environment_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "lacuna.toml"
+    config.write_text(
+        '[scp]\nae_title = "NODE1"\nport = 104\nallowed_calling_aes = ["MRI1", "PACS"]\n'
+        '[study]\nstable_seconds = 5\n'
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "10.0.0.5"\nport = 104\n'
+    )
+    settings = load_settings(config, {"LACUNA_SCP_PORT": "11113", "LACUNA_STUDY_STABLE_SECONDS": "1.5"})
+    assert settings.scp.ae_title == "NODE1"
+    assert settings.scp.port == 11113
+    assert settings.scp.allowed_calling_aes == ("MRI1", "PACS")
+    assert settings.study.stable_seconds == 1.5
+    assert settings.destinations[0].host == "10.0.0.5"
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[storage]\nroot = "/data/lacuna"\n')
+    assert load_settings(None, {"LACUNA_CONFIG": str(config)}).storage.root == Path("/data/lacuna")
+
+
+def test_destinations_from_environment_json() -> None:
+    settings = load_settings(None, {
+        "LACUNA_DESTINATIONS": '[{"name": "a", "ae_title": "A", "host": "h", "port": 1}]',
+        "LACUNA_SCP_ALLOWED_CALLING_AES": "X,Y",
+    })
+    assert [d.name for d in settings.destinations] == ["a"]
+    assert settings.scp.allowed_calling_aes == ("X", "Y")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[scp]\nport = "eleven"\n', "scp.port"),
+        ('[scp]\nport = 70000\n', "scp.port"),
+        ('[scp]\nae_title = "A_TITLE_THAT_IS_TOO_LONG"\n', "scp.ae_title"),
+        ('[scp]\ncolour = "red"\n', "scp.colour"),
+        ('[study]\nstable_seconds = -1\n', "study.stable_seconds"),
+        ('[database]\nurl = "mysql://x"\n', "database.url"),
+        ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\n', "destinations[0].port"),
+        ('[[destinations]]\nname="p"\nae_title="P"\nhost="h"\nport=1\n'
+         '[[destinations]]\nname="p"\nae_title="Q"\nhost="h"\nport=2\n', "destinations"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=f"config {re.escape(key)}:"):
+        load_settings(config, {})
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "absent.toml", {})
+
+
+def test_database_password_is_masked() -> None:
+    settings = load_settings(None, {"LACUNA_DATABASE_URL": "postgresql://u:secret@db/lacuna"})
+    assert "secret" not in str(settings.describe())
+
+
+def test_the_example_configuration_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "lacuna.example.toml"
+    settings = load_settings(example, {})
+    assert settings.destinations[0].name == "pacs"
+    assert settings.worker.max_attempts == 5

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from node.domain.completeness import is_stable
+from node.domain.geometry import (
+    GeometryError,
+    SlicePlane,
+    in_plane_indices,
+    pair_slices,
+    slice_spacing,
+    sort_along_normal,
+)
+from node.domain.jobs import InvalidTransition, JobState, check_transition
+
+
+def plane(uid: str, z: float, spacing: float = 1.0, rows: int = 4, origin_xy: float = 0.0,
+          frame: str = "1.9") -> SlicePlane:
+    return SlicePlane(
+        sop_instance_uid=uid, frame_of_reference_uid=frame,
+        position=(origin_xy, origin_xy, z), row_cosine=(1.0, 0.0, 0.0),
+        column_cosine=(0.0, 1.0, 0.0), pixel_spacing=(spacing, spacing), rows=rows, columns=rows,
+    )
+
+
+def test_sort_uses_position_along_the_normal_not_arrival_order() -> None:
+    planes = [plane("3", 10.0), plane("1", 0.0), plane("2", 5.0)]
+    assert [p.sop_instance_uid for p in sort_along_normal(planes)] == ["1", "2", "3"]
+    assert slice_spacing(sort_along_normal(planes)) == 5.0
+
+
+def test_sort_refuses_mixed_orientation_and_duplicate_positions() -> None:
+    tilted = SlicePlane("x", "1.9", (0, 0, 0), (1, 0, 0), (0, 0, 1), (1, 1), 4, 4)
+    with pytest.raises(GeometryError, match="orientation"):
+        sort_along_normal([plane("a", 0.0), tilted])
+    with pytest.raises(GeometryError, match="same position|share one position"):
+        sort_along_normal([plane("a", 0.0), plane("b", 0.0)])
+
+
+def test_pairing_tolerates_offsets_and_leaves_gaps_unpaired() -> None:
+    t2 = [plane(str(k), 5.0 * k) for k in range(4)]
+    t1 = [plane("a", 0.4), plane("b", 10.9), plane("c", 15.2)]
+    assert pair_slices(t2, t1) == [0, None, 1, 2]
+
+
+def test_pairing_needs_the_same_frame_of_reference() -> None:
+    t2 = [plane("1", 0.0)]
+    assert pair_slices(t2, [plane("a", 0.0, frame="2.9")]) == [None]
+
+
+def test_in_plane_indices_map_between_unequal_matrices() -> None:
+    target = plane("t", 0.0, spacing=1.0, rows=4)
+    source = plane("s", 0.0, spacing=0.5, rows=8, origin_xy=-0.5)
+    indices = in_plane_indices(target, source)
+    assert indices.shape == (2, 4, 4)
+    # Target pixel (r, c) sits at (c, r) mm; the source's pixel (i, j) at (-0.5 + 0.5 j, ...).
+    np.testing.assert_allclose(indices[0, :, 0], [1.0, 3.0, 5.0, 7.0])
+    np.testing.assert_allclose(indices[1, 0, :], [1.0, 3.0, 5.0, 7.0])
+
+
+def test_stable_after_the_quiet_period() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    last = datetime(2026, 1, 1, tzinfo=UTC)
+    assert not is_stable(last, last + timedelta(seconds=29), 30)
+    assert is_stable(last, last + timedelta(seconds=30), 30)
+
+
+def test_job_transitions() -> None:
+    check_transition(JobState.QUEUED, JobState.RUNNING)
+    check_transition(JobState.RUNNING, JobState.DONE)
+    with pytest.raises(InvalidTransition, match="done to running"):
+        check_transition(JobState.DONE, JobState.RUNNING)
+
+
+def test_retry_policy() -> None:
+    from node.domain.jobs import retry_delay, state_after_failure
+
+    assert retry_delay(1, 10, 600, 0.0) == 5.0
+    assert retry_delay(1, 10, 600, 0.999) == pytest.approx(10.0, rel=1e-3)
+    assert retry_delay(4, 10, 600, 0.0) == 40.0
+    assert retry_delay(20, 10, 600, 0.0) == 300.0  # capped
+    with pytest.raises(ValueError, match="jitter"):
+        retry_delay(1, 10, 600, 1.0)
+    assert state_after_failure(1, 5, retryable=True) is JobState.QUEUED
+    assert state_after_failure(5, 5, retryable=True) is JobState.FAILED
+    assert state_after_failure(1, 5, retryable=False) is JobState.FAILED

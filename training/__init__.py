@@ -1,0 +1,1 @@
+"""Synthetic studies, training and evaluation for Lacuna's networks."""
