@@ -65,7 +65,7 @@ class EmbeddedNode:
         sessions = self.database.sessions
         root = settings.storage.root
         root.mkdir(parents=True, exist_ok=True)
-        self.intake = Intake(root, sessions)
+        self.intake = Intake(root, sessions, urgency=settings.study.urgency_rule())
         self.scheduler = Scheduler(sessions, settings.study.stable_seconds)
         self.processor = Processor(sessions, root, EngineCache())
         self.worker = Worker(
@@ -109,12 +109,21 @@ class EmbeddedNode:
                 logger.exception("scheduler/worker loop error")
             self._stop.wait(self.settings.worker.poll_seconds)
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (safe in a signal handler); :meth:`stop` does the rest."""
+        self._stop.set()
+
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop receiving, let a running job finish for up to ``grace_seconds`` (default
+        ``[worker] shutdown_grace_seconds``), else release it to the queue, audited."""
         self._stop.set()
         if self._server is not None:
             self._server.shutdown()
         if self._thread is not None:
-            self._thread.join(timeout=120)
+            grace = self.settings.worker.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+            self._thread.join(timeout=grace)
+            if self._thread.is_alive():
+                self.worker.release_current(f"shutdown: not finished within {grace:g} s")
         self.database.engine.dispose()
 
     def wait(self) -> None:

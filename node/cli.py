@@ -132,11 +132,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     def stop(signum: int, _frame: Any) -> None:
         logger.info("signal %d: stopping", signum)
-        node.stop()
+        node.request_stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     node.wait()
+    node.stop()  # finishes or releases a running job; nothing stays half-claimed
+    logger.info("stopped")
     return EXIT_OK
 
 

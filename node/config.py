@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from models.package import default_package_dir
+from node.domain.priority import UrgencyRule
 from node.errors import ConfigError
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
@@ -48,6 +49,16 @@ class DatabaseSettings:
 @dataclass(frozen=True)
 class StudySettings:
     stable_seconds: float = 30.0  # quiet period after the last instance
+    # A study is urgent (its jobs are claimed first) when an instance came from one of these
+    # calling AE titles or carries one of these Requested Procedure Priority (0040,1003) values.
+    urgent_calling_aes: tuple[str, ...] = ()
+    urgent_requested_priorities: tuple[str, ...] = ("STAT",)
+
+    def urgency_rule(self) -> UrgencyRule:
+        return UrgencyRule(
+            calling_aes=frozenset(self.urgent_calling_aes),
+            requested_priorities=frozenset(p.upper() for p in self.urgent_requested_priorities),
+        )
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,9 @@ class WorkerSettings:
     max_attempts: int = 5
     retry_base_seconds: float = 10.0  # first retry after 5-10 s, then doubling
     retry_max_seconds: float = 600.0
+    # On SIGTERM a worker finishes its job if it can within this many seconds, else releases
+    # it to the queue (audited) and exits; nothing is left half-claimed.
+    shutdown_grace_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +180,15 @@ def _positive(key: str, value: Any) -> float:
     return number
 
 
+def _list(key: str, value: Any) -> list[Any]:
+    """A TOML array, or (from the environment) a comma-separated string."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        raise ConfigError(key, f"must be a list, got {value!r}")
+    return list(value)
+
+
 def _unknown(section: str, values: dict[str, Any], known: set[str]) -> None:
     for key in sorted(set(values) - known):
         raise ConfigError(f"{section}.{key}", "unknown key")
@@ -181,11 +204,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
 
     scp = sections["scp"]
     _unknown("scp", scp, {"ae_title", "host", "port", "allowed_calling_aes"})
-    allowed = scp.get("allowed_calling_aes", ())
-    if isinstance(allowed, str):
-        allowed = [part for part in allowed.split(",") if part.strip()]
-    if not isinstance(allowed, list | tuple):
-        raise ConfigError("scp.allowed_calling_aes", "must be a list of AE titles")
+    allowed = _list("scp.allowed_calling_aes", scp.get("allowed_calling_aes", ()))
     scp_settings = ScpSettings(
         ae_title=_ae_title("scp.ae_title", scp.get("ae_title", "LACUNA")),
         host=_text("scp.host", scp.get("host", "0.0.0.0")),
@@ -203,10 +222,10 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     if not url.startswith(("sqlite", "postgresql")):
         raise ConfigError("database.url", "must be a sqlite:// or postgresql:// URL")
     study = sections["study"]
-    _unknown("study", study, {"stable_seconds"})
+    _unknown("study", study, {"stable_seconds", "urgent_calling_aes", "urgent_requested_priorities"})
     worker = sections["worker"]
     _unknown("worker", worker, {"poll_seconds", "lease_seconds", "max_attempts",
-                                "retry_base_seconds", "retry_max_seconds"})
+                                "retry_base_seconds", "retry_max_seconds", "shutdown_grace_seconds"})
     models = sections["models"]
     _unknown("models", models, {"default_package"})
 
@@ -248,7 +267,16 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         storage=StorageSettings(root=Path(_text("storage.root", storage.get("root", "var/storage")))),
         database=DatabaseSettings(url=url),
         study=StudySettings(
-            stable_seconds=_seconds("study.stable_seconds", study.get("stable_seconds", 30))
+            stable_seconds=_seconds("study.stable_seconds", study.get("stable_seconds", 30)),
+            urgent_calling_aes=tuple(
+                _ae_title("study.urgent_calling_aes", title)
+                for title in _list("study.urgent_calling_aes", study.get("urgent_calling_aes", ()))
+            ),
+            urgent_requested_priorities=tuple(
+                _text("study.urgent_requested_priorities", value).upper()
+                for value in _list("study.urgent_requested_priorities",
+                                   study.get("urgent_requested_priorities", ["STAT"]))
+            ),
         ),
         worker=WorkerSettings(
             poll_seconds=_seconds("worker.poll_seconds", worker.get("poll_seconds", 1.0)),
@@ -259,6 +287,9 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
             ),
             retry_max_seconds=_seconds(
                 "worker.retry_max_seconds", worker.get("retry_max_seconds", 600.0)
+            ),
+            shutdown_grace_seconds=_seconds(
+                "worker.shutdown_grace_seconds", worker.get("shutdown_grace_seconds", 60.0)
             ),
         ),
         models=ModelSettings(

@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 from node.db.tables import Job
 from node.domain.jobs import JobState
 
+CLAIM_ATTEMPTS = 3
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -28,34 +30,38 @@ def _claimable(now: datetime) -> ColumnElement[bool]:
 def claim_next_job(
     session: Session, owner: str, now: datetime, lease_seconds: float
 ) -> Claim | None:
-    """Take the oldest claimable job (queued and due, or running with an expired lease), mark
+    """Take the next claimable job (queued and due, or running with an expired lease): the
+    lowest priority number first (urgent before routine), then the oldest. Mark
     it running under a lease held by ``owner``, and return it; None when there is none.
 
     PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets concurrent workers pass each other's locked
     rows. SQLite ignores the lock clause; there the conditional UPDATE (the row must still be
     claimable) makes the claim atomic, since SQLite serialises writers.
     """
-    candidate = session.scalar(
-        select(Job).where(_claimable(now)).order_by(Job.id).limit(1)
-        .with_for_update(skip_locked=True)
-    )
-    if candidate is None:
-        return None
-    previous_owner = candidate.lease_owner if candidate.state == JobState.RUNNING else None
-    claimed = session.execute(
-        update(Job)
-        .where(Job.id == candidate.id, _claimable(now))
-        .values(
-            state=JobState.RUNNING, started_at=now, attempts=Job.attempts + 1,
-            lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
-            not_before=None,
+    for _ in range(CLAIM_ATTEMPTS):
+        candidate = session.scalar(
+            select(Job).where(_claimable(now)).order_by(Job.priority, Job.id).limit(1)
+            .with_for_update(skip_locked=True)
         )
-        .execution_options(synchronize_session=False)
-    )
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    session.refresh(candidate)
-    return Claim(candidate, previous_owner)
+        if candidate is None:
+            return None
+        previous_owner = candidate.lease_owner if candidate.state == JobState.RUNNING else None
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == candidate.id, _claimable(now))
+            .values(
+                state=JobState.RUNNING, started_at=now, attempts=Job.attempts + 1,
+                lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                not_before=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            session.refresh(candidate)
+            return Claim(candidate, previous_owner)
+        # SQLite: another process claimed it between our read and our write; our write
+        # transaction has begun now, so the next read sees its claim.
+    return None
 
 
 def renew_lease(

@@ -79,6 +79,8 @@ class Study(Base):
     state: Mapped[str] = mapped_column(String(32), index=True)
     first_received_at: Mapped[datetime]
     last_received_at: Mapped[datetime]
+    # Set (and kept) once any instance matched the urgency rule; its jobs are claimed first.
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Series(Base):
@@ -125,10 +127,20 @@ class ModelVersion(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("study_id", "model_version_id"),)
+    __table_args__ = (
+        # One run per study, model version and run number; a late arrival adds run n + 1.
+        UniqueConstraint("study_id", "model_version_id", "run"),
+        # The claim order: state, then priority (lower first), then age.
+        Index("ix_jobs_claim_order", "state", "priority", "id"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    run: Mapped[int] = mapped_column(Integer, default=1)
+    # Lower is claimed first (node.domain.priority): urgent 0, routine 1.
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+    # The run whose results this one replaces (late arrivals), if any.
+    supersedes_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     state: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]

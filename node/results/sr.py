@@ -54,9 +54,13 @@ def _lesion_group(
 
 
 def summary_statements(
-    lesions: tuple[Lesion, ...], model: ModelIdentity, t1_missing_reason: str | None
+    lesions: tuple[Lesion, ...],
+    model: ModelIdentity,
+    t1_missing_reason: str | None,
+    supersedes: str | None = None,
 ) -> list[str]:
-    """The document-level statements, in reading order."""
+    """The document-level statements, in reading order. ``supersedes`` says which earlier
+    report this one replaces, and why."""
     counts = {c: sum(1 for lesion in lesions if lesion.lesion_class is c) for c in LesionClass}
     statements = []
     if not lesions:
@@ -69,6 +73,8 @@ def summary_statements(
         )
     if t1_missing_reason:
         statements.append(f"Lesions are unclassified where no T1 FLAIR exists: {t1_missing_reason}")
+    if supersedes:
+        statements.append(f"Supersedes an earlier report: {supersedes}")
     statements.append(
         f"Produced by {model.label}. {model.trained_on}. Not for clinical use."
     )
@@ -85,9 +91,11 @@ def build_report(
     t1_missing_reason: str | None,
     series_instance_uid: str,
     sop_instance_uid: str,
+    supersedes: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The SR for one run. ``evidence`` are the T2 (and T1) FLAIR images that were read;
-    ``segmentation`` is None exactly when ``lesions`` is empty (a negative report)."""
+    ``segmentation`` is None exactly when ``lesions`` is empty (a negative report);
+    ``supersedes`` (text) names the earlier report a re-run replaces."""
     if bool(lesions) != (segmentation is not None):
         raise ValueError("a SEG is required exactly when there are lesions")
     observer = hd.sr.ObserverContext(
@@ -131,7 +139,7 @@ def build_report(
             hd.sr.TextContentItem(
                 name=codes.COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
             )
-            for text in summary_statements(lesions, model, t1_missing_reason)
+            for text in summary_statements(lesions, model, t1_missing_reason, supersedes)
         ]
     )
     report[0].ContentSequence.append(evaluations)

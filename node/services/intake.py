@@ -28,6 +28,7 @@ from node.db.tables import Instance, Patient, Series, Study, utcnow
 from node.dicom.status import Status
 from node.dicom.storage import InvalidUid, checked_uid, relative_path, write_atomically
 from node.domain.jobs import StudyState
+from node.domain.priority import UrgencyRule
 from node.errors import InstanceRejected, StorageError
 from node.services import audit
 
@@ -80,6 +81,15 @@ def series_attributes(dataset: Dataset) -> dict[str, Any]:
         "echo_time": _number(dataset.get("EchoTime")),
         "inversion_time": _number(dataset.get("InversionTime")),
     }
+
+
+def requested_priorities(dataset: Dataset) -> tuple[str, ...]:
+    """Requested Procedure Priority (0040,1003), top level and in each Request Attributes
+    Sequence (0040,0275) item."""
+    values = [str(dataset.get("RequestedProcedurePriority", "") or "")]
+    for item in dataset.get("RequestAttributesSequence", []) or []:
+        values.append(str(item.get("RequestedProcedurePriority", "") or ""))
+    return tuple(v for v in values if v)
 
 
 def decode(received: ReceivedInstance) -> Dataset:
@@ -138,10 +148,12 @@ class Intake:
         storage_root: Path,
         sessions: SessionFactory,
         clock: Callable[[], datetime] = utcnow,
+        urgency: UrgencyRule | None = None,
     ) -> None:
         self._root = storage_root
         self._sessions = sessions
         self._clock = clock
+        self._urgency = urgency or UrgencyRule()
         # Intake checks what it relies on (UIDs, pixel data length) itself and answers with a
         # status; pydicom's read-time value warnings would only make that depend on the
         # process's warning filters.
@@ -227,12 +239,19 @@ class Intake:
                 accession_number=str(dataset.get("AccessionNumber", "") or ""),
                 study_date=str(dataset.get("StudyDate", "") or ""),
                 state=StudyState.RECEIVING,
+                urgent=False,
                 first_received_at=now,
                 last_received_at=now,
             )
             session.add(study)
             session.flush()
         study.last_received_at = now
+        if not study.urgent and self._urgency.is_urgent(
+            received.calling_ae, requested_priorities(dataset)
+        ):
+            study.urgent = True
+            audit.record(session, "study.urgent", study_instance_uid=study_uid,
+                         calling_ae=received.calling_ae, reason="matched the urgency rule")
         if study.state != StudyState.RECEIVING:
             audit.record(
                 session, "study.reopened", study_instance_uid=study_uid, previous=study.state,

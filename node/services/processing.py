@@ -13,10 +13,11 @@ from typing import Any
 
 from pydicom.uid import generate_uid
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from models.inference import LesionSegmentation, TwoStageEngine
 from node.db.engine import SessionFactory
-from node.db.tables import Instance, ModelVersion, ResultObject, Series, Study, utcnow
+from node.db.tables import Instance, Job, ModelVersion, ResultObject, Series, Study, utcnow
 from node.dicom.storage import relative_path, write_atomically
 from node.domain.series import SeriesRole
 from node.errors import NotProcessable
@@ -60,6 +61,20 @@ class JobInputs:
     model_version_id: int
     model_path: Path
     model: ModelIdentity
+    supersedes: str | None = None  # for a re-run after late arrivals: what it replaces, and why
+
+
+def _superseded_report(session: Session, job: Job) -> str | None:
+    if job.supersedes_job_id is None:
+        return None
+    earlier = session.get(Job, job.supersedes_job_id)
+    sr_uid = session.scalar(
+        select(ResultObject.sop_instance_uid)
+        .where(ResultObject.job_id == job.supersedes_job_id, ResultObject.kind == "SR")
+    )
+    run = earlier.run if earlier is not None else job.run - 1
+    target = f"run {run} (SR SOP Instance UID {sr_uid})" if sr_uid else f"run {run}"
+    return f"{target}; instances arrived after it was queued, and this run read them too."
 
 
 class Processor:
@@ -77,10 +92,15 @@ class Processor:
             version_id, path = version.id, Path(version.path)
         self._engines.get(version_id, path)
 
-    def inputs(self, study_id: int, model_version_id: int) -> JobInputs:
+    def inputs(self, job_id: int) -> JobInputs:
+        """The study's FLAIR instances as they are now, and the job's model version."""
         with self._sessions.begin() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotProcessable(f"job {job_id} no longer exists")
+            study_id = job.study_id
             study = session.get(Study, study_id)
-            version = session.get(ModelVersion, model_version_id)
+            version = session.get(ModelVersion, job.model_version_id)
             if study is None or version is None:
                 raise NotProcessable("study or model version no longer exists")
             paths: dict[str, list[Path]] = {SeriesRole.T2_FLAIR: [], SeriesRole.T1_FLAIR: []}
@@ -100,6 +120,7 @@ class Processor:
                 model_version_id=version.id,
                 model_path=Path(version.path),
                 model=registry.identity_of(version),
+                supersedes=_superseded_report(session, job),
             )
 
     def stored_results(self, job_id: int) -> RunReport | None:
@@ -150,6 +171,7 @@ class Processor:
             t1_missing_reason=volumes.t1_missing_reason,
             series_instance_uid=str(generate_uid()),
             sop_instance_uid=str(generate_uid()),
+            supersedes=inputs.supersedes,
         )
         objects.append(("SR", sr))
         stored: list[tuple[str, Any, Path]] = []

@@ -1,5 +1,8 @@
 """The scheduler: studies that have been quiet for ``stable_seconds`` get their series roles
-and, when a T2 FLAIR exists, one job per study and active model version."""
+and, when a T2 FLAIR exists, a job for the active model version.
+
+A study is run once per model version; new instances after its run was queued (late arrivals)
+queue run n + 1, whose results supersede run n's (new series, audited with the reason)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from node.db.engine import SessionFactory
 from node.db.tables import Instance, Job, Series, Study, utcnow
 from node.domain.completeness import is_stable
 from node.domain.jobs import JobState, StudyState
+from node.domain.priority import job_priority
 from node.domain.series import SeriesAttributes, SeriesRole, assign_roles
 from node.services import audit, registry
 
@@ -111,26 +115,39 @@ class Scheduler:
 
         study.state = StudyState.SCHEDULED
         label = f"{model.name} {model.version}"
-        existing = session.scalar(
+        latest = session.scalar(
             select(Job).where(Job.study_id == study.id, Job.model_version_id == model.id)
+            .order_by(Job.run.desc()).limit(1)
         )
-        if existing is not None:
-            # Late arrivals re-running a finished study are not handled yet: the job stands.
-            audit.record(
-                session, "study.late_arrival", study_instance_uid=study.study_instance_uid,
-                job_id=existing.id, model_version=label,
-                reason="a job for this study and model version exists; not re-run",
+        run, reason = 1, None
+        if latest is not None:
+            if latest.state == JobState.QUEUED:
+                # Not started yet: it reads the study's instances when it runs, late ones too.
+                audit.record(
+                    session, "study.late_arrival", study_instance_uid=study.study_instance_uid,
+                    job_id=latest.id, model_version=label,
+                    reason="instances arrived before the queued run started; it includes them",
+                )
+                return None
+            late = session.scalar(
+                select(func.count()).select_from(Instance).join(Series)
+                .where(Series.study_id == study.id, Instance.received_at > latest.created_at)
             )
-            return None
+            run = latest.run + 1
+            reason = (f"late arrival: {late} instance(s) received after run {latest.run} "
+                      f"was queued; run {run} supersedes its results")
         job = Job(
-            study_id=study.id, model_version_id=model.id, state=JobState.QUEUED, attempts=0,
-            created_at=now,
+            study_id=study.id, model_version_id=model.id, run=run,
+            priority=job_priority(study.urgent), supersedes_job_id=latest.id if latest else None,
+            state=JobState.QUEUED, attempts=0, created_at=now,
         )
         session.add(job)
         session.flush()
         audit.record(
             session, "job.queued", study_instance_uid=study.study_instance_uid, job_id=job.id,
-            model_version=label,
+            model_version=label, run=run, priority=job.priority,
+            supersedes_job_id=job.supersedes_job_id, reason=reason,
         )
-        logger.info("queued job %d for study %s with %s", job.id, study.study_instance_uid, label)
+        logger.info("queued job %d (run %d, priority %d) for study %s with %s", job.id, run,
+                    job.priority, study.study_instance_uid, label)
         return job.id

@@ -63,12 +63,39 @@ class Worker:
         self._settings = settings
         self.owner = owner or default_worker_id()
         self._clock = clock
+        self._current: ClaimedJob | None = None  # the job this worker is running, if any
 
     def run_once(self) -> RunReport | None:
         """Process the next claimable job, if any; returns its report (None when idle)."""
         claimed = self._claim()
         if claimed is None:
             return None
+        self._current = claimed
+        try:
+            return self._run(claimed)
+        finally:
+            self._current = None
+
+    def release_current(self, reason: str) -> int | None:
+        """Give the running job back to the queue (shutdown): it becomes claimable at once and
+        its next attempt reuses whatever results this one stored. Returns its id, or None when
+        there was nothing to release. Safe to call from another thread than the one running."""
+        claimed = self._current
+        if claimed is None:
+            return None
+        with self._sessions.begin() as session:
+            job = _locked_job(session, claimed.job_id)
+            if job.lease_owner != self.owner or job.state != JobState.RUNNING:
+                return None
+            check_transition(JobState(job.state), JobState.QUEUED)
+            job.state = JobState.QUEUED
+            job.lease_owner, job.lease_expires_at, job.not_before = None, None, None
+            audit.record(session, "job.released", study_instance_uid=claimed.study_uid,
+                         job_id=job.id, attempt=job.attempts, worker=self.owner, reason=reason)
+        logger.warning("job %d released: %s", claimed.job_id, reason)
+        return claimed.job_id
+
+    def _run(self, claimed: ClaimedJob) -> RunReport:
         job_id = claimed.job_id
         report = RunReport()
         started = time.perf_counter()
@@ -77,7 +104,7 @@ class Worker:
                                    name=f"lease-{job_id}", daemon=True)
         renewer.start()
         try:
-            inputs = self._processor.inputs(claimed.study_id, claimed.model_version_id)
+            inputs = self._processor.inputs(job_id)
             # Results are built once per job: a retry reuses them (same UIDs) and only
             # delivers what no destination has acknowledged yet.
             report = self._processor.stored_results(job_id) or self._processor.run(job_id, inputs)

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from node.app import EmbeddedNode
+from node.config import DatabaseSettings
 from node.db.tables import AuditEvent, Job
 from node.demo import free_port, local_settings, start_storescp
 from node.domain.jobs import JobState
@@ -18,11 +19,12 @@ from tests.e2e.conftest import Pacs, storescu
 pytestmark = pytest.mark.e2e
 
 
-def test_destination_down_then_back(tmp_path: Path, synthetic_study) -> None:  # type: ignore[no-untyped-def]
+def test_destination_down_then_back(tmp_path: Path, synthetic_study, database_url: str) -> None:  # type: ignore[no-untyped-def]
     pacs_port = free_port()  # nothing listens there yet
     settings = local_settings(tmp_path, pacs_port, stable_seconds=1.0, poll_seconds=0.2)
-    settings = replace(settings, worker=replace(settings.worker, retry_base_seconds=1.0,
-                                                retry_max_seconds=2.0))
+    settings = replace(settings, database=DatabaseSettings(url=database_url),
+                       worker=replace(settings.worker, retry_base_seconds=1.0,
+                                      retry_max_seconds=2.0))
     node = EmbeddedNode(settings)
     node.start()
     pacs_process = None

@@ -6,13 +6,14 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from models.package import default_package_dir
 from node.db.engine import session_factory, upgrade
 from node.db.jobs import claim_next_job, renew_lease
-from node.db.tables import AuditEvent, Job, Patient, Series, Study
+from node.db.tables import AuditEvent, Instance, Job, Patient, Series, Study
 from node.domain.jobs import JobState, StudyState
+from node.domain.priority import ROUTINE, URGENT
 from node.errors import JobError
 from node.services import registry
 from node.services.job_admin import cancel_job, retry_job
@@ -166,3 +167,70 @@ def test_admin_retry_and_cancel_are_audited_and_guarded(sessions) -> None:  # ty
         ).all()
     assert [tuple(row) for row in rows] == [("job.cancelled", "admin:test"),
                                             ("job.retried", "admin:test")]
+
+
+def add_instance(session, study: Study, uid: str, received: datetime) -> None:  # type: ignore[no-untyped-def]
+    series = session.scalar(select(Series).where(Series.study_id == study.id))
+    session.add(Instance(sop_instance_uid=uid, series_id=series.id,
+                         sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+                         transfer_syntax_uid="1.2.840.10008.1.2.1", instance_number=1,
+                         path=f"instances/{uid}.dcm", size_bytes=1, sha256="0" * 64,
+                         received_at=received))
+
+
+def test_urgent_jobs_are_claimed_before_older_routine_ones(sessions) -> None:  # type: ignore[no-untyped-def]
+    now = NOW
+    with sessions.begin() as session:
+        registry.ensure_default(session, default_package_dir())
+        add_study(session, "1.5.1", now - timedelta(seconds=90), T2_ATTRIBUTES)
+        urgent = add_study(session, "1.5.2", now - timedelta(seconds=60), T2_ATTRIBUTES)
+        urgent.urgent = True
+        add_study(session, "1.5.3", now - timedelta(seconds=60), T2_ATTRIBUTES)
+    Scheduler(sessions, 30, clock=lambda: now).run_once()
+    order = []
+    for _ in range(3):
+        with sessions.begin() as session:
+            claim = claim_next_job(session, "w", now, 60)
+            assert claim is not None
+            study = session.get(Study, claim.job.study_id)
+            assert study is not None
+            order.append((study.study_instance_uid, claim.job.priority))
+    assert order == [("1.5.2", URGENT), ("1.5.1", ROUTINE), ("1.5.3", ROUTINE)]
+
+
+def test_a_late_arrival_queues_a_run_that_supersedes_the_finished_one(sessions) -> None:  # type: ignore[no-untyped-def]
+    now = NOW
+    with sessions.begin() as session:
+        registry.ensure_default(session, default_package_dir())
+        study = add_study(session, "1.6.1", now - timedelta(seconds=60), T2_ATTRIBUTES)
+        add_instance(session, study, "1.6.1.1.1", now - timedelta(seconds=60))
+    [first] = Scheduler(sessions, 30, clock=lambda: now).run_once()
+    with sessions.begin() as session:
+        job = session.get(Job, first)
+        assert job is not None
+        job.state = JobState.DONE
+        study = session.scalars(select(Study)).one()
+        # What intake does when an instance arrives for a scheduled study.
+        study.state, study.last_received_at = StudyState.RECEIVING, now + timedelta(seconds=10)
+        add_instance(session, study, "1.6.1.1.2", now + timedelta(seconds=10))
+        add_instance(session, study, "1.6.1.1.3", now + timedelta(seconds=10))
+
+    later = now + timedelta(seconds=45)
+    [second] = Scheduler(sessions, 30, clock=lambda: later).run_once()
+    with sessions.begin() as session:
+        rerun = session.get(Job, second)
+        assert rerun is not None
+        assert (rerun.run, rerun.supersedes_job_id, rerun.state) == (2, first, JobState.QUEUED)
+        queued = session.scalars(select(AuditEvent).where(AuditEvent.job_id == second)).one()
+        assert queued.action == "job.queued"
+        assert "late arrival: 2 instance(s) received after run 1" in queued.details["reason"]
+
+        # More instances before run 2 started: run 2 will read them; no run 3.
+        study = session.scalars(select(Study)).one()
+        study.state, study.last_received_at = StudyState.RECEIVING, later
+        add_instance(session, study, "1.6.1.1.4", later)
+    assert Scheduler(sessions, 30, clock=lambda: later + timedelta(seconds=31)).run_once() == []
+    with sessions.begin() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 2
+        actions = list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
+        assert actions[-1] == "study.late_arrival"

@@ -46,6 +46,18 @@ def test_destinations_from_environment_json() -> None:
     assert settings.scp.allowed_calling_aes == ("X", "Y")
 
 
+def test_urgency_rule_from_toml_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "lacuna.toml"
+    config.write_text('[study]\nurgent_requested_priorities = ["stat", "HIGH"]\n')
+    settings = load_settings(config, {"LACUNA_STUDY_URGENT_CALLING_AES": "ER_MR1, ER_MR2"})
+    rule = settings.study.urgency_rule()
+    assert settings.study.urgent_calling_aes == ("ER_MR1", "ER_MR2")
+    assert rule.is_urgent("ER_MR2", ())
+    assert rule.is_urgent("WARD_MR", ("ROUTINE", "high"))
+    assert not rule.is_urgent("WARD_MR", ("ROUTINE",))
+    assert load_settings(None, {}).study.urgency_rule().is_urgent("X", ("STAT",))
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [
@@ -54,6 +66,8 @@ def test_destinations_from_environment_json() -> None:
         ('[scp]\nae_title = "A_TITLE_THAT_IS_TOO_LONG"\n', "scp.ae_title"),
         ('[scp]\ncolour = "red"\n', "scp.colour"),
         ('[study]\nstable_seconds = -1\n', "study.stable_seconds"),
+        ('[study]\nurgent_calling_aes = "A\\\\B"\n', "study.urgent_calling_aes"),
+        ('[worker]\nshutdown_grace_seconds = "soon"\n', "worker.shutdown_grace_seconds"),
         ('[database]\nurl = "mysql://x"\n', "database.url"),
         ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\n', "destinations[0].port"),
         ('[[destinations]]\nname="p"\nae_title="P"\nhost="h"\nport=1\n'
