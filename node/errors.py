@@ -6,7 +6,8 @@
     ├── StorageError             a file or row could not be persisted (retryable)
     ├── ModelError               a model package is missing, tampered with or unusable
     ├── JobError                 a processing job cannot finish
-    │   └── NotProcessable       the study lacks what processing needs (no T2 FLAIR)
+    │   ├── NotProcessable       the study lacks what processing needs (no T2 FLAIR)
+    │   └── LeaseLost            this worker no longer holds the job (released or taken over)
     └── DeliveryError            a destination did not accept a result (retryable)
 """
 
@@ -44,6 +45,11 @@ class JobError(LacunaError):
 
 class NotProcessable(JobError):
     pass
+
+
+class LeaseLost(JobError):
+    """Raised before an effect (storing results, sending them) by a worker whose claim on the
+    job ended: the effect belongs to the job's current holder."""
 
 
 class DeliveryError(LacunaError):

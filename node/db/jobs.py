@@ -75,3 +75,10 @@ def renew_lease(
         .execution_options(synchronize_session=False)
     )
     return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def holds_lease(session: Session, job_id: int, owner: str) -> bool:
+    """Whether ``owner`` still holds ``job_id``; locks the row until the transaction ends, so
+    an effect recorded in the same transaction is fenced against a takeover."""
+    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    return job is not None and job.state == JobState.RUNNING and job.lease_owner == owner

@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session
 
 from models.inference import LesionSegmentation, TwoStageEngine
 from node.db.engine import SessionFactory
+from node.db.jobs import holds_lease
 from node.db.tables import Instance, Job, ModelVersion, ResultObject, Series, Study, utcnow
 from node.dicom.storage import relative_path, write_atomically
 from node.domain.series import SeriesRole
-from node.errors import NotProcessable
+from node.errors import LeaseLost, NotProcessable
 from node.results.identity import ModelIdentity
 from node.results.seg import build_segmentation, segment_numbers
 from node.results.sr import build_report
@@ -134,7 +135,9 @@ class Processor:
             return None
         return RunReport(result_paths=[self._root / path for path in paths])
 
-    def run(self, job_id: int, inputs: JobInputs) -> RunReport:
+    def run(self, job_id: int, inputs: JobInputs, owner: str) -> RunReport:
+        """Segment, classify, build and store the SEG and SR. The result rows commit only while
+        ``owner`` still holds the job (else :class:`LeaseLost`): one set of results per job."""
         report = RunReport()
         clock = time.perf_counter()
         volumes = load_study_volumes(inputs.t2_paths, inputs.t1_paths)
@@ -186,6 +189,8 @@ class Processor:
             stored.append((kind, dataset, relative))
             report.result_paths.append(self._root / relative)
         with self._sessions.begin() as session:
+            if not holds_lease(session, job_id, owner):
+                raise LeaseLost(f"job {job_id} is no longer held by {owner}; results discarded")
             for kind, dataset, relative in stored:
                 session.add(
                     ResultObject(

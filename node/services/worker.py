@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session
 
 from node.config import WorkerSettings
 from node.db.engine import SessionFactory
-from node.db.jobs import claim_next_job, renew_lease
+from node.db.jobs import claim_next_job, holds_lease, renew_lease
 from node.db.tables import Job, ModelVersion, Study, utcnow
 from node.domain.jobs import JobState, check_transition, retry_delay, state_after_failure
-from node.errors import LacunaError
+from node.errors import LacunaError, LeaseLost
 from node.services import audit
 from node.services.export import Exporter
 from node.services.processing import Processor, RunReport
@@ -107,10 +107,19 @@ class Worker:
             inputs = self._processor.inputs(job_id)
             # Results are built once per job: a retry reuses them (same UIDs) and only
             # delivers what no destination has acknowledged yet.
-            report = self._processor.stored_results(job_id) or self._processor.run(job_id, inputs)
+            report = (self._processor.stored_results(job_id)
+                      or self._processor.run(job_id, inputs, self.owner))
+            with self._sessions.begin() as session:  # released or taken over meanwhile: stop
+                if not holds_lease(session, job_id, self.owner):
+                    raise LeaseLost(f"job {job_id} is no longer held by {self.owner}")
             clock = time.perf_counter()
             self._exporter.export_job(job_id, inputs.study_instance_uid)
             report.timings["export"] = time.perf_counter() - clock
+        except LeaseLost as error:  # released at shutdown, or taken over: its outcome stands
+            stop_renewing.set()
+            logger.warning("job %d: %s", job_id, error)
+            self._finish(claimed, JobState.FAILED, report, reason=str(error))  # audits lease_lost
+            return report
         except Exception as error:  # the edge: a failure becomes a job state plus an audit row
             stop_renewing.set()
             retryable = getattr(error, "retryable", False) or isinstance(error, OperationalError)

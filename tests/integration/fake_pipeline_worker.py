@@ -29,7 +29,7 @@ class FakeProcessor:
     def stored_results(self, job_id: int) -> None:
         return None
 
-    def run(self, job_id: int, inputs: SimpleNamespace) -> RunReport:
+    def run(self, job_id: int, inputs: SimpleNamespace, owner: str) -> RunReport:
         time.sleep(0.01)
         return RunReport(timings={"inference": 0.01})
 

@@ -234,3 +234,85 @@ def test_a_late_arrival_queues_a_run_that_supersedes_the_finished_one(sessions) 
         assert session.scalar(select(func.count()).select_from(Job)) == 2
         actions = list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
         assert actions[-1] == "study.late_arrival"
+
+
+def test_a_worker_whose_job_was_taken_over_exports_nothing(sessions) -> None:  # type: ignore[no-untyped-def]
+    """The lease fences effects: a slow worker whose job another worker took over (or that
+    released it at shutdown) neither sends results nor changes the job."""
+    from types import SimpleNamespace
+
+    from node.config import WorkerSettings
+    from node.services.processing import RunReport
+    from node.services.worker import Worker
+
+    job_id = queued_job(sessions, datetime.now(UTC))
+    exported: list[int] = []
+
+    class TakenOverMidRun:
+        def inputs(self, job_id: int) -> SimpleNamespace:
+            return SimpleNamespace(study_instance_uid="1.4.1")
+
+        def stored_results(self, job_id: int) -> None:
+            return None
+
+        def run(self, job_id: int, inputs: SimpleNamespace, owner: str) -> RunReport:
+            with sessions.begin() as session:  # meanwhile, another worker reclaims the job
+                job = session.get(Job, job_id)
+                job.lease_owner = "worker-b"
+            return RunReport()
+
+    class Exporter:
+        def export_job(self, job_id: int, study_instance_uid: str) -> None:
+            exported.append(job_id)
+
+    worker = Worker(sessions, TakenOverMidRun(), Exporter(), WorkerSettings(), owner="worker-a")  # type: ignore[arg-type]
+    assert worker.run_once() is not None
+    assert exported == []
+    with sessions.begin() as session:
+        job = session.get(Job, job_id)
+        assert (job.state, job.lease_owner) == (JobState.RUNNING, "worker-b")
+        lost = session.scalars(select(AuditEvent).where(AuditEvent.action == "job.lease_lost")).one()
+        assert lost.details["current_worker"] == "worker-b"
+
+
+def test_release_gives_the_running_job_back(sessions) -> None:  # type: ignore[no-untyped-def]
+    import threading as _threading
+    from types import SimpleNamespace
+
+    from node.config import WorkerSettings
+    from node.services.processing import RunReport
+    from node.services.worker import Worker
+
+    job_id = queued_job(sessions, datetime.now(UTC))
+    running, release_done = _threading.Event(), _threading.Event()
+
+    class Slow:
+        def inputs(self, job_id: int) -> SimpleNamespace:
+            return SimpleNamespace(study_instance_uid="1.4.1")
+
+        def stored_results(self, job_id: int) -> None:
+            return None
+
+        def run(self, job_id: int, inputs: SimpleNamespace, owner: str) -> RunReport:
+            running.set()
+            release_done.wait(10)
+            return RunReport()
+
+    class Exporter:
+        def export_job(self, job_id: int, study_instance_uid: str) -> None:
+            raise AssertionError("a released job must not be exported by its old worker")
+
+    worker = Worker(sessions, Slow(), Exporter(), WorkerSettings(), owner="worker-a")  # type: ignore[arg-type]
+    thread = _threading.Thread(target=worker.run_once)
+    thread.start()
+    assert running.wait(10)
+    assert worker.release_current("shutdown: test") == job_id
+    release_done.set()
+    thread.join(10)
+    with sessions.begin() as session:
+        job = session.get(Job, job_id)
+        assert (job.state, job.lease_owner, job.attempts) == (JobState.QUEUED, None, 1)
+        actions = list(session.scalars(select(AuditEvent.action).where(AuditEvent.job_id == job_id)
+                                       .order_by(AuditEvent.id)))
+    assert actions == ["job.started", "job.released", "job.lease_lost"]
+    assert worker.release_current("again") is None  # nothing running
