@@ -18,6 +18,7 @@ from node.errors import JobError
 from node.services import registry
 from node.services.job_admin import cancel_job, retry_job
 from node.services.scheduler import Scheduler
+from tests.integration.fake_pipeline_worker import FakeProcessor
 
 T2_ATTRIBUTES = {
     "modality": "MR", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4",
@@ -248,13 +249,7 @@ def test_a_worker_whose_job_was_taken_over_exports_nothing(sessions) -> None:  #
     job_id = queued_job(sessions, datetime.now(UTC))
     exported: list[int] = []
 
-    class TakenOverMidRun:
-        def inputs(self, job_id: int) -> SimpleNamespace:
-            return SimpleNamespace(study_instance_uid="1.4.1")
-
-        def stored_results(self, job_id: int) -> None:
-            return None
-
+    class TakenOverMidRun(FakeProcessor):
         def run(self, job_id: int, inputs: SimpleNamespace, owner: str) -> RunReport:
             with sessions.begin() as session:  # meanwhile, another worker reclaims the job
                 job = session.get(Job, job_id)
@@ -286,13 +281,7 @@ def test_release_gives_the_running_job_back(sessions) -> None:  # type: ignore[n
     job_id = queued_job(sessions, datetime.now(UTC))
     running, release_done = _threading.Event(), _threading.Event()
 
-    class Slow:
-        def inputs(self, job_id: int) -> SimpleNamespace:
-            return SimpleNamespace(study_instance_uid="1.4.1")
-
-        def stored_results(self, job_id: int) -> None:
-            return None
-
+    class Slow(FakeProcessor):
         def run(self, job_id: int, inputs: SimpleNamespace, owner: str) -> RunReport:
             running.set()
             release_done.wait(10)
