@@ -20,18 +20,25 @@ class Claim:
     previous_owner: str | None  # set when the job was reclaimed from an expired lease
 
 
+def _due(now: datetime) -> ColumnElement[bool]:
+    return and_(Job.state == JobState.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now))
+
+
+def _expired(now: datetime) -> ColumnElement[bool]:
+    return and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
+
+
 def _claimable(now: datetime) -> ColumnElement[bool]:
-    return or_(
-        and_(Job.state == JobState.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now)),
-        and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
-    )
+    return or_(_due(now), _expired(now))
 
 
 def claim_next_job(
     session: Session, owner: str, now: datetime, lease_seconds: float
 ) -> Claim | None:
-    """Take the next claimable job (queued and due, or running with an expired lease): the
-    lowest priority number first (urgent before routine), then the oldest. Mark
+    """Take the next claimable job: first one whose lease expired (its worker died; it is
+    late already), else the next queued and due one, the lowest priority number first (urgent
+    before routine), then the oldest. Two queries, because each then walks an index
+    (``ix_jobs_claim_order``) instead of sorting every queued row. Mark
     it running under a lease held by ``owner``, and return it; None when there is none.
 
     PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets concurrent workers pass each other's locked
@@ -39,10 +46,14 @@ def claim_next_job(
     claimable) makes the claim atomic, since SQLite serialises writers.
     """
     for _ in range(CLAIM_ATTEMPTS):
-        candidate = session.scalar(
-            select(Job).where(_claimable(now)).order_by(Job.priority, Job.id).limit(1)
-            .with_for_update(skip_locked=True)
-        )
+        candidate = None
+        for claimable in (_expired(now), _due(now)):
+            candidate = session.scalar(
+                select(Job).where(claimable).order_by(Job.priority, Job.id).limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if candidate is not None:
+                break
         if candidate is None:
             return None
         previous_owner = candidate.lease_owner if candidate.state == JobState.RUNNING else None

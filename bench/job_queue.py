@@ -9,7 +9,7 @@ Prints:
 3. the time from a worker's SIGKILL in the middle of a job to another worker picking it up
    (bounded by the lease length, here --lease-seconds).
 
-    .venv/bin/python bench/queue.py [--postgres URL] [--studies 8] [--lease-seconds 3]
+    .venv/bin/python bench/job_queue.py [--postgres URL] [--studies 8] [--lease-seconds 3]
 """
 
 from __future__ import annotations
