@@ -273,7 +273,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
                 for title in _list("study.urgent_calling_aes", study.get("urgent_calling_aes", ()))
             ),
             urgent_requested_priorities=tuple(
-                _text("study.urgent_requested_priorities", value).upper()
+                _text("study.urgent_requested_priorities", value)
                 for value in _list("study.urgent_requested_priorities",
                                    study.get("urgent_requested_priorities", ["STAT"]))
             ),

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from node.db.tables import Job
 from node.domain.jobs import JobState
+from node.errors import LeaseLost
 
 CLAIM_ATTEMPTS = 3
 
@@ -93,3 +94,9 @@ def holds_lease(session: Session, job_id: int, owner: str) -> bool:
     an effect recorded in the same transaction is fenced against a takeover."""
     job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
     return job is not None and job.state == JobState.RUNNING and job.lease_owner == owner
+
+
+def require_lease(session: Session, job_id: int, owner: str) -> None:
+    """:func:`holds_lease`, or :class:`LeaseLost`: call before an effect of the job."""
+    if not holds_lease(session, job_id, owner):
+        raise LeaseLost(f"job {job_id} is no longer held by {owner}")

@@ -17,11 +17,11 @@ from sqlalchemy.orm import Session
 
 from models.inference import LesionSegmentation, TwoStageEngine
 from node.db.engine import SessionFactory
-from node.db.jobs import holds_lease
+from node.db.jobs import require_lease
 from node.db.tables import Instance, Job, ModelVersion, ResultObject, Series, Study, utcnow
 from node.dicom.storage import relative_path, write_atomically
 from node.domain.series import SeriesRole
-from node.errors import LeaseLost, NotProcessable
+from node.errors import NotProcessable
 from node.results.identity import ModelIdentity
 from node.results.seg import build_segmentation, segment_numbers
 from node.results.sr import build_report
@@ -189,8 +189,7 @@ class Processor:
             stored.append((kind, dataset, relative))
             report.result_paths.append(self._root / relative)
         with self._sessions.begin() as session:
-            if not holds_lease(session, job_id, owner):
-                raise LeaseLost(f"job {job_id} is no longer held by {owner}; results discarded")
+            require_lease(session, job_id, owner)  # else the results are discarded
             for kind, dataset, relative in stored:
                 session.add(
                     ResultObject(

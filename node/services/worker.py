@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from node.config import WorkerSettings
 from node.db.engine import SessionFactory
-from node.db.jobs import claim_next_job, holds_lease, renew_lease
+from node.db.jobs import claim_next_job, holds_lease, renew_lease, require_lease
 from node.db.tables import Job, ModelVersion, Study, utcnow
 from node.domain.jobs import JobState, check_transition, retry_delay, state_after_failure
 from node.errors import LacunaError, LeaseLost
@@ -84,9 +84,9 @@ class Worker:
         if claimed is None:
             return None
         with self._sessions.begin() as session:
-            job = _locked_job(session, claimed.job_id)
-            if job.lease_owner != self.owner or job.state != JobState.RUNNING:
+            if not holds_lease(session, claimed.job_id, self.owner):
                 return None
+            job = _locked_job(session, claimed.job_id)  # locked by holds_lease already
             check_transition(JobState(job.state), JobState.QUEUED)
             job.state = JobState.QUEUED
             job.lease_owner, job.lease_expires_at, job.not_before = None, None, None
@@ -110,8 +110,7 @@ class Worker:
             report = (self._processor.stored_results(job_id)
                       or self._processor.run(job_id, inputs, self.owner))
             with self._sessions.begin() as session:  # released or taken over meanwhile: stop
-                if not holds_lease(session, job_id, self.owner):
-                    raise LeaseLost(f"job {job_id} is no longer held by {self.owner}")
+                require_lease(session, job_id, self.owner)
             clock = time.perf_counter()
             self._exporter.export_job(job_id, inputs.study_instance_uid)
             report.timings["export"] = time.perf_counter() - clock

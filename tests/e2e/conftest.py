@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -94,6 +95,14 @@ def spawn(role: str, environment: dict[str, str]) -> subprocess.Popen[bytes]:
     with (logs / f"{role}-{number}.log").open("wb") as log:
         return subprocess.Popen([sys.executable, "-m", "node.cli", role], env=environment,
                                 stdout=log, stderr=subprocess.STDOUT)
+
+
+def terminate(*processes: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM each process still running and wait for it (teardown of spawned roles)."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=120)
 
 
 def listening(port: int) -> bool:

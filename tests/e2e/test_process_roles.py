@@ -15,7 +15,7 @@ from node.db.tables import AuditEvent, Job
 from node.demo import free_port
 from node.domain.jobs import JobState
 from tests.conftest import wait_for
-from tests.e2e.conftest import Pacs, listening, node_environment, spawn, storescu
+from tests.e2e.conftest import Pacs, listening, node_environment, spawn, storescu, terminate
 
 pytestmark = pytest.mark.e2e
 
@@ -80,10 +80,7 @@ def test_a_killed_worker_s_job_is_finished_by_another(
 
         job = wait_for(finished, timeout_s=60)
     finally:
-        for process in (scp, first, second):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=120)
+        terminate(scp, first, second)
         engine.dispose()
     assert {kind: len(paths) for kind, paths in received.items()} == {"SEG": 1, "SR": 1}
     assert job == (JobState.DONE, 2)

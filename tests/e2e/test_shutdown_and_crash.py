@@ -20,7 +20,7 @@ from node.demo import free_port
 from node.dicom.status import Status
 from node.domain.jobs import JobState
 from tests.conftest import wait_for
-from tests.e2e.conftest import Pacs, listening, node_environment, spawn, storescu
+from tests.e2e.conftest import Pacs, listening, node_environment, spawn, storescu, terminate
 
 pytestmark = pytest.mark.e2e
 
@@ -63,10 +63,7 @@ def test_sigterm_releases_or_finishes_the_running_job(
         assert job_row(engine) == (JobState.DONE, 2, None)
         received = pacs.received()
     finally:
-        for process in (scp, impatient, patient):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=120)
+        terminate(scp, impatient, patient)
         engine.dispose()
     assert {kind: len(paths) for kind, paths in received.items()} == {"SEG": 1, "SR": 1}
     trail = actions(engine)
@@ -135,10 +132,7 @@ def test_a_node_killed_mid_study_keeps_every_acknowledged_instance(
             instances = connection.scalar(select(func.count()).select_from(Instance))
             jobs = connection.scalar(select(func.count()).select_from(Job))
     finally:
-        for process in (node, worker):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=120)
+        terminate(node, worker)
         engine.dispose()
     assert instances == len(files)
     assert jobs == 1  # processed once, after it was whole and quiet
