@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ def configure_logging(level: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lacuna", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML settings (default: LACUNA_CONFIG)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("serve", help="run the embedded node: SCP, scheduler and worker")
@@ -89,12 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
         dest="action", required=True)
-    audit_list = audit.add_parser("list")
-    audit_list.add_argument("--study", help="StudyInstanceUID")
-    audit_list.add_argument("--action", dest="event_action", help="e.g. job.finished")
-    audit_list.add_argument("--job", type=int)
-    audit_list.add_argument("--limit", type=int, default=100)
+    for name, help_text in (("list", "the newest events, oldest first"),
+                            ("export", "events as JSON lines (all by default)")):
+        selection = audit.add_parser(name, help=help_text)
+        selection.add_argument("--study", help="StudyInstanceUID")
+        selection.add_argument("--ae", help="calling AE title")
+        selection.add_argument("--action", dest="event_action", help="e.g. job.finished")
+        selection.add_argument("--job", type=int)
+        selection.add_argument("--since", type=_timestamp, help="ISO time, UTC if no zone")
+        selection.add_argument("--until", type=_timestamp, help="ISO time, UTC if no zone")
+        selection.add_argument("--limit", type=int, default=100 if name == "list" else None)
+        if name == "export":
+            selection.add_argument("--out", type=Path, help="file to write (default stdout)")
+    audit.add_parser("verify", help="check the hash chain; exit 1 and name the broken rows")
     return parser
+
+
+def _timestamp(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -245,27 +260,77 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
 def _audit(args: argparse.Namespace, settings: Settings) -> int:
     from node.app import open_database
     from node.db.tables import AuditEvent
+    from node.services import audit
 
     database = open_database(settings)
-    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(args.limit)
-    if args.study:
-        query = query.where(AuditEvent.study_instance_uid == args.study)
-    if args.event_action:
-        query = query.where(AuditEvent.action == args.event_action)
-    if args.job is not None:
-        query = query.where(AuditEvent.job_id == args.job)
+    if args.action == "verify":
+        with database.sessions.begin() as session:
+            checked, breaks = audit.verify(session)
+        if args.json:
+            print(json.dumps({"checked": checked, "intact": not breaks,
+                              "breaks": [{"event_id": b.event_id, "seq": b.seq,
+                                          "problem": b.problem} for b in breaks]}))
+        else:
+            for problem in breaks:
+                print(f"BROKEN {problem}")
+            print(f"{checked} event(s) checked: "
+                  f"{'chain intact' if not breaks else f'{len(breaks)} break(s)'}")
+        return EXIT_OK if not breaks else EXIT_FAILURE
+
+    query = select(AuditEvent).order_by(AuditEvent.id.desc())
+    if args.limit is not None:
+        query = query.limit(args.limit)
+    for column, value in ((AuditEvent.study_instance_uid, args.study),
+                          (AuditEvent.calling_ae, args.ae),
+                          (AuditEvent.action, args.event_action), (AuditEvent.job_id, args.job)):
+        if value is not None:
+            query = query.where(column == value)
+    if args.since is not None:
+        query = query.where(AuditEvent.occurred_at >= args.since)
+    if args.until is not None:
+        query = query.where(AuditEvent.occurred_at < args.until)
     with database.sessions.begin() as session:
-        for event in reversed(list(session.scalars(query))):
-            where = " ".join(
-                f"{k}={v}" for k, v in (
-                    ("ae", event.calling_ae), ("study", event.study_instance_uid),
-                    ("sop", event.sop_instance_uid), ("job", event.job_id),
-                    ("model", event.model_version),
-                ) if v
-            )
-            print(f"{event.id:>7} {event.occurred_at:%Y-%m-%d %H:%M:%S} {event.action:<22} "
-                  f"{event.actor:<14} {where} {json.dumps(event.details, default=str)}")
+        events = list(reversed(list(session.scalars(query))))
+    if args.action == "export" or args.json:
+        out = args.out.open("w", encoding="utf-8") if getattr(args, "out", None) else sys.stdout
+        try:
+            for event in events:
+                out.write(json.dumps(_event_json(event), default=str) + "\n")
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        return EXIT_OK
+    print(format_table(
+        ["id", "time (UTC)", "action", "actor", "where", "details"],
+        [[event.id, f"{event.occurred_at:%Y-%m-%d %H:%M:%S}", event.action, event.actor,
+          " ".join(f"{k}={v}" for k, v in (
+              ("ae", event.calling_ae), ("study", event.study_instance_uid),
+              ("sop", event.sop_instance_uid), ("job", event.job_id),
+              ("model", event.model_version)) if v),
+          json.dumps(event.details, default=str)] for event in events],
+    ))
     return EXIT_OK
+
+
+def _event_json(event: Any) -> dict[str, Any]:
+    return {
+        "id": event.id, "seq": event.chain_seq, "occurred_at": event.occurred_at.isoformat(),
+        "action": event.action, "actor": event.actor, "calling_ae": event.calling_ae,
+        "peer_address": event.peer_address, "study_instance_uid": event.study_instance_uid,
+        "series_instance_uid": event.series_instance_uid,
+        "sop_instance_uid": event.sop_instance_uid, "job_id": event.job_id,
+        "model_version": event.model_version, "details": event.details,
+        "prev_hash": event.prev_hash, "hash": event.hash,
+    }
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns; the last column is not padded (it may be long)."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers) - 1)]
+    lines = ["  ".join([c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)] + [row[-1]])
+             .rstrip() for row in cells]
+    return "\n".join(lines)
 
 
 COMMANDS = {

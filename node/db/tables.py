@@ -121,6 +121,8 @@ class ModelVersion(Base):
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     manifest: Mapped[dict[str, Any]]
     active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    # A shadow version runs beside the active one on live studies; its results are never sent.
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False)
     registered_at: Mapped[datetime]
     activated_at: Mapped[datetime | None]
 
@@ -141,6 +143,8 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=1)
     # The run whose results this one replaces (late arrivals), if any.
     supersedes_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    # A shadow run (a candidate model version): results kept for comparison, never exported.
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
@@ -181,11 +185,16 @@ class Delivery(Base):
 
 
 class AuditEvent(Base):
-    """Append-only: rows are inserted, never updated or deleted."""
+    """Append-only: rows are inserted, never updated or deleted. Each row is a link of a hash
+    chain (node.domain.audit_chain) whose head is :class:`AuditChainHead`."""
 
     __tablename__ = "audit_events"
     __table_args__ = (Index("ix_audit_events_study", "study_instance_uid"),)
     id: Mapped[int] = mapped_column(primary_key=True)
+    # Position in the chain (1, 2, ...), the previous event's hash and this event's hash.
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
     occurred_at: Mapped[datetime] = mapped_column(index=True)
     action: Mapped[str] = mapped_column(String(64), index=True)
     actor: Mapped[str] = mapped_column(String(128))
@@ -197,3 +206,13 @@ class AuditEvent(Base):
     job_id: Mapped[int | None] = mapped_column(index=True)
     model_version: Mapped[str | None] = mapped_column(String(100))
     details: Mapped[dict[str, Any]]
+
+
+class AuditChainHead(Base):
+    """The one row (id 1) that ends the audit chain: how many events it holds and the last
+    hash. Appending locks it, so events chain in commit order; a deleted tail shows against it."""
+
+    __tablename__ = "audit_chain_head"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    length: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))

@@ -1,16 +1,32 @@
 """The audit trail: one row per received instance, association, state change and admin action,
-written in the same transaction as the change it records."""
+written in the same transaction as the change it records.
+
+Rows are chained (node.domain.audit_chain) when their transaction commits: the chain head is
+locked last, just before the commit, so appends serialise in commit order without holding the
+lock while the rest of the transaction runs (and without lock-order deadlocks).
+"""
 
 from __future__ import annotations
 
 import getpass
+from collections.abc import Iterator
 from typing import Any
 
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
-from node.db.tables import AuditEvent, utcnow
+from node.db.tables import AuditChainHead, AuditEvent, utcnow
+from node.domain.audit_chain import (
+    GENESIS_HASH,
+    HASHED_FIELDS,
+    ChainBreak,
+    ChainedEvent,
+    event_hash,
+    verify_chain,
+)
 
 NODE_ACTOR = "lacuna"
+_PENDING = "lacuna.audit.pending"  # session.info key: events recorded, not yet chained
 
 
 def admin_actor() -> str:
@@ -35,9 +51,10 @@ def record(
     model_version: str | None = None,
     **details: Any,
 ) -> AuditEvent:
-    """Add an audit row to ``session``; it commits or rolls back with the change it records.
-    ``details`` must be JSON-serialisable and free of patient names, IDs and birth dates."""
-    event = AuditEvent(
+    """Record an audit row in ``session``; it is chained and inserted when the session commits,
+    and discarded if it rolls back. ``details`` must be JSON-serialisable and free of patient
+    names, IDs and birth dates."""
+    audit_event = AuditEvent(
         occurred_at=utcnow(),
         action=action,
         actor=actor,
@@ -50,5 +67,64 @@ def record(
         model_version=model_version,
         details=details,
     )
-    session.add(event)
-    return event
+    session.info.setdefault(_PENDING, []).append(audit_event)
+    return audit_event
+
+
+def hashed_fields(audit_event: AuditEvent) -> dict[str, Any]:
+    return {name: getattr(audit_event, name) for name in HASHED_FIELDS}
+
+
+@event.listens_for(Session, "before_commit")
+def _chain_pending(session: Session) -> None:
+    pending: list[AuditEvent] = session.info.pop(_PENDING, [])
+    if not pending:
+        return
+    session.flush()  # everything else first: the head lock is the last one taken
+    head = session.execute(
+        update(AuditChainHead).where(AuditChainHead.id == 1)
+        .values(length=AuditChainHead.length + len(pending))
+        .returning(AuditChainHead.length, AuditChainHead.head_hash)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if head is None:
+        raise RuntimeError("audit chain head is missing: run the migrations")
+    seq, prev_hash = head.length - len(pending), head.head_hash
+    for audit_event in pending:
+        seq += 1
+        audit_event.chain_seq = seq
+        audit_event.prev_hash = prev_hash
+        audit_event.hash = prev_hash = event_hash(prev_hash, hashed_fields(audit_event))
+        session.add(audit_event)
+    session.execute(update(AuditChainHead).where(AuditChainHead.id == 1)
+                    .values(head_hash=prev_hash).execution_options(synchronize_session=False))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _discard_pending(session: Session, _previous_transaction: Any) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def chained_events(session: Session, batch: int = 5000) -> Iterator[ChainedEvent]:
+    """Every audit row in chain order (unchained rows last), read in batches."""
+    last_seq = 0
+    while True:
+        rows = list(session.scalars(
+            select(AuditEvent).where(AuditEvent.chain_seq > last_seq)
+            .order_by(AuditEvent.chain_seq).limit(batch)
+        ))
+        for row in rows:
+            yield ChainedEvent(row.id, hashed_fields(row), row.prev_hash, row.hash)
+        if len(rows) < batch:
+            break
+        last_seq = int(rows[-1].chain_seq or 0)
+    for row in session.scalars(select(AuditEvent).where(AuditEvent.chain_seq.is_(None))
+                               .order_by(AuditEvent.id)):
+        yield ChainedEvent(row.id, hashed_fields(row), row.prev_hash, row.hash)
+
+
+def verify(session: Session) -> tuple[int, list[ChainBreak]]:
+    """Check the whole trail against its hash chain and head: (events checked, breaks)."""
+    head = session.get(AuditChainHead, 1)
+    length, head_hash = (head.length, head.head_hash) if head else (0, GENESIS_HASH)
+    return verify_chain(chained_events(session), length, head_hash)

@@ -24,7 +24,7 @@ def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_db_upgrade_and_downgrade(configured: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == EXIT_OK
-    assert "schema revision: 0003" in capsys.readouterr().out
+    assert "schema revision: 0005" in capsys.readouterr().out
     assert main(["db", "downgrade", "base"]) == EXIT_OK
     assert "schema revision: none" in capsys.readouterr().out
 

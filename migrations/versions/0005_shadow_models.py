@@ -1,0 +1,31 @@
+"""Shadow mode: a candidate model version runs beside the active one; its jobs never export.
+
+Revision ID: 0005
+Revises: 0004
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("model_versions") as batch:
+        batch.add_column(sa.Column("shadow", sa.Boolean(), nullable=False, server_default=sa.false()))
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("shadow", sa.Boolean(), nullable=False, server_default=sa.false()))
+    with op.batch_alter_table("model_versions") as batch:
+        batch.alter_column("shadow", server_default=None)
+    with op.batch_alter_table("jobs") as batch:
+        batch.alter_column("shadow", server_default=None)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("shadow")
+    with op.batch_alter_table("model_versions") as batch:
+        batch.drop_column("shadow")
