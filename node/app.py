@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from pynetdicom.transport import ThreadedAssociationServer
@@ -13,6 +14,8 @@ from sqlalchemy import Engine
 from node.config import Settings
 from node.db.engine import SessionFactory, build_engine, migrate, session_factory, startup_lock, upgrade
 from node.dicom.scp import ScpContext, start_scp
+from node.health import Check, CheckResult, HealthServer, database_check, disk_check, storage_check
+from node.metrics import NodeMetrics
 from node.services import registry
 from node.services.export import Exporter
 from node.services.intake import Intake
@@ -65,19 +68,51 @@ class EmbeddedNode:
         sessions = self.database.sessions
         root = settings.storage.root
         root.mkdir(parents=True, exist_ok=True)
-        self.intake = Intake(root, sessions, urgency=settings.study.urgency_rule())
-        self.scheduler = Scheduler(sessions, settings.study.stable_seconds)
+        self.metrics = NodeMetrics()
+        self.metrics.watch_database(sessions)
+        self.intake = Intake(root, sessions, urgency=settings.study.urgency_rule(),
+                             min_free_bytes=settings.storage.min_free_bytes)
+        self.scheduler = Scheduler(sessions, settings.study.stable_seconds, metrics=self.metrics)
         self.processor = Processor(sessions, root, EngineCache())
         self.worker = Worker(
             sessions,
             self.processor,
-            Exporter(sessions, root, settings.destinations, settings.scp.ae_title),
+            Exporter(sessions, root, settings.destinations, settings.scp.ae_title,
+                     metrics=self.metrics),
             settings.worker,
+            metrics=self.metrics,
         )
         self._stop = threading.Event()
         self.model_ready = threading.Event()  # set once the active model is loaded (or failed)
+        self.model_error: str | None = None  # why the active model could not be loaded
+        self._load_failed_at = 0.0
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
+        self.http: HealthServer | None = None
+        if settings.metrics.enabled:
+            self.http = HealthServer(settings.metrics.host, settings.metrics.port, self.metrics,
+                                     self.readiness_checks())
+
+    def readiness_checks(self) -> dict[str, Check]:
+        """What /ready checks: the database, the storage root, free disk and, for a process
+        that runs jobs, the active model loaded."""
+        root = self.settings.storage.root
+        checks: dict[str, Check] = {
+            "database": database_check(self.database.sessions),
+            "storage": storage_check(root),
+            "disk": disk_check(root, self.settings.storage.min_free_bytes),
+        }
+        if self.process:
+            checks["model"] = self._model_check
+        return checks
+
+    def _model_check(self) -> CheckResult:
+        if not self.model_ready.is_set():
+            return CheckResult(False, "loading")
+        if self.model_error:
+            return CheckResult(False, self.model_error)
+        loaded = self.processor.active_model_loaded()
+        return CheckResult(loaded is not None, loaded or "active model not loaded yet")
 
     @property
     def port(self) -> int:
@@ -86,21 +121,34 @@ class EmbeddedNode:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
+        if self.http is not None:
+            self.http.start()
         if self.receive:
             self._server = start_scp(
-                self.settings.scp, ScpContext(self.intake, self.database.sessions)
+                self.settings.scp, ScpContext(self.intake, self.database.sessions, self.metrics)
             )
         if self.process:
             self._thread = threading.Thread(target=self._loop, name="lacuna-worker", daemon=True)
             self._thread.start()
 
-    def _loop(self) -> None:
+    def _preload(self) -> None:
+        """Load the active model if it is not yet (first start, or after an activation); a
+        failed load is retried once a minute, not on every poll."""
+        if self.model_error is not None and time.monotonic() - self._load_failed_at < 60:
+            return
         try:
             self.processor.preload()
-        except Exception:  # a broken package fails its jobs with the reason; keep serving
-            logger.exception("could not preload the active model")
+            self.model_error = None
+        except Exception as error:  # a broken package fails its jobs with the reason; keep serving
+            if self.model_error is None:
+                logger.exception("could not load the active model")
+            self.model_error = f"cannot load: {type(error).__name__}: {error}"[:300]
+            self._load_failed_at = time.monotonic()
         self.model_ready.set()
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
+            self._preload()
             try:
                 self.scheduler.run_once()
                 while not self._stop.is_set() and self.worker.run_once() is not None:
@@ -119,6 +167,8 @@ class EmbeddedNode:
         self._stop.set()
         if self._server is not None:
             self._server.shutdown()
+        if self.http is not None:
+            self.http.stop()
         if self._thread is not None:
             grace = self.settings.worker.shutdown_grace_seconds if grace_seconds is None else grace_seconds
             self._thread.join(timeout=grace)

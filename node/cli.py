@@ -20,19 +20,10 @@ from sqlalchemy import select
 
 from node.config import Settings, load_settings
 from node.errors import ConfigError, JobError, LacunaError, ModelError
+from node.logs import configure_logging
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG, EXIT_REFUSED = 0, 1, 2, 3, 4
 logger = logging.getLogger("lacuna")
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    # Library chatter at INFO is noise here (and pynetdicom's can describe datasets).
-    for noisy in ("pynetdicom", "alembic", "highdicom", "absl", "tensorflow", "h5py"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"lacuna: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     handler = COMMANDS[args.command]
     try:
         return handler(args, settings)

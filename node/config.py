@@ -34,6 +34,21 @@ class ScpSettings:
 @dataclass(frozen=True)
 class StorageSettings:
     root: Path = Path("var/storage")
+    # Below this much free disk the SCP answers Out of Resources (0xA700) and /ready fails.
+    min_free_mb: int = 1024
+
+    @property
+    def min_free_bytes(self) -> int:
+        return self.min_free_mb * 2**20
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The HTTP endpoint with /metrics, /health and /ready. Port 0 picks a free one."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = 9110
 
 
 @dataclass(frozen=True)
@@ -96,8 +111,10 @@ class Settings:
     study: StudySettings = field(default_factory=StudySettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     destinations: tuple[Destination, ...] = ()
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one JSON object per line
 
     def describe(self) -> dict[str, Any]:
         """The effective settings with secrets masked, for the start-up log."""
@@ -106,6 +123,7 @@ class Settings:
             "storage": str(self.storage.root),
             "database": self.database.masked_url(),
             "study": vars(self.study),
+            "metrics": vars(self.metrics),
             "destinations": [vars(d) for d in self.destinations],
         }
 
@@ -180,6 +198,18 @@ def _positive(key: str, value: Any) -> float:
     return number
 
 
+def _flag(key: str, value: Any) -> bool:
+    """A TOML boolean, or (from the environment) true/false, 1/0, yes/no."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "1", "yes", "on"}:
+        return True
+    if text in {"false", "0", "no", "off"}:
+        return False
+    raise ConfigError(key, f"must be true or false, got {value!r}")
+
+
 def _list(key: str, value: Any) -> list[Any]:
     """A TOML array, or (from the environment) a comma-separated string."""
     if isinstance(value, str):
@@ -195,10 +225,10 @@ def _unknown(section: str, values: dict[str, Any], known: set[str]) -> None:
 
 
 def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
-    _unknown("", raw, {"scp", "storage", "database", "study", "worker", "models",
-                       "destinations", "log_level"})
+    _unknown("", raw, {"scp", "storage", "database", "study", "worker", "models", "metrics",
+                       "destinations", "log_level", "log_format"})
     sections = {}
-    for name in ("scp", "storage", "database", "study", "worker", "models"):
+    for name in ("scp", "storage", "database", "study", "worker", "models", "metrics"):
         sections[name] = _section(raw, name)
         _override(name, sections[name], environ)
 
@@ -215,7 +245,9 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     )
 
     storage = sections["storage"]
-    _unknown("storage", storage, {"root"})
+    _unknown("storage", storage, {"root", "min_free_mb"})
+    metrics = sections["metrics"]
+    _unknown("metrics", metrics, {"enabled", "host", "port"})
     database = sections["database"]
     _unknown("database", database, {"url"})
     url = _text("database.url", database.get("url", DatabaseSettings.url))
@@ -262,9 +294,21 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("log_level", f"must be DEBUG, INFO, WARNING or ERROR, got {log_level}")
 
+    log_format = str(environ.get("LACUNA_LOG_FORMAT", raw.get("log_format", "text"))).lower()
+    if log_format not in {"text", "json"}:
+        raise ConfigError("log_format", f"must be text or json, got {log_format}")
+
     return Settings(
         scp=scp_settings,
-        storage=StorageSettings(root=Path(_text("storage.root", storage.get("root", "var/storage")))),
+        storage=StorageSettings(
+            root=Path(_text("storage.root", storage.get("root", "var/storage"))),
+            min_free_mb=int(_seconds("storage.min_free_mb", storage.get("min_free_mb", 1024))),
+        ),
+        metrics=MetricsSettings(
+            enabled=_flag("metrics.enabled", metrics.get("enabled", True)),
+            host=_text("metrics.host", metrics.get("host", "0.0.0.0")),
+            port=_port("metrics.port", metrics.get("port", 9110)),
+        ),
         database=DatabaseSettings(url=url),
         study=StudySettings(
             stable_seconds=_seconds("study.stable_seconds", study.get("stable_seconds", 30)),
@@ -301,4 +345,5 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         else ModelSettings(),
         destinations=tuple(destinations),
         log_level=log_level,
+        log_format=log_format,
     )

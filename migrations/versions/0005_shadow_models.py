@@ -1,4 +1,5 @@
 """Shadow mode: a candidate model version runs beside the active one; its jobs never export.
+Jobs record their findings (lesions by class) so runs can be compared.
 
 Revision ID: 0005
 Revises: 0004
@@ -18,6 +19,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("shadow", sa.Boolean(), nullable=False, server_default=sa.false()))
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("shadow", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(sa.Column("findings", sa.JSON(), nullable=True))
     with op.batch_alter_table("model_versions") as batch:
         batch.alter_column("shadow", server_default=None)
     with op.batch_alter_table("jobs") as batch:
@@ -26,6 +28,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("findings")
         batch.drop_column("shadow")
     with op.batch_alter_table("model_versions") as batch:
         batch.drop_column("shadow")

@@ -157,6 +157,8 @@ class Job(Base):
     not_before: Mapped[datetime | None]  # a retry waits until then
     # Timings of the last run in seconds, for `jobs show` and bench/.
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Lesions found by class ({"FCI": n, "LACI": m, "UNCLASSIFIED": k}), once it has run.
+    findings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class ResultObject(Base):

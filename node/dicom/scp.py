@@ -7,7 +7,7 @@ never imports TensorFlow.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom import AE, StoragePresentationContexts, VerificationPresentationContexts, evt
@@ -17,6 +17,7 @@ from node.config import ScpSettings
 from node.db.engine import SessionFactory
 from node.dicom.status import Status
 from node.errors import InstanceRejected, StorageError
+from node.metrics import NodeMetrics
 from node.services import audit
 from node.services.intake import Intake, ReceivedInstance
 
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 class ScpContext:
     intake: Intake
     sessions: SessionFactory
+    metrics: NodeMetrics = field(default_factory=NodeMetrics)
 
 
 def _requestor(event: Any) -> tuple[str, str]:
@@ -54,18 +56,23 @@ def handle_store(event: Any, context: ScpContext) -> int:
     except InstanceRejected as error:
         logger.warning("refused %s from %s: %s", received.affected_sop_instance_uid,
                        calling_ae, error.reason)
-        _audit_refusal(context, received, error.status, error.reason)
-        return error.status
+        return _refuse(context, received, Status(error.status), error.reason)
     except StorageError as error:
         logger.error("cannot store %s: %s", received.affected_sop_instance_uid, error)
-        _audit_refusal(context, received, Status.OUT_OF_RESOURCES, str(error))
-        return Status.OUT_OF_RESOURCES
+        return _refuse(context, received, Status.OUT_OF_RESOURCES, str(error))
     except Exception:  # the edge: any other failure becomes a failure status, never success
         logger.exception("failed to store %s", received.affected_sop_instance_uid)
-        _audit_refusal(context, received, Status.PROCESSING_FAILURE, "internal error")
-        return Status.PROCESSING_FAILURE
+        return _refuse(context, received, Status.PROCESSING_FAILURE, "internal error")
+    context.metrics.instances_received.labels(duplicate=str(stored.duplicate).lower()).inc()
+    context.metrics.bytes_received.inc(len(received.data))
     logger.debug("stored %s (duplicate=%s)", stored.sop_instance_uid, stored.duplicate)
     return Status.SUCCESS
+
+
+def _refuse(context: ScpContext, received: ReceivedInstance, status: Status, reason: str) -> int:
+    context.metrics.rejections.labels(reason=status.name.lower()).inc()
+    _audit_refusal(context, received, status, reason)
+    return int(status)
 
 
 def _audit_refusal(context: ScpContext, received: ReceivedInstance, status: int, reason: str) -> None:
@@ -86,6 +93,7 @@ def _audit_refusal(context: ScpContext, received: ReceivedInstance, status: int,
 
 def handle_accepted(event: Any, context: ScpContext) -> None:
     calling_ae, peer = _requestor(event)
+    context.metrics.associations.labels(outcome="accepted").inc()
     with context.sessions.begin() as session:
         audit.record(session, "association.accepted", calling_ae=calling_ae, peer_address=peer)
 
@@ -93,6 +101,7 @@ def handle_accepted(event: Any, context: ScpContext) -> None:
 def handle_rejected(event: Any, context: ScpContext) -> None:
     calling_ae, peer = _requestor(event)
     logger.warning("rejected association from %s at %s", calling_ae, peer)
+    context.metrics.associations.labels(outcome="rejected").inc()
     with context.sessions.begin() as session:
         audit.record(session, "association.rejected", calling_ae=calling_ae, peer_address=peer)
 

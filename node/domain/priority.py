@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 URGENT = 0
 ROUTINE = 1
+SHADOW = 2  # a candidate model's run: only when no clinical work waits
 
 
 @dataclass(frozen=True)
@@ -26,5 +27,7 @@ class UrgencyRule:
         return any(p.strip().upper() in self.requested_priorities for p in requested_priorities)
 
 
-def job_priority(urgent: bool) -> int:
+def job_priority(urgent: bool, shadow: bool = False) -> int:
+    if shadow:
+        return SHADOW
     return URGENT if urgent else ROUTINE

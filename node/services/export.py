@@ -16,6 +16,7 @@ from node.db.tables import Delivery, ResultObject, utcnow
 from node.dicom.scu import SendOutcome, send_files
 from node.dicom.status import is_success, is_warning
 from node.errors import DeliveryError
+from node.metrics import NodeMetrics
 from node.services import audit
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ class Exporter:
         destinations: tuple[Destination, ...],
         calling_ae: str,
         send: Sender = send_files,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or NodeMetrics()
         self._sessions = sessions
         self._root = storage_root
         self._destinations = destinations
@@ -119,6 +122,8 @@ class Exporter:
             status=None if status is None else f"0x{status:04X}",
             error=delivery.error,
         )
+        counter = self._metrics.deliveries if ok else self._metrics.delivery_failures
+        counter.labels(destination=destination.name).inc()
         if not ok:
             logger.warning("delivery of %s to %s failed: %s", result.sop_instance_uid,
                            destination.name, delivery.error)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -149,8 +150,10 @@ class Intake:
         sessions: SessionFactory,
         clock: Callable[[], datetime] = utcnow,
         urgency: UrgencyRule | None = None,
+        min_free_bytes: int = 0,
     ) -> None:
         self._root = storage_root
+        self._min_free_bytes = min_free_bytes
         self._sessions = sessions
         self._clock = clock
         self._urgency = urgency or UrgencyRule()
@@ -158,6 +161,18 @@ class Intake:
         # status; pydicom's read-time value warnings would only make that depend on the
         # process's warning filters.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+    def _check_free_space(self, size: int) -> None:
+        """Refuse (Out of Resources) rather than fill the disk the database also lives on."""
+        if not self._min_free_bytes:
+            return
+        try:
+            free = shutil.disk_usage(self._root).free
+        except OSError as error:
+            raise StorageError(f"cannot check free space: {error.strerror}") from error
+        if free - size < self._min_free_bytes:
+            raise StorageError(f"free disk space {free // 2**20} MiB is below the threshold "
+                               f"of {self._min_free_bytes // 2**20} MiB")
 
     def store(self, received: ReceivedInstance) -> StoredInstance:
         dataset = decode(received)
@@ -169,6 +184,7 @@ class Intake:
             raise InstanceRejected(Status.CANNOT_UNDERSTAND, str(error)) from None
 
         relative = relative_path("instances", study_uid, series_uid, sop_uid)
+        self._check_free_space(len(received.data))
         try:
             write_atomically(self._root, relative, received.data)
         except OSError as error:

@@ -38,6 +38,10 @@ class EngineCache:
         self._engines: dict[int, TwoStageEngine] = {}
         self._lock = threading.Lock()
 
+    def holds(self, version_id: int) -> bool:
+        with self._lock:
+            return version_id in self._engines
+
     def get(self, version_id: int, package_dir: Path) -> TwoStageEngine:
         with self._lock:
             if version_id not in self._engines:
@@ -85,13 +89,21 @@ class Processor:
         self._engines = engines
 
     def preload(self) -> None:
-        """Load the active model now rather than on the first study."""
+        """Load the active model now rather than on the first study (no-op once loaded)."""
         with self._sessions.begin() as session:
             version = registry.active_version(session)
             if version is None:
                 return
             version_id, path = version.id, Path(version.path)
         self._engines.get(version_id, path)
+
+    def active_model_loaded(self) -> str | None:
+        """The active version's label when its networks are loaded in this process."""
+        with self._sessions.begin() as session:
+            version = registry.active_version(session)
+            if version is None or not self._engines.holds(version.id):
+                return None
+            return f"{version.name} {version.version} loaded"
 
     def inputs(self, job_id: int) -> JobInputs:
         """The study's FLAIR instances as they are now, and the job's model version."""

@@ -1,14 +1,17 @@
-"""Model versions: register (verified against the manifest), activate, roll back.
+"""Model versions: register (verified against the manifest, loaded and smoke-tested),
+activate, roll back, shadow, verify.
 
-Exactly one version is active at a time; every change is audited with who made it.
+Exactly one version is active at a time and at most one runs in shadow beside it; every change
+is audited with who made it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -18,6 +21,11 @@ from node.db.tables import ModelVersion, utcnow
 from node.errors import ModelError
 from node.results.identity import ModelIdentity
 from node.services import audit
+
+if TYPE_CHECKING:  # the smoke test loads TensorFlow; callers that may, pass it in
+    from models.smoke import SmokeResult
+
+SmokeTest = Callable[[Path], "SmokeResult"]
 
 
 def identity_of(version: ModelVersion) -> ModelIdentity:
@@ -37,8 +45,25 @@ def list_versions(session: Session) -> list[ModelVersion]:
     return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)))
 
 
-def register(session: Session, package_dir: Path, actor: str) -> ModelVersion:
-    """Verify the package's files against its manifest and record it (inactive)."""
+def find_version(session: Session, name: str, version_text: str) -> ModelVersion:
+    version = session.scalar(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version_text)
+    )
+    if version is None:
+        raise ModelError(f"{name} {version_text} is not registered")
+    return version
+
+
+def shadow_version(session: Session) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.shadow.is_(True)))
+
+
+def register(
+    session: Session, package_dir: Path, actor: str, smoke_test: SmokeTest | None = None
+) -> ModelVersion:
+    """Verify the package's files against its manifest, load its networks and run the smoke
+    test (when ``smoke_test`` is given), then record it, inactive. Any failed step refuses
+    the package with :class:`ModelError` and records nothing."""
     package_dir = package_dir.resolve()
     try:
         manifest = verify_package(package_dir)
@@ -51,6 +76,16 @@ def register(session: Session, package_dir: Path, actor: str) -> ModelVersion:
     )
     if existing is not None:
         raise ModelError(f"{manifest.name} {manifest.version} is already registered")
+    smoke = "not run (bundled package, checked by its tests)"
+    if smoke_test is not None:
+        try:
+            result = smoke_test(package_dir)
+        except Exception as error:  # a package whose networks do not load is refused
+            raise ModelError(f"cannot register {package_dir}: networks do not load or run: "
+                             f"{type(error).__name__}: {error}") from error
+        if not result.passed:
+            raise ModelError(f"cannot register {package_dir}: smoke test failed: {result.detail}")
+        smoke = result.detail
     manifest_bytes = (package_dir / MANIFEST_NAME).read_bytes()
     version = ModelVersion(
         name=manifest.name,
@@ -66,18 +101,79 @@ def register(session: Session, package_dir: Path, actor: str) -> ModelVersion:
     session.flush()
     audit.record(
         session, "model.registered", actor=actor, model_version=f"{version.name} {version.version}",
-        path=str(package_dir), manifest_sha256=version.manifest_sha256,
+        path=str(package_dir), manifest_sha256=version.manifest_sha256, smoke_test=smoke,
     )
     return version
 
 
 def activate(session: Session, name: str, version_text: str, actor: str) -> ModelVersion:
-    version = session.scalar(
-        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version_text)
-    )
+    """Make the version active (a shadow version is thereby promoted and leaves shadow)."""
+    version = find_version(session, name, version_text)
+    if version.active:
+        raise ModelError(f"{name} {version_text} is already active")
+    return _make_active(session, version, actor, "model.activated",
+                        promoted_from_shadow=version.shadow)
+
+
+def start_shadow(session: Session, name: str, version_text: str, actor: str) -> ModelVersion:
+    """Run the version beside the active one on every newly stable study (results kept for
+    :func:`node.services.shadow.compare`, never exported). Replaces any earlier shadow."""
+    version = find_version(session, name, version_text)
+    if version.active:
+        raise ModelError(f"{name} {version_text} is the active version; shadow a candidate")
+    previous = shadow_version(session)
+    session.execute(update(ModelVersion).values(shadow=False))
+    version.shadow = True
+    session.flush()
+    audit.record(session, "model.shadow_started", actor=actor, model_version=_label(version),
+                 replaced=None if previous is None or previous.id == version.id
+                 else _label(previous))
+    return version
+
+
+def stop_shadow(session: Session, actor: str) -> ModelVersion:
+    version = shadow_version(session)
     if version is None:
-        raise ModelError(f"{name} {version_text} is not registered")
-    return _make_active(session, version, actor, "model.activated")
+        raise ModelError("no model version is in shadow mode")
+    version.shadow = False
+    session.flush()
+    audit.record(session, "model.shadow_stopped", actor=actor, model_version=_label(version))
+    return version
+
+
+@dataclass(frozen=True)
+class VerifiedVersion:
+    name: str
+    version: str
+    path: str
+    ok: bool
+    detail: str
+
+
+def verify_all(session: Session, actor: str) -> list[VerifiedVersion]:
+    """Re-check every registered version's files on disk against its manifest and against the
+    manifest hash recorded at registration; one audit row with the outcome."""
+    results = []
+    for version in list_versions(session):
+        path = Path(version.path)
+        try:
+            verify_package(path)
+            recorded = hashlib.sha256((path / MANIFEST_NAME).read_bytes()).hexdigest()
+            if recorded != version.manifest_sha256:
+                raise PackageError("manifest changed since registration "
+                                   f"(sha256 {recorded}, registered {version.manifest_sha256})")
+            ok, detail = True, "all files match"
+        except (PackageError, OSError) as error:
+            ok, detail = False, str(error)
+        results.append(VerifiedVersion(version.name, version.version, str(path), ok, detail))
+    audit.record(session, "model.verified", actor=actor,
+                 checked=len(results), failed=[f"{r.name} {r.version}: {r.detail}"
+                                               for r in results if not r.ok])
+    return results
+
+
+def _label(version: ModelVersion) -> str:
+    return f"{version.name} {version.version}"
 
 
 def rollback(session: Session, actor: str) -> ModelVersion:
@@ -104,6 +200,7 @@ def _make_active(
     # never see two active versions.
     session.execute(update(ModelVersion).values(active=False))
     version.active = True
+    version.shadow = False
     version.activated_at = utcnow()
     session.flush()
     audit.record(

@@ -14,11 +14,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from node.db.engine import SessionFactory
-from node.db.tables import Instance, Job, Series, Study, utcnow
+from node.db.tables import Instance, Job, ModelVersion, Series, Study, utcnow
 from node.domain.completeness import is_stable
 from node.domain.jobs import JobState, StudyState
 from node.domain.priority import job_priority
 from node.domain.series import SeriesAttributes, SeriesRole, assign_roles
+from node.metrics import NodeMetrics
 from node.services import audit, registry
 
 logger = logging.getLogger(__name__)
@@ -30,10 +31,12 @@ class Scheduler:
         sessions: SessionFactory,
         stable_seconds: float,
         clock: Callable[[], datetime] = utcnow,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._stable_seconds = stable_seconds
         self._clock = clock
+        self._metrics = metrics or NodeMetrics()
 
     def run_once(self) -> list[int]:
         """Schedule every stable study; returns the ids of jobs queued."""
@@ -55,17 +58,17 @@ class Scheduler:
                     continue
                 if not is_stable(study.last_received_at, now, self._stable_seconds):
                     continue  # an instance arrived since we listed it
-                job_id = self._schedule(session, study, now)
-                if job_id is not None:
-                    queued.append(job_id)
+                queued.extend(self._schedule(session, study, now))
         return queued
 
-    def _schedule(self, session: Session, study: Study, now: datetime) -> int | None:
+    def _schedule(self, session: Session, study: Study, now: datetime) -> list[int]:
+        """Assign series roles and queue a run of the active version (and of the shadow
+        version, if any); returns the ids of the jobs queued."""
         model = registry.active_version(session)
         if model is None:
             logger.warning("study %s is stable but no model version is active",
                            study.study_instance_uid)
-            return None
+            return []
         counts = dict(
             session.execute(
                 select(Instance.series_id, func.count()).join(Series)
@@ -111,9 +114,19 @@ class Scheduler:
                 session, "study.not_processable", study_instance_uid=study.study_instance_uid,
                 reason="no T2 FLAIR series",
             )
-            return None
+            return []
 
         study.state = StudyState.SCHEDULED
+        queued = [self._queue_run(session, study, model, now, shadow=False)]
+        shadow = registry.shadow_version(session)
+        if shadow is not None and shadow.id != model.id:
+            queued.append(self._queue_run(session, study, shadow, now, shadow=True))
+        return [job_id for job_id in queued if job_id is not None]
+
+    def _queue_run(
+        self, session: Session, study: Study, model: ModelVersion, now: datetime, shadow: bool
+    ) -> int | None:
+        """Queue run n + 1 of ``model`` for ``study`` unless a run of it is still queued."""
         label = f"{model.name} {model.version}"
         latest = session.scalar(
             select(Job).where(Job.study_id == study.id, Job.model_version_id == model.id)
@@ -138,16 +151,19 @@ class Scheduler:
                       f"was queued; run {run} supersedes its results")
         job = Job(
             study_id=study.id, model_version_id=model.id, run=run,
-            priority=job_priority(study.urgent), supersedes_job_id=latest.id if latest else None,
+            priority=job_priority(study.urgent, shadow), shadow=shadow,
+            supersedes_job_id=latest.id if latest else None,
             state=JobState.QUEUED, attempts=0, created_at=now,
         )
         session.add(job)
         session.flush()
         audit.record(
             session, "job.queued", study_instance_uid=study.study_instance_uid, job_id=job.id,
-            model_version=label, run=run, priority=job.priority,
+            model_version=label, run=run, priority=job.priority, shadow=shadow,
             supersedes_job_id=job.supersedes_job_id, reason=reason,
         )
-        logger.info("queued job %d (run %d, priority %d) for study %s with %s", job.id, run,
-                    job.priority, study.study_instance_uid, label)
+        self._metrics.jobs_queued.labels(shadow=str(shadow).lower()).inc()
+        logger.info("queued %sjob %d (run %d, priority %d) for study %s with %s",
+                    "shadow " if shadow else "", job.id, run, job.priority,
+                    study.study_instance_uid, label)
         return job.id

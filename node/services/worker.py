@@ -20,12 +20,14 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from models.inference import LesionClass, LesionSegmentation
 from node.config import WorkerSettings
 from node.db.engine import SessionFactory
 from node.db.jobs import claim_next_job, holds_lease, renew_lease, require_lease
 from node.db.tables import Job, ModelVersion, Study, utcnow
 from node.domain.jobs import JobState, check_transition, retry_delay, state_after_failure
 from node.errors import LacunaError, LeaseLost
+from node.metrics import NodeMetrics
 from node.services import audit
 from node.services.export import Exporter
 from node.services.processing import Processor, RunReport
@@ -45,6 +47,7 @@ class ClaimedJob:
     attempts: int
     study_uid: str | None
     last_received_at: datetime | None
+    shadow: bool = False  # a candidate model's run: results kept, never exported
 
 
 class Worker:
@@ -56,7 +59,9 @@ class Worker:
         settings: WorkerSettings,
         owner: str | None = None,
         clock: Callable[[], datetime] = utcnow,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or NodeMetrics()
         self._sessions = sessions
         self._processor = processor
         self._exporter = exporter
@@ -111,9 +116,10 @@ class Worker:
                       or self._processor.run(job_id, inputs, self.owner))
             with self._sessions.begin() as session:  # released or taken over meanwhile: stop
                 require_lease(session, job_id, self.owner)
-            clock = time.perf_counter()
-            self._exporter.export_job(job_id, inputs.study_instance_uid)
-            report.timings["export"] = time.perf_counter() - clock
+            if not claimed.shadow:
+                clock = time.perf_counter()
+                self._exporter.export_job(job_id, inputs.study_instance_uid)
+                report.timings["export"] = time.perf_counter() - clock
         except LeaseLost as error:  # released at shutdown, or taken over: its outcome stands
             stop_renewing.set()
             logger.warning("job %d: %s", job_id, error)
@@ -135,6 +141,12 @@ class Worker:
             since_last = (self._clock() - claimed.last_received_at).total_seconds()
             report.timings["wait"] = since_last - report.timings["total"]
         self._finish(claimed, JobState.DONE, report)
+        if not claimed.shadow:
+            if "inference" in report.timings:
+                self._metrics.inference_seconds.observe(report.timings["inference"])
+            if "wait" in report.timings:
+                self._metrics.end_to_end_seconds.observe(
+                    report.timings["wait"] + report.timings["total"])
         logger.info("job %d done: %d lesion(s) in %.1f s", job_id,
                     len(report.lesions.lesions) if report.lesions else 0, report.timings["total"])
         return report
@@ -152,6 +164,7 @@ class Worker:
                 attempts=job.attempts,
                 study_uid=study.study_instance_uid if study else None,
                 last_received_at=study.last_received_at if study else None,
+                shadow=job.shadow,
             )
             audit.record(
                 session, "job.reclaimed" if claim.previous_owner else "job.started",
@@ -215,10 +228,19 @@ class Worker:
                 details["reason"] = reason[:1000]
             if report.lesions is not None:
                 details["lesions"] = len(report.lesions.lesions)
+                job.findings = findings_by_class(report.lesions)
             action = {JobState.DONE: "job.finished", JobState.FAILED: "job.failed",
                       JobState.QUEUED: "job.retry_scheduled"}[state]
             audit.record(session, action, study_instance_uid=claimed.study_uid, job_id=job.id,
                          attempt=job.attempts, **details)
+        self._metrics.jobs_finished.labels(state=state.value).inc()
+
+
+def findings_by_class(lesions: LesionSegmentation) -> dict[str, int]:
+    counts = {lesion_class.value: 0 for lesion_class in LesionClass}
+    for lesion in lesions.lesions:
+        counts[lesion.lesion_class.value] += 1
+    return counts
 
 
 def _locked_job(session: Session, job_id: int) -> Job:
