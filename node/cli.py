@@ -61,13 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="model versions").add_subparsers(
         dest="action", required=True)
-    models.add_parser("list")
-    register = models.add_parser("register", help="verify and record a model package")
+    models.add_parser("list", help="registered versions; * active, ~ shadow")
+    show_model = models.add_parser("show", help="one version: manifest, files, jobs run")
+    show_model.add_argument("name")
+    show_model.add_argument("version")
+    register = models.add_parser(
+        "register", help="verify a package's files, load it, smoke-test it, record it")
     register.add_argument("package", type=Path)
     activate = models.add_parser("activate", help="make NAME VERSION the active model")
     activate.add_argument("name")
     activate.add_argument("version")
     models.add_parser("rollback", help="re-activate the previously active version")
+    models.add_parser("verify", help="re-check the files of every registered version")
+    shadow = models.add_parser(
+        "shadow", help="run NAME VERSION beside the active one (never exported); --stop ends it")
+    shadow.add_argument("name", nargs="?")
+    shadow.add_argument("version", nargs="?")
+    shadow.add_argument("--stop", action="store_true")
+    compare = models.add_parser(
+        "compare", help="agreement of a shadow version with the clinical results")
+    compare.add_argument("name", nargs="?", help="default: the current shadow version")
+    compare.add_argument("version", nargs="?")
 
     jobs = commands.add_parser("jobs", help="processing jobs").add_subparsers(
         dest="action", required=True)
@@ -190,22 +204,135 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
     from node.services import audit, registry
 
     database = open_database(settings)
+    actor = audit.admin_actor()
+    if args.action == "compare":
+        return _models_compare(args, settings, database)
     with database.sessions.begin() as session:
         if args.action == "list":
-            for version in registry.list_versions(session):
-                marker = "*" if version.active else " "
-                print(f"{marker} {version.name} {version.version}  {version.path}  "
-                      f"registered {version.registered_at:%Y-%m-%d %H:%M}")
+            versions = registry.list_versions(session)
+            if args.json:
+                print(json.dumps([_version_json(v) for v in versions], indent=2))
+            else:
+                print(format_table(
+                    ["", "name", "version", "registered (UTC)", "activated (UTC)", "path"],
+                    [["*" if v.active else "~" if v.shadow else "", v.name, v.version,
+                      f"{v.registered_at:%Y-%m-%d %H:%M}",
+                      f"{v.activated_at:%Y-%m-%d %H:%M}" if v.activated_at else "", v.path]
+                     for v in versions]))
             return EXIT_OK
+        if args.action == "show":
+            return _models_show(session, registry.find_version(session, args.name, args.version),
+                                args.json)
+        if args.action == "verify":
+            results = registry.verify_all(session, actor)
+            if args.json:
+                print(json.dumps([vars(r) for r in results], indent=2))
+            else:
+                print(format_table(["name", "version", "files", "detail"],
+                                   [[r.name, r.version, "ok" if r.ok else "FAILED", r.detail]
+                                    for r in results]))
+            return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
         if args.action == "register":
-            version = registry.register(session, args.package, audit.admin_actor())
+            from models.smoke import smoke_test_package  # loads TensorFlow
+
+            version = registry.register(session, args.package, actor, smoke_test_package)
         elif args.action == "activate":
-            version = registry.activate(session, args.name, args.version, audit.admin_actor())
+            version = registry.activate(session, args.name, args.version, actor)
+        elif args.action == "shadow":
+            if args.stop:
+                version = registry.stop_shadow(session, actor)
+            elif args.name and args.version:
+                version = registry.start_shadow(session, args.name, args.version, actor)
+            else:
+                print("lacuna: models shadow needs NAME VERSION, or --stop", file=sys.stderr)
+                return EXIT_USAGE
         else:
-            version = registry.rollback(session, audit.admin_actor())
-        print(f"{args.action}: {version.name} {version.version}"
-              f"{' (active)' if version.active else ''}")
+            version = registry.rollback(session, actor)
+        state = " (active)" if version.active else " (shadow)" if version.shadow else ""
+        if args.json:
+            print(json.dumps({"action": args.action, **_version_json(version)}))
+        else:
+            print(f"{args.action}: {version.name} {version.version}{state}")
     return EXIT_OK
+
+
+def _version_json(version: Any) -> dict[str, Any]:
+    return {
+        "name": version.name, "version": version.version, "active": version.active,
+        "shadow": version.shadow, "path": version.path,
+        "manifest_sha256": version.manifest_sha256,
+        "registered_at": version.registered_at.isoformat(),
+        "activated_at": version.activated_at.isoformat() if version.activated_at else None,
+    }
+
+
+def _models_show(session: Any, version: Any, as_json: bool) -> int:
+    from sqlalchemy import func
+
+    from node.db.tables import Job
+
+    jobs = dict(session.execute(
+        select(Job.state, func.count()).where(Job.model_version_id == version.id)
+        .group_by(Job.state)).all())
+    manifest = version.manifest
+    shown = {**_version_json(version), "jobs_by_state": jobs,
+             "trained_on": manifest.get("trained_on"),
+             "intended_use": manifest.get("intended_use"),
+             "metrics": manifest.get("metrics", {}), "files": manifest.get("files", {}),
+             "input_matrix": manifest.get("input_matrix"),
+             "thresholds": {key: manifest.get(key) for key in
+                            ("lesion_threshold", "laci_threshold", "min_lesion_voxels")}}
+    if as_json:
+        print(json.dumps(shown, indent=2, default=str))
+        return EXIT_OK
+    for key, value in shown.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for inner, inner_value in value.items():
+                print(f"  {inner}: {inner_value}")
+        else:
+            print(f"{key}: {value}")
+    return EXIT_OK
+
+
+def _models_compare(args: argparse.Namespace, settings: Settings, database: Any) -> int:
+    from node.errors import ModelError
+    from node.services import registry, shadow
+
+    with database.sessions.begin() as session:
+        candidate = (registry.find_version(session, args.name, args.version)
+                     if args.name and args.version else registry.shadow_version(session))
+        if candidate is None:
+            raise ModelError("no model version is in shadow mode: name one to compare")
+        comparison = shadow.compare(session, settings.storage.root, candidate)
+    summary = {
+        "candidate": comparison.candidate, "studies_compared": len(comparison.studies),
+        "pending": comparison.pending,
+        "mean_dice": _rounded(comparison.mean_dice), "median_dice": _rounded(comparison.median_dice),
+        "same_lesion_counts": _rounded(comparison.count_agreement),
+    }
+    if args.json:
+        print(json.dumps({**summary, "studies": [
+            {"study_instance_uid": s.study_instance_uid, "clinical_job": s.clinical_job_id,
+             "shadow_job": s.shadow_job_id, "clinical_model": s.clinical_model,
+             "clinical": s.clinical_findings, "shadow": s.shadow_findings,
+             "dice": round(s.dice, 4)} for s in comparison.studies]}, indent=2))
+        return EXIT_OK
+    print(format_table(
+        ["study", "clinical model", "clinical FCI/LACI/unclassified", "shadow FCI/LACI/unclassified",
+         "dice"],
+        [[s.study_instance_uid, s.clinical_model, _counts(s.clinical_findings),
+          _counts(s.shadow_findings), f"{s.dice:.3f}"] for s in comparison.studies]))
+    print(" ".join(f"{key}={value}" for key, value in summary.items()))
+    return EXIT_OK
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _counts(findings: dict[str, int]) -> str:
+    return "/".join(str(findings.get(key, 0)) for key in ("FCI", "LACI", "UNCLASSIFIED"))
 
 
 def _jobs(args: argparse.Namespace, settings: Settings) -> int:
@@ -228,9 +355,19 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
                 .join(ModelVersion, Job.model_version_id == ModelVersion.id)
                 .order_by(Job.id.desc()).limit(args.limit)
             ).all()
-            for job, study_uid, name, version in rows:
-                print(f"{job.id:>6}  {job.state:<8} {job.created_at:%Y-%m-%d %H:%M:%S}  "
-                      f"{name} {version}  {study_uid}")
+            if args.json:
+                print(json.dumps([{"id": job.id, "state": job.state, "run": job.run,
+                                   "priority": job.priority, "shadow": job.shadow,
+                                   "created_at": job.created_at.isoformat(),
+                                   "model_version": f"{name} {version}",
+                                   "study_instance_uid": study_uid}
+                                  for job, study_uid, name, version in rows], indent=2))
+                return EXIT_OK
+            print(format_table(
+                ["id", "state", "created (UTC)", "run", "prio", "model", "study"],
+                [[job.id, job.state + (" (shadow)" if job.shadow else ""),
+                  f"{job.created_at:%Y-%m-%d %H:%M:%S}", job.run, job.priority,
+                  f"{name} {version}", study_uid] for job, study_uid, name, version in rows]))
             return EXIT_OK
         shown = session.get(Job, args.job_id)
         if shown is None:
@@ -241,7 +378,8 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
             "created_at": shown.created_at.isoformat(),
             "started_at": shown.started_at.isoformat() if shown.started_at else None,
             "finished_at": shown.finished_at.isoformat() if shown.finished_at else None,
-            "error": shown.error, "timings_s": shown.timings,
+            "error": shown.error, "timings_s": shown.timings, "findings": shown.findings,
+            "shadow": shown.shadow, "model_version_id": shown.model_version_id,
             "results": [{"kind": r.kind, "sop_instance_uid": r.sop_instance_uid,
                          "path": r.path} for r in results],
         }, indent=2))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
 from models.package import default_package_dir
-from node.cli import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, main
+from node.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, main
 
 
 @pytest.fixture
@@ -42,10 +43,10 @@ def test_models_register_activate_rollback(
     assert main(["models", "register", str(copy)]) == EXIT_OK
     capsys.readouterr()
     name = "lacuna-synthetic"
-    assert main(["models", "list"]) == EXIT_OK
-    listed = capsys.readouterr().out.splitlines()
-    assert len(listed) == 2 and not any(line.startswith("*") for line in listed)
-    versions = [line.split()[1] for line in listed]
+    assert main(["--json", "models", "list"]) == EXIT_OK
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed) == 2 and not any(entry["active"] for entry in listed)
+    versions = [entry["version"] for entry in listed]
     assert main(["models", "activate", name, versions[0]]) == EXIT_OK
     assert main(["models", "activate", name, versions[1]]) == EXIT_OK
     assert main(["models", "rollback"]) == EXIT_OK
@@ -81,3 +82,47 @@ def test_synth_writes_a_study(configured: Path, capsys: pytest.CaptureFixture[st
     assert main(["synth", str(configured / "out"), "--subjects", "1", "--seed", "3"]) == EXIT_OK
     assert "48 instances" in capsys.readouterr().out
     assert len(list((configured / "out").rglob("*.dcm"))) == 48
+
+
+def candidate_package(configured: Path, version_prefix: str, **manifest_changes: object) -> Path:
+    copy = configured / version_prefix
+    shutil.copytree(default_package_dir(), copy)
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["version"] = f"{version_prefix}-{manifest['version']}"
+    manifest.update(manifest_changes)
+    path.write_text(json.dumps(manifest))
+    return copy
+
+
+def test_register_refuses_a_package_that_fails_the_smoke_test(
+    configured: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Files intact, but a threshold no probability reaches: it finds no lesion at all.
+    blind = candidate_package(configured, "blind", lesion_threshold=1.01)
+    assert main(["models", "register", str(blind)]) == EXIT_REFUSED
+    error = capsys.readouterr().err
+    assert "smoke test failed" in error and "FCI at (100, 100) not found" in error
+    assert main(["--json", "models", "list"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out) == []  # nothing recorded
+
+
+def test_verify_names_a_version_whose_files_changed_and_show_describes_one(
+    configured: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = candidate_package(configured, "rc")
+    assert main(["models", "register", str(package)]) == EXIT_OK
+    assert main(["models", "verify"]) == EXIT_OK
+    capsys.readouterr()
+    with (package / "secondary.keras").open("ab") as weights:
+        weights.write(b"tampered")
+    assert main(["--json", "models", "verify"]) == EXIT_FAILURE
+    [result] = json.loads(capsys.readouterr().out)
+    assert not result["ok"] and "secondary.keras: sha256" in result["detail"]
+    version = result["version"]
+    assert main(["--json", "models", "show", "lacuna-synthetic", version]) == EXIT_OK
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == version and "synthetic" in shown["intended_use"].lower()
+    assert main(["models", "show", "lacuna-synthetic", "nope"]) == EXIT_REFUSED
+    assert main(["audit", "list", "--action", "model.verified"]) == EXIT_OK
+    assert "admin:" in capsys.readouterr().out
