@@ -53,9 +53,28 @@ def upgrade() -> None:
                            .values(chain_seq=seq, prev_hash=prev_hash, hash=digest))
         prev_hash = digest
     op.bulk_insert(head, [{"id": 1, "length": seq, "head_hash": prev_hash}])
+    # Append-only in the database too: UPDATE and DELETE of audit rows are refused. Someone who
+    # owns the schema can drop the trigger; the hash chain is what exposes that.
+    if connection.dialect.name == "postgresql":
+        op.execute("CREATE FUNCTION lacuna_audit_append_only() RETURNS trigger "
+                   "LANGUAGE plpgsql AS $$ BEGIN "
+                   "RAISE EXCEPTION 'audit_events is append-only'; END $$")
+        op.execute("CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE "
+                   "ON audit_events FOR EACH ROW EXECUTE FUNCTION lacuna_audit_append_only()")
+    else:
+        for event in ("UPDATE", "DELETE"):
+            op.execute(f"CREATE TRIGGER audit_events_no_{event.lower()} BEFORE {event} "
+                       "ON audit_events BEGIN "
+                       "SELECT RAISE(ABORT, 'audit_events is append-only'); END")
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER audit_events_append_only ON audit_events")
+        op.execute("DROP FUNCTION lacuna_audit_append_only()")
+    else:
+        for event in ("update", "delete"):
+            op.execute(f"DROP TRIGGER audit_events_no_{event}")
     op.drop_table("audit_chain_head")
     with op.batch_alter_table("audit_events") as batch:
         batch.drop_constraint("uq_audit_events_chain_seq", type_="unique")

@@ -24,9 +24,14 @@ def upgrade() -> None:
         batch.alter_column("shadow", server_default=None)
     with op.batch_alter_table("jobs") as batch:
         batch.alter_column("shadow", server_default=None)
+    for column in ("active", "shadow"):
+        op.create_index(f"uq_model_versions_one_{column}", "model_versions", [column], unique=True,
+                        sqlite_where=sa.text(column), postgresql_where=sa.text(column))
 
 
 def downgrade() -> None:
+    for column in ("active", "shadow"):
+        op.drop_index(f"uq_model_versions_one_{column}", table_name="model_versions")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("findings")
         batch.drop_column("shadow")

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -113,7 +114,14 @@ class Instance(Base):
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("name", "version"),)
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        # The database itself allows one active and one shadow version at most.
+        Index("uq_model_versions_one_active", "active", unique=True,
+              sqlite_where=text("active"), postgresql_where=text("active")),
+        Index("uq_model_versions_one_shadow", "shadow", unique=True,
+              sqlite_where=text("shadow"), postgresql_where=text("shadow")),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
     version: Mapped[str] = mapped_column(String(32))

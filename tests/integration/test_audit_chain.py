@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import DatabaseError
 
 from node.db.engine import session_factory, upgrade
 from node.db.tables import AuditEvent
@@ -39,6 +40,19 @@ def trail(engine: Engine) -> Engine:
     return engine
 
 
+def tamper(engine: Engine, statement: str, **parameters: object) -> None:
+    """Run ``statement`` as someone who owns the schema would: around the append-only trigger."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
+        else:
+            connection.execute(text("DROP TRIGGER IF EXISTS audit_events_no_update"))
+            connection.execute(text("DROP TRIGGER IF EXISTS audit_events_no_delete"))
+        connection.execute(text(statement), parameters)
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("ALTER TABLE audit_events ENABLE TRIGGER USER"))
+
+
 def verify(engine: Engine) -> tuple[int, list[str]]:
     with session_factory(engine).begin() as session:
         checked, breaks = audit.verify(session)
@@ -64,19 +78,23 @@ def test_a_rolled_back_transaction_leaves_no_event(trail: Engine) -> None:
     assert verify(trail)[1] == []
 
 
+@pytest.mark.parametrize("statement", ["UPDATE audit_events SET actor = 'x'",
+                                       "DELETE FROM audit_events"])
+def test_the_database_refuses_to_change_audit_rows(trail: Engine, statement: str) -> None:
+    with pytest.raises(DatabaseError, match="append-only"), trail.begin() as connection:
+        connection.execute(text(statement))
+    assert verify(trail) == (80, [])
+
+
 def test_an_edited_row_is_named(trail: Engine) -> None:
     victim = ids_by_seq(trail)[30]
-    with trail.begin() as connection:
-        connection.execute(text("UPDATE audit_events SET actor = 'someone else' WHERE id = :id"),
-                           {"id": victim})
+    tamper(trail, "UPDATE audit_events SET actor = 'someone else' WHERE id = :id", id=victim)
     assert verify(trail)[1] == [f"event {victim} (seq 31): content does not match its hash (edited)"]
 
 
 def test_an_edit_with_a_recomputed_hash_breaks_the_next_link(trail: Engine) -> None:
     ids = ids_by_seq(trail)
-    with trail.begin() as connection:
-        connection.execute(text("UPDATE audit_events SET hash = :h WHERE id = :id"),
-                           {"h": "f" * 64, "id": ids[9]})
+    tamper(trail, "UPDATE audit_events SET hash = :h WHERE id = :id", h="f" * 64, id=ids[9])
     _, breaks = verify(trail)
     assert breaks == [f"event {ids[9]} (seq 10): content does not match its hash (edited)",
                       f"event {ids[10]} (seq 11): does not link to the event before it"]
@@ -84,10 +102,8 @@ def test_an_edit_with_a_recomputed_hash_breaks_the_next_link(trail: Engine) -> N
 
 def test_deleted_rows_are_named(trail: Engine) -> None:
     ids = ids_by_seq(trail)
-    with trail.begin() as connection:
-        connection.execute(text("DELETE FROM audit_events WHERE id IN (:a, :b)"),
-                           {"a": ids[40], "b": ids[41]})
-        connection.execute(text("DELETE FROM audit_events WHERE id = :id"), {"id": ids[-1]})
+    tamper(trail, "DELETE FROM audit_events WHERE id IN (:a, :b)", a=ids[40], b=ids[41])
+    tamper(trail, "DELETE FROM audit_events WHERE id = :id", id=ids[-1])
     checked, breaks = verify(trail)
     assert checked == 77
     assert breaks == [f"event {ids[42]} (seq 43): events with seq 41..42 are missing (deleted)",
@@ -103,9 +119,7 @@ def test_cli_verify_fails_and_names_the_row(trail: Engine, database_url: str,
     assert main(["audit", "verify"]) == EXIT_OK
     assert "80 event(s) checked: chain intact" in capsys.readouterr().out
     victim = ids_by_seq(trail)[5]
-    with trail.begin() as connection:
-        connection.execute(text("UPDATE audit_events SET details = '{}' WHERE id = :id"),
-                           {"id": victim})
+    tamper(trail, "UPDATE audit_events SET details = '{}' WHERE id = :id", id=victim)
     assert main(["audit", "verify"]) == EXIT_FAILURE
     assert f"BROKEN event {victim} (seq 6): content does not match its hash (edited)" in (
         capsys.readouterr().out)
