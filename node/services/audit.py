@@ -12,10 +12,10 @@ import getpass
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import bindparam, event, select
 from sqlalchemy.orm import Session
 
-from node.db.tables import AuditChainHead, AuditEvent, utcnow
+from node.db.tables import AuditChainHead, AuditEvent, Base, utcnow
 from node.domain.audit_chain import (
     GENESIS_HASH,
     HASHED_FIELDS,
@@ -52,8 +52,9 @@ def record(
     **details: Any,
 ) -> AuditEvent:
     """Record an audit row in ``session``; it is chained and inserted when the session commits,
-    and discarded if it rolls back. ``details`` must be JSON-serialisable and free of patient
-    names, IDs and birth dates."""
+    and discarded if it rolls back. The returned object is not attached to the session (its
+    ``id`` stays unset); query the table for the stored row. ``details`` must be
+    JSON-serialisable and free of patient names, IDs and birth dates."""
     audit_event = AuditEvent(
         occurred_at=utcnow(),
         action=action,
@@ -75,29 +76,39 @@ def hashed_fields(audit_event: AuditEvent) -> dict[str, Any]:
     return {name: getattr(audit_event, name) for name in HASHED_FIELDS}
 
 
+# Core statements, built once: the chain step runs in every committing transaction, and the
+# ORM's bulk-update machinery cost more than the statements themselves.
+_EVENTS = Base.metadata.tables["audit_events"]
+_HEAD = Base.metadata.tables["audit_chain_head"]
+_ADVANCE_HEAD = (
+    _HEAD.update().where(_HEAD.c.id == 1)
+    .values(length=_HEAD.c.length + bindparam("appended"))
+    .returning(_HEAD.c.length, _HEAD.c.head_hash)
+)
+_SET_HEAD_HASH = _HEAD.update().where(_HEAD.c.id == 1).values(head_hash=bindparam("last_hash"))
+
+
 @event.listens_for(Session, "before_commit")
 def _chain_pending(session: Session) -> None:
     pending: list[AuditEvent] = session.info.pop(_PENDING, [])
     if not pending:
         return
     session.flush()  # everything else first: the head lock is the last one taken
-    head = session.execute(
-        update(AuditChainHead).where(AuditChainHead.id == 1)
-        .values(length=AuditChainHead.length + len(pending))
-        .returning(AuditChainHead.length, AuditChainHead.head_hash)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
+    connection = session.connection()
+    head = connection.execute(_ADVANCE_HEAD, {"appended": len(pending)}).one_or_none()
     if head is None:
         raise RuntimeError("audit chain head is missing: run the migrations")
     seq, prev_hash = head.length - len(pending), head.head_hash
+    rows = []
     for audit_event in pending:
         seq += 1
         audit_event.chain_seq = seq
         audit_event.prev_hash = prev_hash
         audit_event.hash = prev_hash = event_hash(prev_hash, hashed_fields(audit_event))
-        session.add(audit_event)
-    session.execute(update(AuditChainHead).where(AuditChainHead.id == 1)
-                    .values(head_hash=prev_hash).execution_options(synchronize_session=False))
+        rows.append({column.key: getattr(audit_event, column.key)
+                     for column in _EVENTS.columns if column.key != "id"})
+    connection.execute(_EVENTS.insert(), rows)
+    connection.execute(_SET_HEAD_HASH, {"last_hash": prev_hash})
 
 
 @event.listens_for(Session, "after_soft_rollback")
