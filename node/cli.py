@@ -128,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS[args.command]
     try:
         return handler(args, settings)
+    except ConfigError as error:  # found at start-up, e.g. a metrics port already taken
+        print(f"lacuna: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     except (ModelError, JobError) as error:
         print(f"lacuna: {error}", file=sys.stderr)
         return EXIT_REFUSED

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from node.db.engine import SessionFactory
+from node.errors import ConfigError
 from node.metrics import NodeMetrics
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,12 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:  # scrapes are not events
                 return
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as error:
+            raise ConfigError("metrics.port", f"cannot listen on {host}:{port}: {error.strerror}; "
+                              "give each process on a host its own port "
+                              "(LACUNA_METRICS_PORT, 0 for any free one)") from error
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="lacuna-http", daemon=True)

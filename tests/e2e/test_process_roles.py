@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from node.db.engine import build_engine
+from node.db.engine import build_engine, session_factory
 from node.db.tables import AuditEvent, Job
 from node.demo import free_port
 from node.domain.jobs import JobState
+from node.services import audit
 from tests.conftest import wait_for
 from tests.e2e.conftest import Pacs, listening, node_environment, spawn, storescu, terminate
 
@@ -79,6 +80,9 @@ def test_a_killed_worker_s_job_is_finished_by_another(
             return (state, attempts) if state == JobState.DONE else None
 
         job = wait_for(finished, timeout_s=60)
+        with session_factory(engine).begin() as session:  # three processes, one SIGKILLed
+            checked, breaks = audit.verify(session)
+        assert breaks == [] and checked == len(trail())
     finally:
         terminate(scp, first, second)
         engine.dispose()

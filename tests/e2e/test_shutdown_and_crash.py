@@ -14,11 +14,12 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 from sqlalchemy import Engine, func, select
 
-from node.db.engine import build_engine
+from node.db.engine import build_engine, session_factory
 from node.db.tables import AuditEvent, Instance, Job
 from node.demo import free_port
 from node.dicom.status import Status
 from node.domain.jobs import JobState
+from node.services import audit
 from tests.conftest import wait_for
 from tests.e2e.conftest import Pacs, listening, node_environment, spawn, storescu, terminate
 
@@ -131,6 +132,8 @@ def test_a_node_killed_mid_study_keeps_every_acknowledged_instance(
         with engine.connect() as connection:
             instances = connection.scalar(select(func.count()).select_from(Instance))
             jobs = connection.scalar(select(func.count()).select_from(Job))
+        with session_factory(engine).begin() as session:  # SIGKILL left no half-chained event
+            assert audit.verify(session)[1] == []
     finally:
         terminate(node, worker)
         engine.dispose()
