@@ -29,6 +29,13 @@ class ScpSettings:
     host: str = "0.0.0.0"
     port: int = 11112
     allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE title
+    # Association limits: more concurrent associations are rejected (transient, local limit
+    # exceeded); a bare TCP connect also holds a slot until the ARTIM (acse) timeout.
+    max_associations: int = 10
+    max_pdu_size: int = 16382  # bytes we accept per P-DATA PDU; 0 means unlimited
+    acse_timeout: float = 30.0  # seconds for association negotiation (and ARTIM)
+    dimse_timeout: float = 30.0  # seconds for a DIMSE message
+    network_timeout: float = 60.0  # seconds without any network traffic
 
 
 @dataclass(frozen=True)
@@ -233,7 +240,8 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         _override(name, sections[name], environ)
 
     scp = sections["scp"]
-    _unknown("scp", scp, {"ae_title", "host", "port", "allowed_calling_aes"})
+    _unknown("scp", scp, {"ae_title", "host", "port", "allowed_calling_aes", "max_associations",
+                          "max_pdu_size", "acse_timeout", "dimse_timeout", "network_timeout"})
     allowed = _list("scp.allowed_calling_aes", scp.get("allowed_calling_aes", ()))
     scp_settings = ScpSettings(
         ae_title=_ae_title("scp.ae_title", scp.get("ae_title", "LACUNA")),
@@ -242,6 +250,11 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         allowed_calling_aes=tuple(
             _ae_title("scp.allowed_calling_aes", title) for title in allowed
         ),
+        max_associations=int(_positive("scp.max_associations", scp.get("max_associations", 10))),
+        max_pdu_size=int(_seconds("scp.max_pdu_size", scp.get("max_pdu_size", 16382))),
+        acse_timeout=_positive("scp.acse_timeout", scp.get("acse_timeout", 30.0)),
+        dimse_timeout=_positive("scp.dimse_timeout", scp.get("dimse_timeout", 30.0)),
+        network_timeout=_positive("scp.network_timeout", scp.get("network_timeout", 60.0)),
     )
 
     storage = sections["storage"]

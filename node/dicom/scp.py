@@ -111,6 +111,11 @@ def build_ae(settings: ScpSettings) -> AE:
     # Every standard storage SOP class is accepted and stored; only MR is processed.
     ae.supported_contexts = [*StoragePresentationContexts, *VerificationPresentationContexts]
     ae.require_called_aet = True
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.acse_timeout = settings.acse_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
     if settings.allowed_calling_aes:
         ae.require_calling_aet = list(settings.allowed_calling_aes)
     return ae

@@ -54,3 +54,10 @@ def test_association_policies_and_statuses_match() -> None:
     for status in Status:
         if status not in (Status.SOP_CLASS_NOT_SUPPORTED,):
             assert f"| 0x{status:04X} |" in statuses, status.name
+
+
+def test_association_limits_come_from_the_settings() -> None:
+    ae = build_ae(ScpSettings(max_associations=3, max_pdu_size=0, acse_timeout=5,
+                              dimse_timeout=6, network_timeout=7))
+    assert (ae.maximum_associations, ae.maximum_pdu_size) == (3, 0)
+    assert (ae.acse_timeout, ae.dimse_timeout, ae.network_timeout) == (5, 6, 7)
