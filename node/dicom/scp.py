@@ -15,6 +15,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import ScpSettings
 from node.db.engine import SessionFactory
+from node.dicom import transfer_syntaxes
 from node.dicom.status import Status
 from node.errors import InstanceRejected, StorageError
 from node.metrics import NodeMetrics
@@ -108,8 +109,11 @@ def handle_rejected(event: Any, context: ScpContext) -> None:
 
 def build_ae(settings: ScpSettings) -> AE:
     ae = AE(ae_title=settings.ae_title)
-    # Every standard storage SOP class is accepted and stored; only MR is processed.
-    ae.supported_contexts = [*StoragePresentationContexts, *VerificationPresentationContexts]
+    # Every standard storage SOP class is accepted and stored; only MR is processed. Stored as
+    # received, in any transfer syntax we can also decode.
+    for context in StoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, list(transfer_syntaxes.ACCEPTED))
+    ae.supported_contexts = [*ae.supported_contexts, *VerificationPresentationContexts]
     ae.require_called_aet = True
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu_size

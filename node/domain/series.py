@@ -47,6 +47,9 @@ class SeriesAttributes:
     echo_time: float | None = None
     inversion_time: float | None = None
     instance_count: int = 0
+    # DERIVED only because it was lossy compressed after acquisition (a PACS or router did it):
+    # the pixels are still the acquisition's, so the series keeps its role.
+    derived_by_compression_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def classify_series(series: SeriesAttributes) -> RoleDecision:
         return RoleDecision(SeriesRole.IGNORED, f"modality {series.modality or 'missing'}")
     if series.sop_class_uid not in PROCESSABLE_SOP_CLASSES:
         return RoleDecision(SeriesRole.IGNORED, f"SOP class {series.sop_class_uid} not processed")
-    if series.image_type[:1] == ("DERIVED",):
+    if series.image_type[:1] == ("DERIVED",) and not series.derived_by_compression_only:
         return RoleDecision(SeriesRole.IGNORED, "derived images")
 
     inversion_recovery = "IR" in series.scanning_sequence or "IR" in series.scan_options

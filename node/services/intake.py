@@ -81,7 +81,20 @@ def series_attributes(dataset: Dataset) -> dict[str, Any]:
         "repetition_time": _number(dataset.get("RepetitionTime")),
         "echo_time": _number(dataset.get("EchoTime")),
         "inversion_time": _number(dataset.get("InversionTime")),
+        "derived_by_compression_only": derived_by_compression_only(dataset),
     }
+
+
+LOSSY_COMPRESSION = ("113040", "DCM")  # Derivation code "Lossy Compression" (CID 7203)
+
+
+def derived_by_compression_only(dataset: Dataset) -> bool:
+    """True when the Derivation Code Sequence lists lossy compression and nothing else."""
+    if str(dataset.get("LossyImageCompression", "")) != "01":
+        return False
+    codes = {(str(item.get("CodeValue", "")), str(item.get("CodingSchemeDesignator", "")))
+             for item in dataset.get("DerivationCodeSequence", []) or []}
+    return codes == {LOSSY_COMPRESSION}
 
 
 def requested_priorities(dataset: Dataset) -> tuple[str, ...]:

@@ -91,6 +91,8 @@ class Scheduler:
                     repetition_time=s.attributes.get("repetition_time"),
                     echo_time=s.attributes.get("echo_time"),
                     inversion_time=s.attributes.get("inversion_time"),
+                    derived_by_compression_only=bool(
+                        s.attributes.get("derived_by_compression_only", False)),
                 )
                 for s in series_rows
             ]

@@ -38,6 +38,9 @@ def series(uid: str = "1.1", **overrides: object) -> SeriesAttributes:
         ({"scanning_sequence": ("EP",), "scan_options": (), "inversion_time": None,
           "series_description": "DWI b1000"}, SeriesRole.IGNORED),
         ({"image_type": ("DERIVED", "PRIMARY", "ADC")}, SeriesRole.IGNORED),
+        # Lossy compressed after acquisition (DERIVED by compression only): still the FLAIR.
+        ({"image_type": ("DERIVED", "PRIMARY", "M"), "derived_by_compression_only": True},
+         SeriesRole.T2_FLAIR),
         ({"modality": "OT"}, SeriesRole.IGNORED),
         ({"sop_class_uid": "1.2.840.10008.5.1.4.1.1.7"}, SeriesRole.IGNORED),
         # No TI/TE recorded: the description is the only hint.
@@ -65,3 +68,24 @@ def test_assign_roles_keeps_one_series_per_role_and_says_why() -> None:
     assert "1.1" in decisions["1.2"].reason
     assert decisions["1.3"].role is SeriesRole.T1_FLAIR
     assert decisions["1.4"].reason == "modality SR"
+
+
+def test_only_a_lossy_compression_derivation_keeps_a_derived_series() -> None:
+    from pydicom import Dataset
+
+    from node.services.intake import derived_by_compression_only
+
+    def dataset(*codes: tuple[str, str], lossy: str = "01") -> Dataset:
+        ds = Dataset()
+        ds.LossyImageCompression = lossy
+        ds.DerivationCodeSequence = []
+        for value, scheme in codes:
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator = value, scheme
+            ds.DerivationCodeSequence.append(item)
+        return ds
+
+    assert derived_by_compression_only(dataset(("113040", "DCM")))
+    assert not derived_by_compression_only(dataset(("113040", "DCM"), lossy="00"))
+    assert not derived_by_compression_only(dataset(("113040", "DCM"), ("113047", "DCM")))
+    assert not derived_by_compression_only(dataset())
