@@ -112,7 +112,8 @@ def build_ae(settings: ScpSettings) -> AE:
     # Every standard storage SOP class is accepted and stored; only MR is processed. Stored as
     # received, in any transfer syntax we can also decode.
     for context in StoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, list(transfer_syntaxes.ACCEPTED))
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, list(transfer_syntaxes.ACCEPTED))
     ae.supported_contexts = [*ae.supported_contexts, *VerificationPresentationContexts]
     ae.require_called_aet = True
     ae.maximum_associations = settings.max_associations
