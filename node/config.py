@@ -36,6 +36,12 @@ class ScpSettings:
     acse_timeout: float = 30.0  # seconds for association negotiation (and ARTIM)
     dimse_timeout: float = 30.0  # seconds for a DIMSE message
     network_timeout: float = 60.0  # seconds without any network traffic
+    # DICOM TLS (PS3.15 B.1): the port speaks TLS only when a certificate is set. With
+    # tls_ca_certificates, clients must present a certificate signed by one of those CAs.
+    tls_certificate: Path | None = None  # PEM, with the chain
+    tls_private_key: Path | None = None  # PEM
+    tls_ca_certificates: Path | None = None  # PEM bundle of the CAs whose clients we trust
+    tls_require_client_certificate: bool = True
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,13 @@ def _positive(key: str, value: Any) -> float:
     return number
 
 
+def _existing_file(key: str, value: Any) -> Path:
+    path = Path(_text(key, value))
+    if not path.is_file():
+        raise ConfigError(key, f"{path} is not a readable file")
+    return path
+
+
 def _flag(key: str, value: Any) -> bool:
     """A TOML boolean, or (from the environment) true/false, 1/0, yes/no."""
     if isinstance(value, bool):
@@ -241,7 +254,19 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
 
     scp = sections["scp"]
     _unknown("scp", scp, {"ae_title", "host", "port", "allowed_calling_aes", "max_associations",
-                          "max_pdu_size", "acse_timeout", "dimse_timeout", "network_timeout"})
+                          "max_pdu_size", "acse_timeout", "dimse_timeout", "network_timeout",
+                          "tls_certificate", "tls_private_key", "tls_ca_certificates",
+                          "tls_require_client_certificate"})
+    tls_files = {key: _existing_file(f"scp.{key}", scp[key]) if scp.get(key) else None
+                 for key in ("tls_certificate", "tls_private_key", "tls_ca_certificates")}
+    if bool(tls_files["tls_certificate"]) != bool(tls_files["tls_private_key"]):
+        raise ConfigError("scp.tls_private_key", "TLS needs both tls_certificate and tls_private_key")
+    require_client = _flag("scp.tls_require_client_certificate",
+                           scp.get("tls_require_client_certificate", True))
+    if require_client and tls_files["tls_certificate"] and not tls_files["tls_ca_certificates"]:
+        raise ConfigError("scp.tls_ca_certificates",
+                          "is needed to verify client certificates (or set "
+                          "tls_require_client_certificate = false)")
     allowed = _list("scp.allowed_calling_aes", scp.get("allowed_calling_aes", ()))
     scp_settings = ScpSettings(
         ae_title=_ae_title("scp.ae_title", scp.get("ae_title", "LACUNA")),
@@ -255,6 +280,10 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         acse_timeout=_positive("scp.acse_timeout", scp.get("acse_timeout", 30.0)),
         dimse_timeout=_positive("scp.dimse_timeout", scp.get("dimse_timeout", 30.0)),
         network_timeout=_positive("scp.network_timeout", scp.get("network_timeout", 60.0)),
+        tls_certificate=tls_files["tls_certificate"],
+        tls_private_key=tls_files["tls_private_key"],
+        tls_ca_certificates=tls_files["tls_ca_certificates"],
+        tls_require_client_certificate=require_client,
     )
 
     storage = sections["storage"]

@@ -7,6 +7,7 @@ never imports TensorFlow.
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,21 @@ def build_ae(settings: ScpSettings) -> AE:
     return ae
 
 
+def tls_context(settings: ScpSettings) -> ssl.SSLContext | None:
+    """The server-side TLS context (TLS 1.2 or newer), or None when TLS is off. Clients must
+    present a certificate from ``tls_ca_certificates`` when that is required."""
+    if settings.tls_certificate is None or settings.tls_private_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_certificate, settings.tls_private_key)
+    if settings.tls_ca_certificates is not None:
+        context.load_verify_locations(cafile=settings.tls_ca_certificates)
+        context.verify_mode = (ssl.CERT_REQUIRED if settings.tls_require_client_certificate
+                               else ssl.CERT_OPTIONAL)
+    return context
+
+
 def start_scp(settings: ScpSettings, context: ScpContext) -> ThreadedAssociationServer:
     """Start listening in background threads; ``server.server_address`` has the bound port."""
     ae = build_ae(settings)
@@ -135,8 +151,11 @@ def start_scp(settings: ScpSettings, context: ScpContext) -> ThreadedAssociation
         (evt.EVT_ACCEPTED, handle_accepted, [context]),
         (evt.EVT_REJECTED, handle_rejected, [context]),
     ]
-    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    tls = tls_context(settings)
+    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers,
+                             ssl_context=tls)
     if server is None:
         raise RuntimeError("pynetdicom returned no server in non-blocking mode")
-    logger.info("DICOM SCP %s listening on %s:%d", settings.ae_title, *server.server_address[:2])
+    logger.info("DICOM SCP %s listening on %s:%d%s", settings.ae_title,
+                *server.server_address[:2], " (TLS)" if tls else "")
     return server

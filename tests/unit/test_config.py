@@ -96,3 +96,24 @@ def test_the_example_configuration_is_valid() -> None:
     settings = load_settings(example, {})
     assert settings.destinations[0].name == "pacs"
     assert settings.worker.max_attempts == 5
+
+
+def test_tls_settings_are_checked(tmp_path: Path) -> None:
+    load, Error = load_settings, ConfigError
+    cert, key, ca = (tmp_path / name for name in ("cert.pem", "key.pem", "ca.pem"))
+    for path in (cert, key, ca):
+        path.write_text("-----BEGIN-----\n")
+    with pytest.raises(Error, match="scp.tls_private_key"):
+        load(None, {"LACUNA_SCP_TLS_CERTIFICATE": str(cert)})
+    with pytest.raises(Error, match="scp.tls_ca_certificates"):
+        load(None, {"LACUNA_SCP_TLS_CERTIFICATE": str(cert), "LACUNA_SCP_TLS_PRIVATE_KEY": str(key)})
+    with pytest.raises(Error, match="scp.tls_certificate: .* is not a readable file"):
+        load(None, {"LACUNA_SCP_TLS_CERTIFICATE": str(tmp_path / "missing.pem")})
+    settings = load(None, {"LACUNA_SCP_TLS_CERTIFICATE": str(cert),
+                           "LACUNA_SCP_TLS_PRIVATE_KEY": str(key),
+                           "LACUNA_SCP_TLS_CA_CERTIFICATES": str(ca)})
+    assert settings.scp.tls_require_client_certificate and settings.scp.tls_ca_certificates == ca
+    anonymous = load(None, {"LACUNA_SCP_TLS_CERTIFICATE": str(cert),
+                            "LACUNA_SCP_TLS_PRIVATE_KEY": str(key),
+                            "LACUNA_SCP_TLS_REQUIRE_CLIENT_CERTIFICATE": "false"})
+    assert not anonymous.scp.tls_require_client_certificate
