@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
-APT_PACKAGES := dcmtk dicom3tools libgdcm-tools
+APT_PACKAGES := dcmtk dicom3tools libgdcm-tools orthanc
 LACUNA_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 export LACUNA_TEST_POSTGRES_URL
 
@@ -12,10 +12,11 @@ export LACUNA_TEST_POSTGRES_URL
 
 setup: system-deps $(STAMP)
 
-# DICOM peers and validators from Debian: dcmtk (storescu/storescp/echoscu), dicom3tools (dciodvfy).
+# DICOM peers and validators from Debian: dcmtk (storescu/storescp/echoscu, compressors),
+# dicom3tools (dciodvfy), GDCM (gdcmconv: JPEG 2000), Orthanc (a real PACS for the tests).
 system-deps:
 	@if ! command -v storescp >/dev/null || ! command -v dciodvfy >/dev/null \
-	    || ! command -v gdcmconv >/dev/null \
+	    || ! command -v gdcmconv >/dev/null || ! command -v Orthanc >/dev/null \
 	    || ! $(PYTHON) -c "import ensurepip" 2>/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    $(APT_PACKAGES) python3-venv >/dev/null; \

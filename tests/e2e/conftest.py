@@ -110,3 +110,70 @@ def terminate(*processes: subprocess.Popen[bytes] | None) -> None:
 def listening(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Orthanc:
+    """A real Orthanc (Debian package) on free ports, driven through its REST API."""
+
+    http_port: int
+    dicom_port: int
+    ae_title: str = "ORTHANC"
+
+    def rest(self, method: str, path: str, body: bytes | dict[str, object] | None = None,
+             timeout: float = 300) -> object:
+        import urllib.request
+
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data,
+                                         method=method)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            text = response.read()
+        return json.loads(text) if text else None
+
+    def upload(self, folder: Path) -> set[str]:
+        """POST every *.dcm under ``folder``; returns Orthanc's study ids."""
+        studies = set()
+        for path in sorted(folder.rglob("*.dcm")):
+            answer = self.rest("POST", "/instances", path.read_bytes())
+            assert isinstance(answer, dict) and answer["Status"] in ("Success", "AlreadyStored")
+            studies.add(str(answer["ParentStudy"]))
+        return studies
+
+    def add_modality(self, name: str, ae_title: str, port: int) -> None:
+        self.rest("PUT", f"/modalities/{name}",
+                  {"AET": ae_title, "Host": "127.0.0.1", "Port": port})
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    binary = require_tool("Orthanc")
+    folder = tmp_path / "orthanc"
+    folder.mkdir()
+    peer = Orthanc(http_port=free_port(), dicom_port=free_port())
+    config = folder / "orthanc.json"
+    config.write_text(json.dumps({
+        "Name": "PACS", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+        "HttpPort": peer.http_port, "DicomPort": peer.dicom_port, "DicomAet": peer.ae_title,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+        "Plugins": [], "StableAge": 1, "HttpTimeout": 300,
+    }))
+    log = (folder / "orthanc.log").open("wb")
+    process = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "TCP_NODELAY": "1"})
+
+    def up() -> bool:
+        try:
+            return bool(peer.rest("GET", "/system", timeout=2))
+        except OSError:
+            return False
+
+    try:
+        from tests.conftest import wait_for
+
+        wait_for(up, timeout_s=60)
+        yield peer
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
