@@ -3,8 +3,6 @@ Lacuna through its REST API; every instance arrives and the study is processed o
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select
 
