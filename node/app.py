@@ -109,10 +109,10 @@ class EmbeddedNode:
     def _model_check(self) -> CheckResult:
         if not self.model_ready.is_set():
             return CheckResult(False, "loading")
-        if self.model_error:
-            return CheckResult(False, self.model_error)
         loaded = self.processor.active_model_loaded()
-        return CheckResult(loaded is not None, loaded or "active model not loaded yet")
+        if loaded is not None:
+            return CheckResult(True, loaded)
+        return CheckResult(False, self.model_error or "active model not loaded yet")
 
     @property
     def port(self) -> int:

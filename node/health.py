@@ -134,5 +134,6 @@ class HealthServer:
                     self._server.server_address[0], self.port)
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, which must be running
+            self._server.shutdown()
         self._server.server_close()

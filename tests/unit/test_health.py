@@ -44,3 +44,8 @@ def test_http_endpoint_and_a_taken_port(tmp_path: Path) -> None:
             HealthServer("127.0.0.1", server.port, metrics, {})
     finally:
         server.stop()
+
+
+def test_a_server_that_never_started_stops_at_once() -> None:
+    server = HealthServer("127.0.0.1", 0, NodeMetrics(), {})
+    server.stop()  # would wait forever for a serve loop that never ran
