@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
-APT_PACKAGES := dcmtk dicom3tools libgdcm-tools orthanc
+APT_PACKAGES := dcmtk dicom3tools libgdcm-tools orthanc openssl
 LACUNA_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 export LACUNA_TEST_POSTGRES_URL
 
@@ -17,6 +17,7 @@ setup: system-deps $(STAMP)
 system-deps:
 	@if ! command -v storescp >/dev/null || ! command -v dciodvfy >/dev/null \
 	    || ! command -v gdcmconv >/dev/null || ! command -v Orthanc >/dev/null \
+	    || ! command -v openssl >/dev/null \
 	    || ! $(PYTHON) -c "import ensurepip" 2>/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    $(APT_PACKAGES) python3-venv >/dev/null; \

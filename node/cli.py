@@ -299,7 +299,6 @@ def _models_show(session: Any, version: Any, as_json: bool) -> int:
 
 
 def _models_compare(args: argparse.Namespace, settings: Settings, database: Any) -> int:
-    from node.errors import ModelError
     from node.services import registry, shadow
 
     with database.sessions.begin() as session:

@@ -204,6 +204,17 @@ def _seconds(key: str, value: Any) -> float:
     return seconds
 
 
+def _count(key: str, value: Any) -> int:
+    """A whole number >= 0 (bytes, megabytes)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be a whole number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(key, f"must not be negative, got {number}")
+    return number
+
+
 def _positive(key: str, value: Any) -> float:
     number = _seconds(key, value)
     if number <= 0:
@@ -276,7 +287,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
             _ae_title("scp.allowed_calling_aes", title) for title in allowed
         ),
         max_associations=int(_positive("scp.max_associations", scp.get("max_associations", 10))),
-        max_pdu_size=int(_seconds("scp.max_pdu_size", scp.get("max_pdu_size", 16382))),
+        max_pdu_size=_count("scp.max_pdu_size", scp.get("max_pdu_size", 16382)),
         acse_timeout=_positive("scp.acse_timeout", scp.get("acse_timeout", 30.0)),
         dimse_timeout=_positive("scp.dimse_timeout", scp.get("dimse_timeout", 30.0)),
         network_timeout=_positive("scp.network_timeout", scp.get("network_timeout", 60.0)),
@@ -344,7 +355,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         scp=scp_settings,
         storage=StorageSettings(
             root=Path(_text("storage.root", storage.get("root", "var/storage"))),
-            min_free_mb=int(_seconds("storage.min_free_mb", storage.get("min_free_mb", 1024))),
+            min_free_mb=_count("storage.min_free_mb", storage.get("min_free_mb", 1024)),
         ),
         metrics=MetricsSettings(
             enabled=_flag("metrics.enabled", metrics.get("enabled", True)),

@@ -76,25 +76,19 @@ def _seg_path(session: Session, root: Path, job_id: int) -> Path | None:
 
 def _lesion_masks(paths: list[Path | None]) -> list[np.ndarray]:
     """Lesion-area masks (all segments) of each SEG on one common list of source slices; an
-    absent SEG (a negative study) is an empty mask."""
+    absent SEG (a negative study) is an empty mask of the others' shape."""
     segs = [None if path is None else hd.seg.segread(path) for path in paths]
     sources = sorted({str(ref.ReferencedSOPInstanceUID) for seg in segs if seg is not None
                       for frame in seg.PerFrameFunctionalGroupsSequence
                       for image in frame.DerivationImageSequence
                       for ref in image.SourceImageSequence})
-    masks = []
-    for seg in segs:
-        if seg is None:
-            masks.append(np.zeros((len(sources), 1, 1), dtype=bool))
-            continue
-        pixels = seg.get_pixels_by_source_instance(
+    masks: list[np.ndarray | None] = [
+        None if seg is None else np.asarray(np.asarray(seg.get_pixels_by_source_instance(
             source_sop_instance_uids=sources, assert_missing_frames_are_empty=True,
-            ignore_spatial_locations=True)
-        masks.append(np.asarray(np.asarray(pixels).any(axis=-1), dtype=bool))
-    if masks and masks[0].shape != masks[-1].shape:  # one side empty: broadcast its zeros
-        shape = max((m.shape for m in masks), key=lambda s: s[1] * s[2])
-        masks = [m if m.shape == shape else np.zeros(shape, dtype=bool) for m in masks]
-    return masks
+            ignore_spatial_locations=True)).any(axis=-1), dtype=bool)
+        for seg in segs]
+    shape = next((m.shape for m in masks if m is not None), (0, 1, 1))
+    return [np.zeros(shape, dtype=bool) if m is None else m for m in masks]
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
