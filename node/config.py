@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from models.package import default_package_dir
 from node.domain.priority import UrgencyRule
@@ -194,25 +194,26 @@ def _port(key: str, value: Any) -> int:
     return port
 
 
-def _seconds(key: str, value: Any) -> float:
+_Number = TypeVar("_Number", int, float)
+
+
+def _non_negative(key: str, value: Any, kind: type[_Number], what: str) -> _Number:
     try:
-        seconds = float(value)
+        number = kind(value)
     except (TypeError, ValueError):
-        raise ConfigError(key, f"must be a number of seconds, got {value!r}") from None
-    if seconds < 0:
-        raise ConfigError(key, f"must not be negative, got {seconds}")
-    return seconds
+        raise ConfigError(key, f"must be {what}, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(key, f"must not be negative, got {number}")
+    return number
+
+
+def _seconds(key: str, value: Any) -> float:
+    return _non_negative(key, value, float, "a number of seconds")
 
 
 def _count(key: str, value: Any) -> int:
     """A whole number >= 0 (bytes, megabytes)."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(key, f"must be a whole number, got {value!r}") from None
-    if number < 0:
-        raise ConfigError(key, f"must not be negative, got {number}")
-    return number
+    return _non_negative(key, value, int, "a whole number")
 
 
 def _positive(key: str, value: Any) -> float:
