@@ -88,10 +88,7 @@ class EmbeddedNode:
         self._load_failed_at = 0.0
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
-        self.http: HealthServer | None = None
-        if settings.metrics.enabled:
-            self.http = HealthServer(settings.metrics.host, settings.metrics.port, self.metrics,
-                                     self.readiness_checks())
+        self.http: HealthServer | None = None  # bound in start(), after the DICOM port
 
     def readiness_checks(self) -> dict[str, Check]:
         """What /ready checks: the database, the storage root, free disk and, for a process
@@ -121,12 +118,16 @@ class EmbeddedNode:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        if self.http is not None:
-            self.http.start()
         if self.receive:
             self._server = start_scp(
                 self.settings.scp, ScpContext(self.intake, self.database.sessions, self.metrics)
             )
+        # The DICOM port first: an HTTP port of 0 must not be handed the port the SCP was
+        # configured for.
+        if self.settings.metrics.enabled:
+            self.http = HealthServer(self.settings.metrics.host, self.settings.metrics.port,
+                                     self.metrics, self.readiness_checks())
+            self.http.start()
         if self.process:
             self._thread = threading.Thread(target=self._loop, name="lacuna-worker", daemon=True)
             self._thread.start()

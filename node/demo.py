@@ -87,7 +87,7 @@ def local_settings(
         worker=WorkerSettings(poll_seconds=poll_seconds),
         destinations=(Destination("pacs", PACS_AE, "127.0.0.1", pacs_port),),
         models=models or ModelSettings(),
-        metrics=MetricsSettings(host="127.0.0.1", port=0),
+        metrics=MetricsSettings(enabled=False),  # the demo, benches and tests need no endpoint
     )
 
 

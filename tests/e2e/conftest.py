@@ -80,8 +80,10 @@ def node_environment(
         "LACUNA_SCP_PORT": str(scp_port),
         "LACUNA_STUDY_STABLE_SECONDS": "1",
         "LACUNA_WORKER_POLL_SECONDS": "0.2",
+        # Off unless a test asks (with a port from free_port): an ephemeral HTTP port could take
+        # the port picked for another process's DICOM listener before that process binds it.
+        "LACUNA_METRICS_ENABLED": "false",
         "LACUNA_METRICS_HOST": "127.0.0.1",
-        "LACUNA_METRICS_PORT": "0",  # each process its own free port
         "LACUNA_DESTINATIONS": json.dumps(
             [{"name": "pacs", "ae_title": PACS_AE, "host": "127.0.0.1", "port": pacs.port}]
         ),

@@ -60,7 +60,7 @@ def test_metrics_health_json_logs_and_audit_of_a_round_trip(
     port, http = free_port(), free_port()
     database = f"sqlite:///{tmp_path / 'lacuna.db'}"
     environment = node_environment(tmp_path, port, pacs, database, LACUNA_METRICS_PORT=str(http),
-                                   LACUNA_LOG_FORMAT="json")
+                                   LACUNA_METRICS_ENABLED="true", LACUNA_LOG_FORMAT="json")
     study = canary_study(synthetic_study.folder, tmp_path / "canary")
     instances = len(list(study.rglob("*.dcm")))
     node = spawn("serve", environment)
@@ -111,7 +111,8 @@ def test_low_disk_answers_out_of_resources_and_is_not_ready(
     free_mb = shutil.disk_usage(tmp_path).free // 2**20
     environment = node_environment(
         tmp_path, port, pacs, f"sqlite:///{tmp_path / 'lacuna.db'}",
-        LACUNA_METRICS_PORT=str(http), LACUNA_STORAGE_MIN_FREE_MB=str(free_mb + 10_000))
+        LACUNA_METRICS_PORT=str(http), LACUNA_METRICS_ENABLED="true",
+        LACUNA_STORAGE_MIN_FREE_MB=str(free_mb + 10_000))
     scp = spawn("scp", environment)
     try:
         wait_for(lambda: listening(port), timeout_s=120)
