@@ -39,6 +39,7 @@ from node.db.engine import build_engine, session_factory, upgrade
 from node.db.jobs import claim_next_job
 from node.db.tables import AuditEvent, Job, Patient, Study
 from node.demo import PACS_AE, free_port, start_storescp
+from node.domain.completeness import CompletenessRules
 from node.domain.jobs import JobState, StudyState
 from node.services import registry
 from node.services.intake import Intake, ReceivedInstance
@@ -86,7 +87,7 @@ def store_copies(url: str, root: Path, study_folder: Path, copies: int) -> None:
             dataset.save_as(buffer, enforce_file_format=True)
             intake.store(ReceivedInstance(buffer.getvalue(), "BENCH", "127.0.0.1",
                                           str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)))
-    Scheduler(sessions, 0.0).run_once()
+    Scheduler(sessions, CompletenessRules(0.0, missing_wait_seconds=0)).run_once()
     engine.dispose()
 
 

@@ -72,7 +72,8 @@ class EmbeddedNode:
         self.metrics.watch_database(sessions)
         self.intake = Intake(root, sessions, urgency=settings.study.urgency_rule(),
                              min_free_bytes=settings.storage.min_free_bytes)
-        self.scheduler = Scheduler(sessions, settings.study.stable_seconds, metrics=self.metrics)
+        self.scheduler = Scheduler(sessions, settings.study.completeness_rules(),
+                                   metrics=self.metrics, role_rules=settings.series_roles)
         self.processor = Processor(sessions, root, EngineCache())
         self.worker = Worker(
             sessions,

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from models.package import default_package_dir
+from node.domain.completeness import CompletenessRules
 from node.domain.priority import UrgencyRule
+from node.domain.series import RoleRules
 from node.errors import ConfigError
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
@@ -29,6 +31,9 @@ class ScpSettings:
     host: str = "0.0.0.0"
     port: int = 11112
     allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE title
+    # Calling AE title -> the addresses, CIDR networks or host names it may connect from; a
+    # title not listed here may connect from anywhere.
+    calling_ae_hosts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Association limits: more concurrent associations are rejected (transient, local limit
     # exceeded); a bare TCP connect also holds a slot until the ARTIM (acse) timeout.
     max_associations: int = 10
@@ -77,10 +82,19 @@ class DatabaseSettings:
 @dataclass(frozen=True)
 class StudySettings:
     stable_seconds: float = 30.0  # quiet period after the last instance
+    # After the quiet period, how long to keep waiting for a T1 FLAIR that has not come or for
+    # instances a FLAIR series announced but has not sent; urgent studies do not wait.
+    missing_wait_seconds: float = 120.0
+    max_wait_seconds: float = 1800.0  # after the first instance: process even if still receiving
     # A study is urgent (its jobs are claimed first) when an instance came from one of these
     # calling AE titles or carries one of these Requested Procedure Priority (0040,1003) values.
     urgent_calling_aes: tuple[str, ...] = ()
     urgent_requested_priorities: tuple[str, ...] = ("STAT",)
+
+    def completeness_rules(self) -> CompletenessRules:
+        return CompletenessRules(quiet_seconds=self.stable_seconds,
+                                 missing_wait_seconds=self.missing_wait_seconds,
+                                 max_wait_seconds=self.max_wait_seconds)
 
     def urgency_rule(self) -> UrgencyRule:
         return UrgencyRule(
@@ -125,6 +139,7 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    series_roles: RoleRules = field(default_factory=RoleRules)
     destinations: tuple[Destination, ...] = ()
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line
@@ -137,6 +152,7 @@ class Settings:
             "database": self.database.masked_url(),
             "study": vars(self.study),
             "metrics": vars(self.metrics),
+            "series_roles": vars(self.series_roles),
             "destinations": [vars(d) for d in self.destinations],
         }
 
@@ -258,14 +274,16 @@ def _unknown(section: str, values: dict[str, Any], known: set[str]) -> None:
 
 def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     _unknown("", raw, {"scp", "storage", "database", "study", "worker", "models", "metrics",
-                       "destinations", "log_level", "log_format"})
+                       "series_roles", "destinations", "log_level", "log_format"})
     sections = {}
-    for name in ("scp", "storage", "database", "study", "worker", "models", "metrics"):
+    for name in ("scp", "storage", "database", "study", "worker", "models", "metrics",
+                 "series_roles"):
         sections[name] = _section(raw, name)
         _override(name, sections[name], environ)
 
     scp = sections["scp"]
-    _unknown("scp", scp, {"ae_title", "host", "port", "allowed_calling_aes", "max_associations",
+    _unknown("scp", scp, {"ae_title", "host", "port", "allowed_calling_aes", "calling_ae_hosts",
+                          "max_associations",
                           "max_pdu_size", "acse_timeout", "dimse_timeout", "network_timeout",
                           "tls_certificate", "tls_private_key", "tls_ca_certificates",
                           "tls_require_client_certificate"})
@@ -280,6 +298,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
                           "is needed to verify client certificates (or set "
                           "tls_require_client_certificate = false)")
     allowed = _list("scp.allowed_calling_aes", scp.get("allowed_calling_aes", ()))
+    calling_ae_hosts = _calling_ae_hosts(scp.get("calling_ae_hosts", {}), allowed)
     scp_settings = ScpSettings(
         ae_title=_ae_title("scp.ae_title", scp.get("ae_title", "LACUNA")),
         host=_text("scp.host", scp.get("host", "0.0.0.0")),
@@ -287,6 +306,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         allowed_calling_aes=tuple(
             _ae_title("scp.allowed_calling_aes", title) for title in allowed
         ),
+        calling_ae_hosts=calling_ae_hosts,
         max_associations=int(_positive("scp.max_associations", scp.get("max_associations", 10))),
         max_pdu_size=_count("scp.max_pdu_size", scp.get("max_pdu_size", 16382)),
         acse_timeout=_positive("scp.acse_timeout", scp.get("acse_timeout", 30.0)),
@@ -308,7 +328,8 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     if not url.startswith(("sqlite", "postgresql")):
         raise ConfigError("database.url", "must be a sqlite:// or postgresql:// URL")
     study = sections["study"]
-    _unknown("study", study, {"stable_seconds", "urgent_calling_aes", "urgent_requested_priorities"})
+    _unknown("study", study, {"stable_seconds", "missing_wait_seconds", "max_wait_seconds",
+                              "urgent_calling_aes", "urgent_requested_priorities"})
     worker = sections["worker"]
     _unknown("worker", worker, {"poll_seconds", "lease_seconds", "max_attempts",
                                 "retry_base_seconds", "retry_max_seconds", "shutdown_grace_seconds"})
@@ -366,6 +387,9 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         database=DatabaseSettings(url=url),
         study=StudySettings(
             stable_seconds=_seconds("study.stable_seconds", study.get("stable_seconds", 30)),
+            missing_wait_seconds=_seconds("study.missing_wait_seconds",
+                                          study.get("missing_wait_seconds", 120)),
+            max_wait_seconds=_positive("study.max_wait_seconds", study.get("max_wait_seconds", 1800)),
             urgent_calling_aes=tuple(
                 _ae_title("study.urgent_calling_aes", title)
                 for title in _list("study.urgent_calling_aes", study.get("urgent_calling_aes", ()))
@@ -397,7 +421,76 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         )
         if "default_package" in models
         else ModelSettings(),
+        series_roles=_role_rules(sections["series_roles"]),
         destinations=tuple(destinations),
         log_level=log_level,
         log_format=log_format,
     )
+
+
+def _patterns(key: str, value: Any) -> tuple[str, ...]:
+    patterns = tuple(_text(key, item) for item in _list(key, value))
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(key, f"{pattern!r} is not a regular expression: {error}") from None
+    return patterns
+
+
+def _role_rules(values: dict[str, Any]) -> RoleRules:
+    """``[series_roles]``: thresholds in ms and description patterns; unset keys keep the
+    defaults of :class:`RoleRules`."""
+    default = RoleRules()
+    _unknown("series_roles", values, set(vars(default)))
+    t1_ti = [_seconds("series_roles.t1_flair_inversion_time", v)
+             for v in _list("series_roles.t1_flair_inversion_time",
+                            values.get("t1_flair_inversion_time", default.t1_flair_inversion_time))]
+    if len(t1_ti) != 2 or t1_ti[0] >= t1_ti[1]:
+        raise ConfigError("series_roles.t1_flair_inversion_time", f"must be [low, high], got {t1_ti}")
+    return RoleRules(
+        t2_flair_min_inversion_time=_seconds(
+            "series_roles.t2_flair_min_inversion_time",
+            values.get("t2_flair_min_inversion_time", default.t2_flair_min_inversion_time)),
+        t2_flair_min_echo_time=_seconds(
+            "series_roles.t2_flair_min_echo_time",
+            values.get("t2_flair_min_echo_time", default.t2_flair_min_echo_time)),
+        t1_flair_inversion_time=(t1_ti[0], t1_ti[1]),
+        t1_flair_max_echo_time=_seconds(
+            "series_roles.t1_flair_max_echo_time",
+            values.get("t1_flair_max_echo_time", default.t1_flair_max_echo_time)),
+        t2_flair_descriptions=_patterns(
+            "series_roles.t2_flair_descriptions",
+            values.get("t2_flair_descriptions", default.t2_flair_descriptions)),
+        t1_flair_descriptions=_patterns(
+            "series_roles.t1_flair_descriptions",
+            values.get("t1_flair_descriptions", default.t1_flair_descriptions)),
+        ignored_descriptions=_patterns(
+            "series_roles.ignored_descriptions",
+            values.get("ignored_descriptions", default.ignored_descriptions)),
+        accept_reformats=_flag("series_roles.accept_reformats",
+                               values.get("accept_reformats", default.accept_reformats)),
+    )
+
+
+def _calling_ae_hosts(value: Any, allowed: list[Any]) -> dict[str, tuple[str, ...]]:
+    """``[scp.calling_ae_hosts]``: AE title = [addresses, CIDR networks or host names]; from
+    the environment, a JSON object."""
+    key = "scp.calling_ae_hosts"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ConfigError(key, f"is not a JSON object: {error}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be a table of AE title = [hosts]")
+    hosts = {}
+    for title, entries in value.items():
+        title = _ae_title(key, title)
+        if allowed and title not in allowed:
+            raise ConfigError(key, f"{title} is not in scp.allowed_calling_aes")
+        listed = tuple(_text(f"{key}.{title}", entry) for entry in _list(f"{key}.{title}", entries))
+        if not listed:
+            raise ConfigError(f"{key}.{title}", "lists no host; remove the title to allow any")
+        hosts[title] = listed
+    return hosts

@@ -73,6 +73,7 @@ def local_settings(
     pacs_port: int,
     stable_seconds: float = 2.0,
     poll_seconds: float = 0.5,
+    missing_wait_seconds: float = 0.0,
     allowed_calling_aes: tuple[str, ...] = (),
     models: ModelSettings | None = None,
 ) -> Settings:
@@ -83,7 +84,8 @@ def local_settings(
                         allowed_calling_aes=allowed_calling_aes),
         storage=StorageSettings(root=workdir / "storage"),
         database=DatabaseSettings(url=f"sqlite:///{workdir / 'lacuna.db'}"),
-        study=StudySettings(stable_seconds=stable_seconds),
+        study=StudySettings(stable_seconds=stable_seconds,
+                            missing_wait_seconds=missing_wait_seconds),
         worker=WorkerSettings(poll_seconds=poll_seconds),
         destinations=(Destination("pacs", PACS_AE, "127.0.0.1", pacs_port),),
         models=models or ModelSettings(),

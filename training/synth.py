@@ -118,6 +118,7 @@ def series_datasets(
         ds.SpacingBetweenSlices = geometry.slice_spacing
         ds.InstanceNumber = int(order[k]) + 1
         ds.AcquisitionNumber = 1
+        ds.ImagesInAcquisition = geometry.slices  # lets the node start before the quiet period
         ds.ImagePositionPatient = [round(float(v), 4) for v in geometry.position(k)]
         ds.ImageOrientationPatient = [*geometry.row_cosine, *geometry.column_cosine]
         ds.SliceLocation = round(float(geometry.position(k) @ geometry.normal), 4)

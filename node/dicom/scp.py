@@ -7,6 +7,7 @@ never imports TensorFlow.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from node.config import ScpSettings
 from node.db.engine import SessionFactory
 from node.dicom import transfer_syntaxes
 from node.dicom.status import Status
+from node.domain.peers import host_allowed
 from node.errors import InstanceRejected, StorageError
 from node.metrics import NodeMetrics
 from node.services import audit
@@ -93,6 +95,32 @@ def _audit_refusal(context: ScpContext, received: ReceivedInstance, status: int,
         logger.exception("could not audit a refused instance")
 
 
+def resolve_host(name: str) -> list[str]:
+    """The addresses of a host name; none when it does not resolve (the peer is refused)."""
+    try:
+        return sorted({str(info[4][0]) for info in socket.getaddrinfo(name, None)})
+    except OSError:
+        return []
+
+
+def handle_requested(event: Any, settings: ScpSettings, context: ScpContext) -> None:
+    """Refuse a calling AE title that connects from a host it is not configured for, as
+    "calling AE title not recognised" (rejected-permanent), before any negotiation."""
+    calling_ae = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+    allowed = settings.calling_ae_hosts.get(calling_ae)
+    address = str(event.assoc.requestor.address)
+    if allowed is None or host_allowed(address, allowed, resolve_host):
+        return
+    logger.warning("refused %s: not allowed from %s", calling_ae, address)
+    event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+    context.metrics.associations.labels(outcome="rejected").inc()
+    with context.sessions.begin() as session:
+        audit.record(session, "association.rejected", calling_ae=calling_ae,
+                     peer_address=f"{address}:{event.assoc.requestor.port}",
+                     reason="calling AE title not allowed from this host")
+    event.assoc.kill()
+
+
 def handle_accepted(event: Any, context: ScpContext) -> None:
     calling_ae, peer = _requestor(event)
     context.metrics.associations.labels(outcome="accepted").inc()
@@ -146,6 +174,7 @@ def start_scp(settings: ScpSettings, context: ScpContext) -> ThreadedAssociation
     """Start listening in background threads; ``server.server_address`` has the bound port."""
     ae = build_ae(settings)
     handlers: list[Any] = [
+        (evt.EVT_REQUESTED, handle_requested, [settings, context]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [context]),
         (evt.EVT_ACCEPTED, handle_accepted, [context]),

@@ -1,7 +1,8 @@
 """Series roles: which series of a study is the T2 FLAIR and which the T1 FLAIR.
 
 Decided from acquisition attributes first (inversion recovery, TI, TE); the series description
-is a hint used only when the attributes are missing. Times are in ms.
+is a hint used only when the attributes are missing, and can exclude a series (localizers,
+calibration scans). Times are in ms. The thresholds and patterns are :class:`RoleRules`.
 """
 
 from __future__ import annotations
@@ -16,19 +17,46 @@ PROCESSABLE_SOP_CLASSES = frozenset({MR_IMAGE_STORAGE})
 
 # Fluid-nulling inversion times: T2 FLAIR nulls CSF with a long TI (~1800-2800 ms); T1 FLAIR
 # uses a short TI (~700-1200 ms) with a short TE. STIR's TI (~150-250 ms) is below both.
-T2_FLAIR_MIN_TI_MS = 1500.0
-T2_FLAIR_MIN_TE_MS = 70.0
-T1_FLAIR_TI_MS = (500.0, 1500.0)
-T1_FLAIR_MAX_TE_MS = 40.0
+DEFAULT_T2_FLAIR_DESCRIPTIONS = (
+    r"t2.*(flair|tirm|dark.?fluid)", r"(flair|dark.?fluid).*t2", r"^(ax|sag|cor)?[ _]*flair",
+)
+DEFAULT_T1_FLAIR_DESCRIPTIONS = (r"t1.*(flair|tirm)", r"flair.*t1")
+DEFAULT_IGNORED_DESCRIPTIONS = (
+    r"localizer|locator|scout|survey|3.?plane|calibration|asset|sense.?ref|b1.?map",
+)
 
-_T2_FLAIR_HINT = re.compile(r"t2.*(flair|tirm|dark.?fluid)|(flair|dark.?fluid).*t2", re.I)
-_T1_FLAIR_HINT = re.compile(r"t1.*(flair|tirm)|flair.*t1", re.I)
+
+@dataclass(frozen=True)
+class RoleRules:
+    """The thresholds (ms) and description patterns (case-insensitive regular expressions)
+    the classifier uses; all configurable in ``[series_roles]``."""
+
+    t2_flair_min_inversion_time: float = 1500.0
+    t2_flair_min_echo_time: float = 70.0
+    t1_flair_inversion_time: tuple[float, float] = (500.0, 1500.0)  # [low, high)
+    t1_flair_max_echo_time: float = 40.0
+    t2_flair_descriptions: tuple[str, ...] = DEFAULT_T2_FLAIR_DESCRIPTIONS
+    t1_flair_descriptions: tuple[str, ...] = DEFAULT_T1_FLAIR_DESCRIPTIONS
+    # Series whose description matches are ignored whatever their attributes say.
+    ignored_descriptions: tuple[str, ...] = DEFAULT_IGNORED_DESCRIPTIONS
+    # Reformats (MPR) of a 3D FLAIR keep its role, but any original series of that role wins.
+    accept_reformats: bool = True
+
+    def matches(self, patterns: tuple[str, ...], description: str) -> str | None:
+        """The first pattern that matches ``description``, or None."""
+        return next((p for p in patterns if re.search(p, description, re.IGNORECASE)), None)
+
+
+REFORMAT_IMAGE_TYPES = frozenset({"MPR", "REFORMATTED", "PROJECTION IMAGE", "MIP"})
 
 
 class SeriesRole(StrEnum):
     T2_FLAIR = "T2_FLAIR"
     T1_FLAIR = "T1_FLAIR"
     IGNORED = "IGNORED"
+
+
+FLAIR_ROLES = frozenset({SeriesRole.T2_FLAIR, SeriesRole.T1_FLAIR})
 
 
 @dataclass(frozen=True)
@@ -58,41 +86,63 @@ class RoleDecision:
     reason: str
 
 
-def classify_series(series: SeriesAttributes) -> RoleDecision:
+def classify_series(series: SeriesAttributes, rules: RoleRules | None = None) -> RoleDecision:
     """Role of one series on its own, with the reason a person can read in the audit trail."""
+    rules = rules or RoleRules()
     if series.modality != "MR":
         return RoleDecision(SeriesRole.IGNORED, f"modality {series.modality or 'missing'}")
     if series.sop_class_uid not in PROCESSABLE_SOP_CLASSES:
         return RoleDecision(SeriesRole.IGNORED, f"SOP class {series.sop_class_uid} not processed")
+    description = series.series_description
+    if pattern := rules.matches(rules.ignored_descriptions, description):
+        return RoleDecision(SeriesRole.IGNORED, f"description {description!r} matches {pattern!r}")
     if series.image_type[:1] == ("DERIVED",) and not series.derived_by_compression_only:
-        return RoleDecision(SeriesRole.IGNORED, "derived images")
+        if not (rules.accept_reformats and is_reformat(series)):
+            return RoleDecision(SeriesRole.IGNORED, "derived images")
 
+    reformat = " (reformat)" if is_reformat(series) else ""
     inversion_recovery = "IR" in series.scanning_sequence or "IR" in series.scan_options
+    gradient_echo = "GR" in series.scanning_sequence
     ti, te = series.inversion_time, series.echo_time
     if ti is not None and te is not None:
-        if ti >= T2_FLAIR_MIN_TI_MS and te >= T2_FLAIR_MIN_TE_MS:
-            return RoleDecision(SeriesRole.T2_FLAIR, f"inversion recovery, TI {ti:g}, TE {te:g}")
-        if T1_FLAIR_TI_MS[0] <= ti < T1_FLAIR_TI_MS[1] and te <= T1_FLAIR_MAX_TE_MS:
-            return RoleDecision(SeriesRole.T1_FLAIR, f"inversion recovery, TI {ti:g}, TE {te:g}")
+        if gradient_echo:  # MPRAGE, IR-prepared GRE: T1-weighted but not a FLAIR
+            return RoleDecision(SeriesRole.IGNORED, f"inversion-prepared gradient echo, TI {ti:g}")
+        if ti >= rules.t2_flair_min_inversion_time and te >= rules.t2_flair_min_echo_time:
+            return RoleDecision(SeriesRole.T2_FLAIR,
+                                f"inversion recovery, TI {ti:g}, TE {te:g}{reformat}")
+        low, high = rules.t1_flair_inversion_time
+        if low <= ti < high and te <= rules.t1_flair_max_echo_time:
+            return RoleDecision(SeriesRole.T1_FLAIR,
+                                f"inversion recovery, TI {ti:g}, TE {te:g}{reformat}")
         return RoleDecision(SeriesRole.IGNORED, f"TI {ti:g} and TE {te:g} match no FLAIR role")
-    if inversion_recovery or ti is None:
-        # Attributes do not decide; the description is the only hint left.
-        description = series.series_description
-        if _T2_FLAIR_HINT.search(description):
-            return RoleDecision(SeriesRole.T2_FLAIR, f"description {description!r} (no TI/TE)")
-        if _T1_FLAIR_HINT.search(description):
-            return RoleDecision(SeriesRole.T1_FLAIR, f"description {description!r} (no TI/TE)")
+    if (inversion_recovery or ti is None) and not gradient_echo:
+        # Attributes do not decide; the description is the only hint left. T1 patterns are
+        # the more specific ("FLAIR" alone means the T2 FLAIR), so they are tried first.
+        if pattern := rules.matches(rules.t1_flair_descriptions, description):
+            return RoleDecision(SeriesRole.T1_FLAIR,
+                                f"description {description!r} matches {pattern!r} (no TI/TE)")
+        if pattern := rules.matches(rules.t2_flair_descriptions, description):
+            return RoleDecision(SeriesRole.T2_FLAIR,
+                                f"description {description!r} matches {pattern!r} (no TI/TE)")
     return RoleDecision(SeriesRole.IGNORED, "not an inversion-recovery FLAIR series")
 
 
-def assign_roles(series: list[SeriesAttributes]) -> dict[str, RoleDecision]:
+def is_reformat(series: SeriesAttributes) -> bool:
+    return bool(REFORMAT_IMAGE_TYPES & set(series.image_type))
+
+
+def assign_roles(
+    series: list[SeriesAttributes], rules: RoleRules | None = None
+) -> dict[str, RoleDecision]:
     """Roles for every series of a study: at most one T2 FLAIR and one T1 FLAIR. Among several
-    candidates the one with the most instances wins, then the lowest series number."""
-    decisions = {s.series_instance_uid: classify_series(s) for s in series}
+    candidates an acquired series beats a reformat, then the most instances win, then the
+    lowest series number."""
+    decisions = {s.series_instance_uid: classify_series(s, rules) for s in series}
     for role in (SeriesRole.T2_FLAIR, SeriesRole.T1_FLAIR):
         candidates = sorted(
             (s for s in series if decisions[s.series_instance_uid].role is role),
-            key=lambda s: (-s.instance_count, s.series_number or 0, s.series_instance_uid),
+            key=lambda s: (is_reformat(s), -s.instance_count, s.series_number or 0,
+                           s.series_instance_uid),
         )
         for loser in candidates[1:]:
             decisions[loser.series_instance_uid] = RoleDecision(

@@ -82,7 +82,30 @@ def series_attributes(dataset: Dataset) -> dict[str, Any]:
         "echo_time": _number(dataset.get("EchoTime")),
         "inversion_time": _number(dataset.get("InversionTime")),
         "derived_by_compression_only": derived_by_compression_only(dataset),
+        "expected_instances": expected_instances(dataset),
     }
+
+
+GE_SERIES_CREATOR = "GEMS_SERS_01"  # (0025,xx07): Images in Series
+
+
+def expected_instances(dataset: Dataset) -> int | None:
+    """How many instances the series announces: Images in Acquisition (0020,1002), else GE's
+    private Images in Series; None when neither is there or the value is not a count."""
+    values: list[Any] = [dataset.get("ImagesInAcquisition")]
+    try:
+        values.append(dataset.private_block(0x0025, GE_SERIES_CREATOR)[0x07].value)
+    except KeyError:
+        pass
+    for value in values:
+        value = getattr(value, "value", value)
+        try:
+            count = int(value) if value not in (None, "", b"") else 0
+        except (TypeError, ValueError):
+            continue
+        if count > 0:
+            return count
+    return None
 
 
 LOSSY_COMPRESSION = ("113040", "DCM")  # Derivation code "Lossy Compression" (CID 7203)

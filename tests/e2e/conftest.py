@@ -79,6 +79,7 @@ def node_environment(
         "LACUNA_SCP_HOST": "127.0.0.1",
         "LACUNA_SCP_PORT": str(scp_port),
         "LACUNA_STUDY_STABLE_SECONDS": "1",
+        "LACUNA_STUDY_MISSING_WAIT_SECONDS": "0",
         "LACUNA_WORKER_POLL_SECONDS": "0.2",
         # Off unless a test asks (with a port from free_port): an ephemeral HTTP port could take
         # the port picked for another process's DICOM listener before that process binds it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 import warnings
 from pathlib import Path
 
@@ -89,3 +90,27 @@ def test_unknown_calling_ae_is_rejected(tmp_path: Path, pacs: Pacs) -> None:
         node.stop()
     assert actions.count("association.rejected") == 1
     assert actions.count("association.accepted") == 1
+
+
+def test_a_calling_ae_is_refused_from_a_host_it_is_not_configured_for(
+    tmp_path: Path, pacs: Pacs
+) -> None:
+    settings = node_settings(tmp_path, pacs, allowed=("SCANNER", "PACS1", "MRI2"))
+    hosts = {"SCANNER": ("10.20.30.40", "192.168.0.0/16"), "PACS1": ("127.0.0.0/8",),
+             "MRI2": ("localhost",)}
+    node = EmbeddedNode(replace(settings, scp=replace(settings.scp, calling_ae_hosts=hosts)))
+    node.start()
+    try:
+        refused = echoscu(node.port, calling_ae="SCANNER")  # right title, wrong host
+        assert refused.returncode != 0
+        assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
+        assert echoscu(node.port, calling_ae="PACS1").returncode == 0  # in the network
+        assert echoscu(node.port, calling_ae="MRI2").returncode == 0  # a host name
+        assert echoscu(node.port, calling_ae="SCANNER").returncode != 0  # still serving, still no
+        with node.database.sessions.begin() as session:
+            rejected = list(session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "association.rejected")))
+    finally:
+        node.stop()
+    assert [event.calling_ae for event in rejected] == ["SCANNER", "SCANNER"]
+    assert rejected[0].details["reason"] == "calling AE title not allowed from this host"

@@ -12,6 +12,7 @@ from models.package import default_package_dir
 from node.db.engine import session_factory, upgrade
 from node.db.jobs import claim_next_job, renew_lease
 from node.db.tables import AuditEvent, Instance, Job, Patient, Series, Study
+from node.domain.completeness import CompletenessRules
 from node.domain.jobs import JobState, StudyState
 from node.domain.priority import ROUTINE, URGENT
 from node.errors import JobError
@@ -26,6 +27,8 @@ T2_ATTRIBUTES = {
     "scan_options": ["IR"], "repetition_time": 9000.0, "echo_time": 120.0,
     "inversion_time": 2500.0,
 }
+
+QUIET_30 = CompletenessRules(quiet_seconds=30, missing_wait_seconds=0)
 
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -62,8 +65,8 @@ def test_scheduler_waits_for_the_quiet_period_then_queues_one_job(sessions) -> N
         add_study(session, "1.2.2", now - timedelta(seconds=60), T2_ATTRIBUTES)
         add_study(session, "1.2.3", now - timedelta(seconds=60), {**T2_ATTRIBUTES, "modality": "CT"})
 
-    assert len(Scheduler(sessions, 30, clock=lambda: now).run_once()) == 1
-    assert Scheduler(sessions, 30, clock=lambda: now).run_once() == []  # idempotent
+    assert len(Scheduler(sessions, QUIET_30, clock=lambda: now).run_once()) == 1
+    assert Scheduler(sessions, QUIET_30, clock=lambda: now).run_once() == []  # idempotent
     with sessions.begin() as session:
         states = dict(session.execute(select(Study.study_instance_uid, Study.state)).all())
         assert states == {"1.2.1": StudyState.RECEIVING, "1.2.2": StudyState.SCHEDULED,
@@ -187,7 +190,7 @@ def test_urgent_jobs_are_claimed_before_older_routine_ones(sessions) -> None:  #
         urgent = add_study(session, "1.5.2", now - timedelta(seconds=60), T2_ATTRIBUTES)
         urgent.urgent = True
         add_study(session, "1.5.3", now - timedelta(seconds=60), T2_ATTRIBUTES)
-    Scheduler(sessions, 30, clock=lambda: now).run_once()
+    Scheduler(sessions, QUIET_30, clock=lambda: now).run_once()
     order = []
     for _ in range(3):
         with sessions.begin() as session:
@@ -205,7 +208,7 @@ def test_a_late_arrival_queues_a_run_that_supersedes_the_finished_one(sessions) 
         registry.ensure_default(session, default_package_dir())
         study = add_study(session, "1.6.1", now - timedelta(seconds=60), T2_ATTRIBUTES)
         add_instance(session, study, "1.6.1.1.1", now - timedelta(seconds=60))
-    [first] = Scheduler(sessions, 30, clock=lambda: now).run_once()
+    [first] = Scheduler(sessions, QUIET_30, clock=lambda: now).run_once()
     with sessions.begin() as session:
         job = session.get(Job, first)
         assert job is not None
@@ -217,7 +220,7 @@ def test_a_late_arrival_queues_a_run_that_supersedes_the_finished_one(sessions) 
         add_instance(session, study, "1.6.1.1.3", now + timedelta(seconds=10))
 
     later = now + timedelta(seconds=45)
-    [second] = Scheduler(sessions, 30, clock=lambda: later).run_once()
+    [second] = Scheduler(sessions, QUIET_30, clock=lambda: later).run_once()
     with sessions.begin() as session:
         rerun = session.get(Job, second)
         assert rerun is not None
@@ -230,7 +233,7 @@ def test_a_late_arrival_queues_a_run_that_supersedes_the_finished_one(sessions) 
         study = session.scalars(select(Study)).one()
         study.state, study.last_received_at = StudyState.RECEIVING, later
         add_instance(session, study, "1.6.1.1.4", later)
-    assert Scheduler(sessions, 30, clock=lambda: later + timedelta(seconds=31)).run_once() == []
+    assert Scheduler(sessions, QUIET_30, clock=lambda: later + timedelta(seconds=31)).run_once() == []
     with sessions.begin() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 2
         actions = list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))

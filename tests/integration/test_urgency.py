@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select
 from models.package import default_package_dir
 from node.db.engine import session_factory, upgrade
 from node.db.tables import AuditEvent, Job, Study
+from node.domain.completeness import CompletenessRules
 from node.domain.priority import URGENT, UrgencyRule
 from node.services import registry
 from node.services.intake import Intake, ReceivedInstance
@@ -59,7 +60,7 @@ def test_requested_priority_or_calling_ae_make_a_study_urgent(
             AuditEvent.action == "study.urgent")))
         assert reasons == ["study.urgent"]  # once, not per instance
 
-    [job_id] = Scheduler(sessions, 0.0).run_once()
+    [job_id] = Scheduler(sessions, CompletenessRules(0.0, missing_wait_seconds=0)).run_once()
     with sessions.begin() as session:
         job = session.get(Job, job_id)
         assert job is not None and job.priority == URGENT
