@@ -71,7 +71,8 @@ class EmbeddedNode:
         self.metrics = NodeMetrics()
         self.metrics.watch_database(sessions)
         self.intake = Intake(root, sessions, urgency=settings.study.urgency_rule(),
-                             min_free_bytes=settings.storage.min_free_bytes)
+                             min_free_bytes=settings.storage.min_free_bytes,
+                             max_dataset_bytes=settings.scp.max_dataset_mb * 2**20)
         self.scheduler = Scheduler(sessions, settings.study.completeness_rules(),
                                    metrics=self.metrics, role_rules=settings.series_roles)
         self.processor = Processor(sessions, root, EngineCache())

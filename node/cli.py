@@ -150,6 +150,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     ]
     logger.info("starting %s with %s", args.command,
                 json.dumps(settings.describe(), default=str))
+    if receive:
+        _receive_on_the_storage_volume(settings)
     node = EmbeddedNode(settings, receive=receive, process=process)
     node.start()
 
@@ -163,6 +165,21 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     node.stop()  # finishes or releases a running job; nothing stays half-claimed
     logger.info("stopped")
     return EXIT_OK
+
+
+def _receive_on_the_storage_volume(settings: Settings) -> None:
+    """Incoming datasets stream to temporary files (pynetdicom writes them where ``tempfile``
+    says); put those beside the storage so keeping one is a rename, and the free-space check
+    covers them. A transfer older than a day was left by a crashed process."""
+    import tempfile
+
+    from node.dicom.storage import remove_stale_files
+
+    incoming = settings.storage.root / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(incoming)
+    if removed := remove_stale_files(incoming, older_than_seconds=86400):
+        logger.info("removed %d unfinished transfer(s) from %s", removed, incoming)
 
 
 def _db(args: argparse.Namespace, settings: Settings) -> int:

@@ -38,6 +38,8 @@ class ScpSettings:
     # exceeded); a bare TCP connect also holds a slot until the ARTIM (acse) timeout.
     max_associations: int = 10
     max_pdu_size: int = 16382  # bytes we accept per P-DATA PDU; 0 means unlimited
+    # Larger datasets are refused (Out of Resources) after they arrive; 0 means no limit.
+    max_dataset_mb: int = 2048
     acse_timeout: float = 30.0  # seconds for association negotiation (and ARTIM)
     dimse_timeout: float = 30.0  # seconds for a DIMSE message
     network_timeout: float = 60.0  # seconds without any network traffic
@@ -283,8 +285,8 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
 
     scp = sections["scp"]
     _unknown("scp", scp, {"ae_title", "host", "port", "allowed_calling_aes", "calling_ae_hosts",
-                          "max_associations",
-                          "max_pdu_size", "acse_timeout", "dimse_timeout", "network_timeout",
+                          "max_associations", "max_pdu_size", "max_dataset_mb", "acse_timeout",
+                          "dimse_timeout", "network_timeout",
                           "tls_certificate", "tls_private_key", "tls_ca_certificates",
                           "tls_require_client_certificate"})
     tls_files = {key: _existing_file(f"scp.{key}", scp[key]) if scp.get(key) else None
@@ -309,6 +311,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         calling_ae_hosts=calling_ae_hosts,
         max_associations=int(_positive("scp.max_associations", scp.get("max_associations", 10))),
         max_pdu_size=_count("scp.max_pdu_size", scp.get("max_pdu_size", 16382)),
+        max_dataset_mb=_count("scp.max_dataset_mb", scp.get("max_dataset_mb", 2048)),
         acse_timeout=_positive("scp.acse_timeout", scp.get("acse_timeout", 30.0)),
         dimse_timeout=_positive("scp.dimse_timeout", scp.get("dimse_timeout", 30.0)),
         network_timeout=_positive("scp.network_timeout", scp.get("network_timeout", 60.0)),

@@ -10,9 +10,16 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, StoragePresentationContexts, VerificationPresentationContexts, evt
+from pynetdicom import (
+    AE,
+    StoragePresentationContexts,
+    VerificationPresentationContexts,
+    _config,
+    evt,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import ScpSettings
@@ -48,13 +55,17 @@ def handle_store(event: Any, context: ScpContext) -> int:
     """Answer success only after the instance is durably stored and indexed."""
     calling_ae, peer = _requestor(event)
     request = event.request
+    # Streamed to a temporary file by pynetdicom (see start_scp); intake moves it into storage.
+    data = (Path(event.dataset_path) if _config.STORE_RECV_CHUNKED_DATASET
+            else event.encoded_dataset(include_meta=True))
     received = ReceivedInstance(
-        data=event.encoded_dataset(include_meta=True),
+        data=data,
         calling_ae=calling_ae,
         peer_address=peer,
         affected_sop_class_uid=str(request.AffectedSOPClassUID),
         affected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
     )
+    size = received.size
     try:
         stored = context.intake.store(received)
     except InstanceRejected as error:
@@ -68,7 +79,7 @@ def handle_store(event: Any, context: ScpContext) -> int:
         logger.exception("failed to store %s", received.affected_sop_instance_uid)
         return _refuse(context, received, Status.PROCESSING_FAILURE, "internal error")
     context.metrics.instances_received.labels(duplicate=str(stored.duplicate).lower()).inc()
-    context.metrics.bytes_received.inc(len(received.data))
+    context.metrics.bytes_received.inc(size)
     logger.debug("stored %s (duplicate=%s)", stored.sop_instance_uid, stored.duplicate)
     return Status.SUCCESS
 
@@ -173,6 +184,10 @@ def tls_context(settings: ScpSettings) -> ssl.SSLContext | None:
 def start_scp(settings: ScpSettings, context: ScpContext) -> ThreadedAssociationServer:
     """Start listening in background threads; ``server.server_address`` has the bound port."""
     ae = build_ae(settings)
+    # Datasets arrive in a temporary file (in tempfile's folder, which `lacuna scp|serve` puts
+    # on the storage volume), never whole in memory: large multi-frame objects and many
+    # associations at once cost disk, not RAM, and the file is renamed into storage.
+    _config.STORE_RECV_CHUNKED_DATASET = True
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, handle_requested, [settings, context]),
         (evt.EVT_C_ECHO, handle_echo),

@@ -6,9 +6,12 @@ Layout: ``instances/<study>/<series>/<sop>.dcm`` for what we receive and
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -31,6 +34,59 @@ def relative_path(kind: str, study_uid: str, series_uid: str, sop_uid: str) -> P
     return Path(kind) / study_uid / series_uid / f"{sop_uid}.dcm"
 
 
+def _fsync_directory(folder: Path) -> None:
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def move_atomically(root: Path, relative: Path, source: Path) -> Path:
+    """Move the finished file ``source`` to ``root/relative`` with the guarantees of
+    :func:`write_atomically`: a rename when both are on one file system (no copy), else a copy
+    to a temporary file beside the target, fsync, rename."""
+    target = root / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with source.open("rb+") as stream:
+        os.fsync(stream.fileno())
+    try:
+        os.replace(source, target)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        descriptor, temporary = tempfile.mkstemp(prefix=".incoming-", dir=target.parent)
+        try:
+            with os.fdopen(descriptor, "wb") as out, source.open("rb") as stream:
+                shutil.copyfileobj(stream, out, 2**20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        source.unlink(missing_ok=True)
+    _fsync_directory(target.parent)
+    return target
+
+
+def remove_stale_files(folder: Path, older_than_seconds: float) -> int:
+    """Delete files in ``folder`` (not below it) last modified more than ``older_than_seconds``
+    ago: transfers a crashed process left behind. Returns how many were removed."""
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    for path in folder.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
 def write_atomically(root: Path, relative: Path, data: bytes) -> Path:
     """Write ``data`` to ``root/relative``: temporary file in the same folder, fsync, rename,
     fsync of the folder. Either the complete new file is there afterwards or the old one is."""
@@ -46,9 +102,5 @@ def write_atomically(root: Path, relative: Path, data: bytes) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    _fsync_directory(target.parent)
     return target

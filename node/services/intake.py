@@ -19,6 +19,7 @@ from typing import Any
 
 import pydicom.config
 from pydicom import Dataset, dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -27,7 +28,13 @@ from sqlalchemy.orm import Session
 from node.db.engine import SessionFactory
 from node.db.tables import Instance, Patient, Series, Study, utcnow
 from node.dicom.status import Status
-from node.dicom.storage import InvalidUid, checked_uid, relative_path, write_atomically
+from node.dicom.storage import (
+    InvalidUid,
+    checked_uid,
+    move_atomically,
+    relative_path,
+    write_atomically,
+)
 from node.domain.jobs import StudyState
 from node.domain.priority import UrgencyRule
 from node.errors import InstanceRejected, StorageError
@@ -38,13 +45,25 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReceivedInstance:
-    """A C-STORE request: the Part 10 bytes as received and who sent them."""
+    """A C-STORE request: the Part 10 dataset as received, in memory or streamed to a file
+    (which intake moves into storage when it keeps it), and who sent it."""
 
-    data: bytes
+    data: bytes | Path
     calling_ae: str
     peer_address: str
     affected_sop_class_uid: str
     affected_sop_instance_uid: str
+
+    @property
+    def size(self) -> int:
+        """Bytes of the Part 10 file (preamble and file meta included)."""
+        return self.data.stat().st_size if isinstance(self.data, Path) else len(self.data)
+
+    def sha256(self) -> str:
+        if isinstance(self.data, Path):
+            with self.data.open("rb") as stream:
+                return hashlib.file_digest(stream, "sha256").hexdigest()
+        return hashlib.sha256(self.data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -129,13 +148,23 @@ def requested_priorities(dataset: Dataset) -> tuple[str, ...]:
     return tuple(v for v in values if v)
 
 
+# Values larger than this are left on disk when a dataset is read from a file (large
+# multi-frame pixel data), so memory per association stays small whatever the sender sends.
+DEFER_BYTES = 2**20
+
+
 def decode(received: ReceivedInstance) -> Dataset:
     """Parse and check a received dataset; :class:`InstanceRejected` with the status to answer."""
     try:
-        dataset = dcmread(BytesIO(received.data), force=False)
+        if isinstance(received.data, Path):
+            dataset = dcmread(received.data, force=False, defer_size=DEFER_BYTES)
+            _check_deferred_values(dataset, received.size)
+        else:
+            dataset = dcmread(BytesIO(received.data), force=False)
         # Touch every top-level element so truncated or malformed data fails here, not later.
-        for element in dataset:
-            _ = element.value
+        for tag in list(dataset.keys()):
+            if _deferred(dataset, tag) is None:
+                _ = dataset[tag].value
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OverflowError) as error:
         raise InstanceRejected(Status.CANNOT_UNDERSTAND, f"undecodable dataset: {error}") from None
     except Exception as error:  # pydicom raises assorted errors on corrupt input
@@ -159,6 +188,25 @@ def decode(received: ReceivedInstance) -> Dataset:
     return dataset
 
 
+def _deferred(dataset: Dataset, tag: Any) -> RawDataElement | None:
+    """The element at ``tag`` if its value was left on disk (see DEFER_BYTES), else None."""
+    raw = dataset.get_item(tag, keep_deferred=True)
+    return raw if isinstance(raw, RawDataElement) and raw.value is None else None
+
+
+def _check_deferred_values(dataset: Dataset, file_size: int) -> None:
+    """A value left on disk must lie inside the file (a truncated transfer otherwise passes
+    the parser, which only seeks past it)."""
+    for tag in dataset.keys():
+        raw = _deferred(dataset, tag)
+        if raw is not None and raw.length != 0xFFFFFFFF:
+            if raw.value_tell + raw.length > file_size:
+                raise InstanceRejected(
+                    Status.CANNOT_UNDERSTAND,
+                    f"{tag} needs {raw.length} bytes; the dataset ends before them",
+                )
+
+
 def _check_pixel_length(dataset: Dataset) -> None:
     """Native (uncompressed) pixel data must be as long as its header says."""
     if "PixelData" not in dataset or dataset.file_meta.TransferSyntaxUID.is_compressed:
@@ -172,7 +220,8 @@ def _check_pixel_length(dataset: Dataset) -> None:
         raise InstanceRejected(
             Status.CANNOT_UNDERSTAND, "pixel data without a valid image pixel module"
         ) from None
-    actual = len(dataset.PixelData)
+    raw = _deferred(dataset, "PixelData")
+    actual = raw.length if raw is not None else len(dataset.PixelData)
     if actual < expected:
         raise InstanceRejected(
             Status.CANNOT_UNDERSTAND, f"pixel data has {actual} bytes, header needs {expected}"
@@ -187,9 +236,11 @@ class Intake:
         clock: Callable[[], datetime] = utcnow,
         urgency: UrgencyRule | None = None,
         min_free_bytes: int = 0,
+        max_dataset_bytes: int = 0,
     ) -> None:
         self._root = storage_root
         self._min_free_bytes = min_free_bytes
+        self._max_dataset_bytes = max_dataset_bytes  # 0: no limit
         self._sessions = sessions
         self._clock = clock
         self._urgency = urgency or UrgencyRule()
@@ -211,6 +262,13 @@ class Intake:
                                f"of {self._min_free_bytes // 2**20} MiB")
 
     def store(self, received: ReceivedInstance) -> StoredInstance:
+        size = received.size
+        if self._max_dataset_bytes and size > self._max_dataset_bytes:
+            raise InstanceRejected(
+                Status.OUT_OF_RESOURCES,
+                f"dataset of {size / 2**20:.1f} MiB exceeds the limit of "
+                f"{self._max_dataset_bytes / 2**20:.1f} MiB",
+            )
         dataset = decode(received)
         try:
             study_uid = checked_uid(dataset.StudyInstanceUID, "StudyInstanceUID")
@@ -220,20 +278,23 @@ class Intake:
             raise InstanceRejected(Status.CANNOT_UNDERSTAND, str(error)) from None
 
         relative = relative_path("instances", study_uid, series_uid, sop_uid)
-        self._check_free_space(len(received.data))
+        self._check_free_space(size)
+        digest = received.sha256()
         try:
-            write_atomically(self._root, relative, received.data)
+            if isinstance(received.data, Path):
+                move_atomically(self._root, relative, received.data)
+            else:
+                write_atomically(self._root, relative, received.data)
         except OSError as error:
             raise StorageError(f"cannot write {relative}: {error.strerror}") from error
 
-        digest = hashlib.sha256(received.data).hexdigest()
         # Two associations may create the same study or series at once: the loser of the
         # unique constraint retries and finds the winner's row.
         for attempt in range(3):
             try:
                 with self._sessions.begin() as session:
                     duplicate = self._index(
-                        session, dataset, received, relative, digest,
+                        session, dataset, received, relative, digest, size,
                         study_uid, series_uid, sop_uid,
                     )
                 return StoredInstance(study_uid, series_uid, sop_uid, duplicate)
@@ -251,6 +312,7 @@ class Intake:
         received: ReceivedInstance,
         relative: Path,
         digest: str,
+        size: int,
         study_uid: str,
         series_uid: str,
         sop_uid: str,
@@ -270,7 +332,7 @@ class Intake:
             sop_instance_uid=sop_uid,
             sop_class_uid=str(dataset.SOPClassUID),
             transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-            size_bytes=len(received.data),
+            size_bytes=size,
             duplicate=duplicate,
         )
         if duplicate:
@@ -335,12 +397,12 @@ class Intake:
                     transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
                     instance_number=None if instance_number in (None, "") else int(instance_number),
                     path=str(relative),
-                    size_bytes=len(received.data),
+                    size_bytes=size,
                     sha256=digest,
                     received_at=now,
                 )
             )
         else:  # same SOP Instance UID, new content: the file was replaced; so is its row
-            instance.size_bytes, instance.sha256, instance.received_at = len(received.data), digest, now
+            instance.size_bytes, instance.sha256, instance.received_at = size, digest, now
             instance.transfer_syntax_uid = str(dataset.file_meta.TransferSyntaxUID)
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +76,87 @@ def test_index_failure_answers_out_of_resources_then_recovers(
         connection.execute(text("ALTER TABLE instances_away RENAME TO instances"))
     assert send(port, instance) == Status.SUCCESS  # the sender's retry is stored
     assert refusals(engine) == ["0xA700"]
+
+
+def large_instance(instance: pydicom.Dataset, frames: int) -> pydicom.Dataset:
+    """``instance`` made into a ``frames``-frame dataset (as big as an Enhanced MR series)."""
+    large = copy.deepcopy(instance)
+    large.SOPInstanceUID = pydicom.uid.generate_uid()
+    large.NumberOfFrames = frames
+    large.PixelData = bytes(instance.PixelData) * frames
+    return large
+
+
+def test_a_dataset_over_the_limit_is_refused_and_nothing_is_kept(
+    engine: Engine, tmp_path: Path, instance: pydicom.Dataset
+) -> None:
+    upgrade(engine)
+    sessions = session_factory(engine)
+    root = tmp_path / "storage"
+    intake = Intake(root, sessions, max_dataset_bytes=2**20)
+    server = start_scp(ScpSettings(host="127.0.0.1", port=0), ScpContext(intake, sessions))
+    try:
+        port = int(server.server_address[1])
+        assert send(port, large_instance(instance, 12)) == Status.OUT_OF_RESOURCES  # 1.5 MiB
+        assert send(port, instance) == Status.SUCCESS  # and it keeps serving
+    finally:
+        server.shutdown()
+    assert refusals(engine) == ["0xA700"]
+    with sessions.begin() as session:
+        [reason] = session.scalars(select(AuditEvent.details["reason"].as_string())
+                                   .where(AuditEvent.action == "instance.refused"))
+    assert "exceeds the limit of 1.0 MiB" in reason
+    assert len(list((root / "instances").rglob("*.dcm"))) == 1
+
+
+def test_a_large_dataset_streams_to_disk_not_memory(
+    scp: tuple[int, Intake, Path], instance: pydicom.Dataset, tmp_path: Path
+) -> None:
+    """A 64 MiB dataset costs the receiving process a few MiB of Python memory: pynetdicom
+    writes it to a file as it arrives and intake reads only the header and renames the file.
+    dcmtk storescu sends it from another process, so all memory traced here is the receiver's."""
+    import subprocess
+    import tracemalloc
+
+    from tests.conftest import require_tool
+
+    port, _, root = scp
+    large = large_instance(instance, 512)  # 512 frames of 128 KiB
+    payload = 512 * len(instance.PixelData)
+    assert payload >= 64 * 2**20
+    path = tmp_path / "large.dcm"
+    large.save_as(path, enforce_file_format=True)
+    del large
+    tracemalloc.start()
+    try:
+        sent = subprocess.run([require_tool("storescu"), "-aet", "SCANNER", "-aec", "LACUNA",
+                               "127.0.0.1", str(port), str(path)],
+                              capture_output=True, text=True, timeout=120)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sent.returncode == 0, sent.stderr
+    [stored] = (root / "instances").rglob("*.dcm")
+    assert stored.stat().st_size > payload  # file meta is the receiver's own
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB for {payload / 2**20:.0f} MiB"
+
+
+def test_a_streamed_dataset_cut_short_is_refused(
+    engine: Engine, tmp_path: Path, instance: pydicom.Dataset
+) -> None:
+    """A value left on disk (too big to read at intake) must still lie inside the file."""
+    from node.errors import InstanceRejected
+    from node.services.intake import ReceivedInstance
+
+    upgrade(engine)
+    path = tmp_path / "incoming.dcm"
+    large_instance(instance, 8).save_as(path, enforce_file_format=True)
+    with path.open("rb+") as stream:
+        stream.truncate(path.stat().st_size - 1000)
+    large = pydicom.dcmread(path, stop_before_pixels=True)
+    intake = Intake(tmp_path / "storage", session_factory(engine))
+    with pytest.raises(InstanceRejected) as refused:
+        intake.store(ReceivedInstance(path, "SCANNER", "127.0.0.1", str(large.SOPClassUID),
+                                      str(large.SOPInstanceUID)))
+    assert refused.value.status == Status.CANNOT_UNDERSTAND
+    assert "the dataset ends before them" in refused.value.reason
