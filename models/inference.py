@@ -17,6 +17,7 @@ from skimage.measure import label, regionprops
 
 from models.package import PRIMARY_FILE, SECONDARY_FILE, ModelManifest, verify_package
 from models.preprocessing import extract_roi, from_model_grid, normalise_volume, to_model_grid
+from models.runtime import import_tensorflow
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class TwoStageEngine:
     def load(cls, package_dir: Path) -> TwoStageEngine:
         """Verify the package's checksums, then load both networks (TensorFlow imported here)."""
         manifest = verify_package(package_dir)
+        import_tensorflow()
         import keras  # imported late: the SCP process never pays for TensorFlow
         import tensorflow as tf
 

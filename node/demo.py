@@ -35,7 +35,7 @@ from node.db.tables import Job
 from node.dicom.scu import send_files
 from node.domain.jobs import JobState
 from node.results.readback import ReportedLesion, read_report_statements, read_segmentation
-from node.services.volumes import read_series
+from node.services.volumes import read_series, source_slices
 
 PACS_AE = "DEMOPACS"
 
@@ -168,14 +168,12 @@ def _print_results(
 ) -> None:
     truth = json.loads((study_folder / "ground_truth.json").read_text())["lesions"]
     labels = np.load(study_folder / "labels.npy")
-    t2_datasets, planes = read_series(sorted((study_folder / "T2_FLAIR").glob("*.dcm")))
-    spacing = planes[0].pixel_spacing
-    voxel = spacing[0] * spacing[1] * float(t2_datasets[0].SpacingBetweenSlices)
+    t2 = read_series(sorted((study_folder / "T2_FLAIR").glob("*.dcm")))
+    spacing = t2.planes[0].pixel_spacing
+    voxel = spacing[0] * spacing[1] * float(t2.datasets[0].SpacingBetweenSlices)
     found: list[ReportedLesion] = []
     if "SEG" in received:
-        found = read_segmentation(
-            received["SEG"], [str(ds.SOPInstanceUID) for ds in t2_datasets], voxel
-        )
+        found = read_segmentation(received["SEG"], source_slices(t2.planes), voxel)
     groups, statements = read_report_statements(received["SR"])
 
     true_masks = _components(labels)

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
@@ -196,3 +197,46 @@ def write_studies(out: Path, subjects: int, seed: int) -> list[SyntheticStudy]:
     return [
         write_study(out / f"subject-{n:03d}", seed * 1000 + n) for n in range(subjects)
     ]
+
+
+def multiframe_series(paths: list[Path], enhanced: bool = True) -> Dataset:
+    """One multi-frame instance holding the single-frame series at ``paths`` (a new series):
+    Legacy Converted Enhanced MR as highdicom converts it, or (``enhanced``) Enhanced MR Image
+    Storage with the MR timing, echo and modifier functional groups a scanner writes."""
+    import highdicom as hd
+    from pydicom.uid import EnhancedMRImageStorage
+
+    sources = [dcmread(path) for path in paths]
+    converted = hd.legacy.LegacyConvertedEnhancedMRImage(
+        sources, series_instance_uid=str(generate_uid()), series_number=int(sources[0].SeriesNumber),
+        sop_instance_uid=str(generate_uid()), instance_number=1,
+    )
+    dataset = Dataset()
+    dataset.update(converted)
+    dataset.file_meta = converted.file_meta
+    if not enhanced:
+        return dataset
+    first = sources[0]
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    dataset.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    dataset.EchoPulseSequence = "SPIN"
+    dataset.MultipleSpinEcho = "NO"
+    dataset.PhaseContrast = "NO"
+    dataset.SteadyStatePulseSequence = "NONE"
+    dataset.EchoPlanarPulseSequence = "NO"
+    shared = dataset.SharedFunctionalGroupsSequence[0]
+    del shared.UnassignedSharedConvertedAttributesSequence
+    timing, echo, modifier = Dataset(), Dataset(), Dataset()
+    timing.RepetitionTime = first.RepetitionTime
+    timing.FlipAngle = first.FlipAngle
+    timing.EchoTrainLength = first.EchoTrainLength
+    echo.EffectiveEchoTime = first.EchoTime
+    modifier.InversionRecovery = "YES"
+    modifier.InversionTimes = [float(first.InversionTime)]
+    shared.MRTimingAndRelatedParametersSequence = [timing]
+    shared.MREchoSequence = [echo]
+    shared.MRModifierSequence = [modifier]
+    for frame in dataset.PerFrameFunctionalGroupsSequence:
+        del frame.UnassignedPerFrameConvertedAttributesSequence
+        del frame.ConversionSourceAttributesSequence
+    return dataset

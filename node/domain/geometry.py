@@ -27,6 +27,7 @@ class SlicePlane:
     pixel_spacing: tuple[float, float]
     rows: int
     columns: int
+    frame_number: int | None = None  # 1-based frame of a multi-frame instance
 
     @property
     def normal(self) -> np.ndarray:

@@ -13,7 +13,10 @@ from enum import StrEnum
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
-PROCESSABLE_SOP_CLASSES = frozenset({MR_IMAGE_STORAGE})
+LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.4"
+# Multi-frame instances are split into one slice per frame by their functional groups.
+PROCESSABLE_SOP_CLASSES = frozenset(
+    {MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE})
 
 # Fluid-nulling inversion times: T2 FLAIR nulls CSF with a long TI (~1800-2800 ms); T1 FLAIR
 # uses a short TI (~700-1200 ms) with a short TE. STIR's TI (~150-250 ms) is below both.

@@ -27,18 +27,37 @@ _CLASS_BY_TYPE = {(code.value, code.scheme_designator): lesion_class.value
                   for lesion_class, code in codes.LESION_TYPE.items()}
 
 
-def read_segmentation(
-    seg_path: Path, source_sop_instance_uids: list[str], voxel_volume_mm3: float
-) -> list[ReportedLesion]:
-    """Lesions of a SEG on the grid of ``source_sop_instance_uids`` (in slice order): each 3D
-    connected component of each segment. Frames are mapped by referenced SOP instance, never by
-    frame index."""
-    seg = hd.seg.segread(seg_path)
-    pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=source_sop_instance_uids,
+def segmentation_pixels(
+    seg: hd.seg.Segmentation, source_slices: list[tuple[str, int | None]]
+) -> np.ndarray:
+    """A SEG's pixels ``(slices, rows, cols, segments)`` on ``source_slices`` ((SOP Instance
+    UID, frame number or None) in slice order), mapped by the source each SEG frame references,
+    never by frame index."""
+    frame_numbers = [frame for _, frame in source_slices]
+    if all(frame is None for frame in frame_numbers):
+        return np.asarray(seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[uid for uid, _ in source_slices],
+            assert_missing_frames_are_empty=True,
+            ignore_spatial_locations=True,
+        ))
+    uids = {uid for uid, _ in source_slices}
+    if len(uids) != 1 or any(frame is None for frame in frame_numbers):
+        raise ValueError("frames of one multi-frame source instance, or single-frame instances")
+    return np.asarray(seg.get_pixels_by_source_frame(
+        source_sop_instance_uid=uids.pop(),
+        source_frame_numbers=[int(frame) for frame in frame_numbers if frame is not None],
         assert_missing_frames_are_empty=True,
         ignore_spatial_locations=True,
-    )  # (slices, rows, cols, segments)
+    ))
+
+
+def read_segmentation(
+    seg_path: Path, source_slices: list[tuple[str, int | None]], voxel_volume_mm3: float
+) -> list[ReportedLesion]:
+    """Lesions of a SEG on the grid of ``source_slices`` (see :func:`segmentation_pixels`):
+    each 3D connected component of each segment."""
+    seg = hd.seg.segread(seg_path)
+    pixels = segmentation_pixels(seg, source_slices)
     lesions: list[ReportedLesion] = []
     for index, description in enumerate(seg.SegmentSequence):
         property_type = description.SegmentedPropertyTypeCodeSequence[0]

@@ -25,18 +25,31 @@ def build_segmentation(
     model: ModelIdentity,
     series_instance_uid: str,
     sop_instance_uid: str,
+    source_frames: list[int | None] | None = None,
 ) -> hd.seg.Segmentation:
-    """A BINARY SEG over ``source_images`` (the T2 FLAIR series, in the same slice order as
-    ``result.labels``). Frames without lesions are omitted; each remaining frame references the
-    source image it was computed from. Raises ``ValueError`` when there is no lesion."""
+    """A BINARY SEG over ``source_images`` (the T2 FLAIR instance of each slice of
+    ``result.labels``, in its order; ``source_frames`` gives each slice's frame number when the
+    source is one multi-frame instance). Frames without lesions are omitted; each remaining
+    frame references the source image (and frame) it was computed from. Raises ``ValueError``
+    when there is no lesion."""
     numbers = segment_numbers(result)
     if not numbers:
         raise ValueError("no lesions: a SEG needs at least one segment")
     if len(source_images) != result.labels.shape[0]:
         raise ValueError("one source image per slice of the label map is required")
-    label_map = np.zeros(result.labels.shape, dtype=np.uint8)
+    label_map: np.ndarray = np.zeros(result.labels.shape, dtype=np.uint8)
     for lesion_class, number in numbers.items():
         label_map[result.labels == LABEL_VALUES[lesion_class]] = number
+    if source_frames and any(frame is not None for frame in source_frames):
+        # highdicom maps the SEG's frames onto a multi-frame source by frame index.
+        instances = list({str(ds.SOPInstanceUID): ds for ds in source_images}.values())
+        if len(instances) != 1 or any(frame is None for frame in source_frames):
+            raise ValueError("frames must all come from one multi-frame instance")
+        in_source_order = np.zeros((int(instances[0].NumberOfFrames), *label_map.shape[1:]),
+                                   dtype=np.uint8)
+        for k, frame in enumerate(source_frames):
+            in_source_order[int(frame or 0) - 1] = label_map[k]
+        source_images, label_map = instances, in_source_order
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name=model.name, family=codes.ALGORITHM_FAMILY, version=model.version,

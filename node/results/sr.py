@@ -128,7 +128,10 @@ def build_report(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.PROCEDURE_REPORTED,
         imaging_measurements=[summary, *groups],
-        referenced_images=evidence,
+        # highdicom's image library reads single-frame geometry; multi-frame sources are
+        # referenced through the evidence sequence only.
+        referenced_images=[ds for ds in evidence if "PerFrameFunctionalGroupsSequence" not in ds]
+        or None,
     )
     evaluations = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from node.db.engine import SessionFactory
 from node.db.tables import Instance, Patient, Series, Study, utcnow
+from node.dicom import frames
 from node.dicom.status import Status
 from node.dicom.storage import (
     InvalidUid,
@@ -90,19 +91,27 @@ def _number(value: Any) -> float | None:
 
 
 def series_attributes(dataset: Dataset) -> dict[str, Any]:
-    """The acquisition attributes the series-role classifier reads, as JSON."""
+    """The acquisition attributes the series-role classifier reads, as JSON (from the
+    functional groups for a multi-frame image)."""
+    acquisition = (frames.acquisition_attributes(dataset) if frames.is_multiframe(dataset)
+                   else {key: dataset.get(keyword) for key, keyword in _ACQUISITION.items()})
     return {
         "modality": str(dataset.get("Modality", "")),
         "sop_class_uid": str(dataset.SOPClassUID),
         "image_type": list(_strings(dataset.get("ImageType"))),
-        "scanning_sequence": list(_strings(dataset.get("ScanningSequence"))),
-        "scan_options": list(_strings(dataset.get("ScanOptions"))),
-        "repetition_time": _number(dataset.get("RepetitionTime")),
-        "echo_time": _number(dataset.get("EchoTime")),
-        "inversion_time": _number(dataset.get("InversionTime")),
+        "scanning_sequence": list(_strings(acquisition["scanning_sequence"])),
+        "scan_options": list(_strings(acquisition["scan_options"])),
+        "repetition_time": _number(acquisition["repetition_time"]),
+        "echo_time": _number(acquisition["echo_time"]),
+        "inversion_time": _number(acquisition["inversion_time"]),
         "derived_by_compression_only": derived_by_compression_only(dataset),
-        "expected_instances": expected_instances(dataset),
+        "expected_instances": None if frames.is_multiframe(dataset) else expected_instances(dataset),
     }
+
+
+_ACQUISITION = {"repetition_time": "RepetitionTime", "echo_time": "EchoTime",
+                "inversion_time": "InversionTime", "scanning_sequence": "ScanningSequence",
+                "scan_options": "ScanOptions"}
 
 
 GE_SERIES_CREATOR = "GEMS_SERS_01"  # (0025,xx07): Images in Series

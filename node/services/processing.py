@@ -174,10 +174,11 @@ class Processor:
             segmentation = build_segmentation(
                 volumes.t2_datasets, lesions, inputs.model,
                 series_instance_uid=str(generate_uid()), sop_instance_uid=str(generate_uid()),
+                source_frames=volumes.t2_frames,
             )
             objects.append(("SEG", segmentation))
         sr = build_report(
-            evidence=volumes.t2_datasets + volumes.t1_datasets,
+            evidence=volumes.t2_instances + volumes.t1_instances,
             lesions=lesions.lesions,
             segmentation=segmentation,
             segment_numbers=numbers,

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+from pydicom import Dataset
+from pydicom.multival import MultiValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.db.tables import Job, ModelVersion, ResultObject, Study
 from node.domain.jobs import JobState
+from node.results.readback import segmentation_pixels
 
 
 @dataclass(frozen=True)
@@ -78,17 +81,24 @@ def _lesion_masks(paths: list[Path | None]) -> list[np.ndarray]:
     """Lesion-area masks (all segments) of each SEG on one common list of source slices; an
     absent SEG (a negative study) is an empty mask of the others' shape."""
     segs = [None if path is None else hd.seg.segread(path) for path in paths]
-    sources = sorted({str(ref.ReferencedSOPInstanceUID) for seg in segs if seg is not None
+    sources = sorted({_source_slice(ref) for seg in segs if seg is not None
                       for frame in seg.PerFrameFunctionalGroupsSequence
                       for image in frame.DerivationImageSequence
-                      for ref in image.SourceImageSequence})
+                      for ref in image.SourceImageSequence}, key=lambda s: (s[0], s[1] or 0))
     masks: list[np.ndarray | None] = [
-        None if seg is None else np.asarray(np.asarray(seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=sources, assert_missing_frames_are_empty=True,
-            ignore_spatial_locations=True)).any(axis=-1), dtype=bool)
+        None if seg is None else np.asarray(segmentation_pixels(seg, sources).any(axis=-1),
+                                            dtype=bool)
         for seg in segs]
     shape = next((m.shape for m in masks if m is not None), (0, 1, 1))
     return [np.zeros(shape, dtype=bool) if m is None else m for m in masks]
+
+
+def _source_slice(reference: Dataset) -> tuple[str, int | None]:
+    """(SOP Instance UID, frame number or None) a SEG frame was derived from."""
+    frame = reference.get("ReferencedFrameNumber")
+    if isinstance(frame, list | tuple | MultiValue):
+        frame = frame[0] if frame else None
+    return str(reference.ReferencedSOPInstanceUID), None if frame in (None, "") else int(frame)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -7,13 +7,15 @@ so unequal matrices, spacing or offsets are handled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset, dcmread
 from scipy.ndimage import map_coordinates
 
+from node.dicom import frames
 from node.domain.geometry import (
     GeometryError,
     SlicePlane,
@@ -28,7 +30,9 @@ from node.errors import NotProcessable
 @dataclass(frozen=True)
 class StudyVolumes:
     """``t2`` and ``t1`` are float32 ``(slices, rows, cols)`` in stored-value units after the
-    modality rescale; ``t1_available[k]`` is False where T2 slice k has no T1 partner."""
+    modality rescale; ``t1_available[k]`` is False where T2 slice k has no T1 partner.
+    ``t2_datasets[k]`` is the instance T2 slice k comes from and ``t2_frames[k]`` its frame
+    number (None for single-frame instances)."""
 
     t2_datasets: list[Dataset]
     t1_datasets: list[Dataset]
@@ -38,20 +42,46 @@ class StudyVolumes:
     pixel_spacing: tuple[float, float]
     slice_spacing: float
     t1_missing_reason: str | None
+    t2_frames: list[int | None] = field(default_factory=list)
+
+    @property
+    def t2_instances(self) -> list[Dataset]:
+        """The T2 FLAIR instances, each once (in the order of their first slice)."""
+        return _unique(self.t2_datasets)
+
+    @property
+    def t1_instances(self) -> list[Dataset]:
+        return _unique(self.t1_datasets)
 
 
-def plane_of(dataset: Dataset) -> SlicePlane:
+def _unique(datasets: list[Dataset]) -> list[Dataset]:
+    return list({str(ds.SOPInstanceUID): ds for ds in datasets}.values())
+
+
+def _numbers(values: object, count: int, what: str, uid: str) -> tuple[float, ...]:
     try:
-        x, y, z = (float(v) for v in dataset.ImagePositionPatient)
-        rx, ry, rz, cx, cy, cz = (float(v) for v in dataset.ImageOrientationPatient)
-        row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
-    except (AttributeError, TypeError, ValueError):
-        raise GeometryError(
-            f"{dataset.SOPInstanceUID} lacks valid ImagePositionPatient, "
-            "ImageOrientationPatient or PixelSpacing"
-        ) from None
+        numbers = tuple(float(v) for v in values)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        numbers = ()
+    if len(numbers) != count:
+        raise GeometryError(f"{uid} lacks a valid {what}")
+    return numbers
+
+
+def plane_of(dataset: Dataset, frame: int | None = None) -> SlicePlane:
+    """The plane of a single-frame image, or of frame ``frame`` (1-based) of a multi-frame
+    one (from its functional groups)."""
+    uid = str(dataset.SOPInstanceUID)
+
+    def read(keyword: str) -> Any:
+        return dataset.get(keyword) if frame is None else frames.attribute(dataset, keyword, frame)
+
+    x, y, z = _numbers(read("ImagePositionPatient"), 3, "ImagePositionPatient", uid)
+    rx, ry, rz, cx, cy, cz = _numbers(read("ImageOrientationPatient"), 6,
+                                      "ImageOrientationPatient", uid)
+    row_spacing, column_spacing = _numbers(read("PixelSpacing"), 2, "PixelSpacing", uid)
     return SlicePlane(
-        sop_instance_uid=str(dataset.SOPInstanceUID),
+        sop_instance_uid=uid,
         frame_of_reference_uid=str(dataset.get("FrameOfReferenceUID", "")),
         position=(x, y, z),
         row_cosine=(rx, ry, rz),
@@ -59,35 +89,77 @@ def plane_of(dataset: Dataset) -> SlicePlane:
         pixel_spacing=(row_spacing, column_spacing),
         rows=int(dataset.Rows),
         columns=int(dataset.Columns),
+        frame_number=frame,
     )
 
 
 def pixels_of(dataset: Dataset) -> np.ndarray:
-    """Modality values (RescaleSlope/Intercept applied) as float32 ``(rows, cols)``."""
+    """Modality values (rescale slope and intercept applied) as float32 ``(rows, cols)``, or
+    ``(frames, rows, cols)`` for a multi-frame image (rescale from frame 1's functional
+    groups: the Enhanced MR rescale is the same for all frames in practice)."""
     array = dataset.pixel_array.astype(np.float32)
-    slope = float(dataset.get("RescaleSlope", 1) or 1)
-    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    multiframe = frames.is_multiframe(dataset)
+    if multiframe and array.ndim == 2:  # a single frame comes back without its frame axis
+        array = array[np.newaxis]
+    def read(keyword: str) -> Any:
+        return frames.attribute(dataset, keyword) if multiframe else dataset.get(keyword)
+
+    slope = float(read("RescaleSlope") or 1)
+    intercept = float(read("RescaleIntercept") or 0)
     return array * slope + intercept
 
 
-def read_series(paths: list[Path]) -> tuple[list[Dataset], list[SlicePlane]]:
-    """Datasets and planes ordered along the slice normal (never by InstanceNumber)."""
+@dataclass(frozen=True)
+class SeriesSlices:
+    """A series as slices ordered along the normal: the instance of each, its plane (with its
+    frame number for multi-frame instances), and the pixels ``(slices, rows, cols)``."""
+
+    datasets: list[Dataset]
+    planes: list[SlicePlane]
+    pixels: np.ndarray
+
+
+def source_slices(planes: list[SlicePlane]) -> list[tuple[str, int | None]]:
+    """(SOP Instance UID, frame number or None) of each slice: how a SEG references them."""
+    return [(p.sop_instance_uid, p.frame_number) for p in planes]
+
+
+def read_series(paths: list[Path]) -> SeriesSlices:
+    """Every slice of a series, single-frame instances and frames of multi-frame ones alike,
+    ordered along the slice normal (never by InstanceNumber or frame number)."""
     datasets = [dcmread(path) for path in paths]
-    planes = {plane.sop_instance_uid: plane for plane in map(plane_of, datasets)}
-    ordered = sort_along_normal(list(planes.values()))
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
-    return [by_uid[p.sop_instance_uid] for p in ordered], ordered
+    slices: dict[tuple[str, int | None], tuple[Dataset, SlicePlane]] = {}
+    for dataset in datasets:
+        if frames.is_multiframe(dataset):
+            for frame in range(1, int(dataset.NumberOfFrames) + 1):
+                plane = plane_of(dataset, frame)
+                slices[(plane.sop_instance_uid, frame)] = (dataset, plane)
+        else:
+            plane = plane_of(dataset)
+            slices[(plane.sop_instance_uid, None)] = (dataset, plane)
+    ordered = sort_along_normal([plane for _, plane in slices.values()])
+    shapes = {(p.rows, p.columns) for p in ordered}
+    if len(shapes) != 1:
+        raise GeometryError(f"slices have different matrices: {sorted(shapes)}")
+    decoded = {str(ds.SOPInstanceUID): pixels_of(ds) for ds in datasets}
+    pixels = np.stack([
+        decoded[p.sop_instance_uid] if p.frame_number is None
+        else decoded[p.sop_instance_uid][p.frame_number - 1]
+        for p in ordered
+    ])
+    return SeriesSlices(
+        datasets=[slices[(p.sop_instance_uid, p.frame_number)][0] for p in ordered],
+        planes=ordered,
+        pixels=pixels,
+    )
 
 
 def load_study_volumes(t2_paths: list[Path], t1_paths: list[Path]) -> StudyVolumes:
     try:
-        t2_datasets, t2_planes = read_series(t2_paths)
+        t2_series = read_series(t2_paths)
     except GeometryError as error:
         raise NotProcessable(f"T2 FLAIR series cannot be stacked: {error}") from error
-    shapes = {(p.rows, p.columns) for p in t2_planes}
-    if len(shapes) != 1:
-        raise NotProcessable(f"T2 FLAIR slices have different matrices: {sorted(shapes)}")
-    t2 = np.stack([pixels_of(ds) for ds in t2_datasets])
+    t2_planes, t2 = t2_series.planes, t2_series.pixels
 
     t1_datasets: list[Dataset] = []
     t1: np.ndarray | None = None
@@ -96,10 +168,12 @@ def load_study_volumes(t2_paths: list[Path], t1_paths: list[Path]) -> StudyVolum
     if not t1_paths:
         reason = "the study has no T1 FLAIR series."
     else:
+        t1_planes: list[SlicePlane] = []
         try:
-            t1_datasets, t1_planes = read_series(t1_paths)
+            t1_series = read_series(t1_paths)
+            t1_datasets, t1_planes = t1_series.datasets, t1_series.planes
         except GeometryError as error:
-            t1_planes, reason = [], f"T1 FLAIR series cannot be stacked ({error})."
+            reason = f"T1 FLAIR series cannot be stacked ({error})."
         pairs = pair_slices(t2_planes, t1_planes)
         if t1_planes and not any(index is not None for index in pairs):
             reason = "no T1 FLAIR slice matches a T2 FLAIR slice in position and frame of reference."
@@ -110,13 +184,13 @@ def load_study_volumes(t2_paths: list[Path], t1_paths: list[Path]) -> StudyVolum
                     continue
                 coordinates = in_plane_indices(t2_planes[k], t1_planes[index])
                 t1[k] = map_coordinates(
-                    pixels_of(t1_datasets[index]), coordinates, order=1, mode="constant", cval=0.0
+                    t1_series.pixels[index], coordinates, order=1, mode="constant", cval=0.0
                 )
                 available[k] = True
             if not available.all():
                 reason = f"{int((~available).sum())} T2 FLAIR slice(s) have no T1 FLAIR partner."
     return StudyVolumes(
-        t2_datasets=t2_datasets,
+        t2_datasets=t2_series.datasets,
         t1_datasets=t1_datasets,
         t2=t2,
         t1=t1,
@@ -124,4 +198,5 @@ def load_study_volumes(t2_paths: list[Path], t1_paths: list[Path]) -> StudyVolum
         pixel_spacing=t2_planes[0].pixel_spacing,
         slice_spacing=slice_spacing(t2_planes),
         t1_missing_reason=reason,
+        t2_frames=[p.frame_number for p in t2_planes],
     )

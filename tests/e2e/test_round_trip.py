@@ -14,7 +14,7 @@ from node.app import EmbeddedNode
 from node.db.tables import AuditEvent, Delivery, Instance, Job
 from node.domain.jobs import JobState
 from node.results.readback import read_report_statements, read_segmentation
-from node.services.volumes import read_series
+from node.services.volumes import read_series, source_slices
 from tests.conftest import dciodvfy_errors, wait_for
 from tests.e2e.conftest import Pacs, storescu
 from training.synth import write_study
@@ -45,9 +45,9 @@ def test_study_in_seg_and_sr_out(  # type: ignore[no-untyped-def]
     assert dciodvfy_errors(sr_path) == []
 
     # The SEG's lesions overlap the ground truth: most true lesions are found.
-    t2, planes = read_series(sorted((synthetic_study.folder / "T2_FLAIR").glob("*.dcm")))
+    planes = read_series(sorted((synthetic_study.folder / "T2_FLAIR").glob("*.dcm"))).planes
     voxel = planes[0].pixel_spacing[0] * planes[0].pixel_spacing[1] * 5.0
-    lesions = read_segmentation(seg_path, [str(ds.SOPInstanceUID) for ds in t2], voxel)
+    lesions = read_segmentation(seg_path, source_slices(planes), voxel)
     truth = np.load(synthetic_study.folder / "labels.npy")
     from skimage.measure import label
 

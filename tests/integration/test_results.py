@@ -15,7 +15,7 @@ from node.results.identity import ModelIdentity
 from node.results.readback import read_report_statements, read_segmentation
 from node.results.seg import build_segmentation, segment_numbers
 from node.results.sr import build_report
-from node.services.volumes import load_study_volumes
+from node.services.volumes import load_study_volumes, read_series, source_slices
 from tests.conftest import dciodvfy_errors
 from training.phantom import Contrast
 
@@ -45,14 +45,30 @@ def write(dataset, path: Path) -> Path:  # type: ignore[no-untyped-def]
     return path
 
 
-def test_seg_and_sr_for_a_positive_study(synthetic_study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    volumes = load_study_volumes(synthetic_study.series[Contrast.T2_FLAIR],
-                                 synthetic_study.series[Contrast.T1_FLAIR])
+def series_files(study, tmp_path: Path, multiframe: str) -> dict[Contrast, list[Path]]:  # type: ignore[no-untyped-def]
+    """The study's series as written, or each as one multi-frame instance."""
+    if multiframe == "single-frame":
+        return dict(study.series)
+    from training.synth import multiframe_series
+
+    files = {}
+    for contrast, paths in study.series.items():
+        path = tmp_path / f"{contrast.value}.dcm"
+        multiframe_series(paths, enhanced=multiframe == "enhanced").save_as(
+            path, enforce_file_format=True)
+        files[contrast] = [path]
+    return files
+
+
+@pytest.mark.parametrize("multiframe", ["single-frame", "enhanced", "legacy-converted"])
+def test_seg_and_sr_for_a_positive_study(synthetic_study, tmp_path: Path, multiframe: str) -> None:  # type: ignore[no-untyped-def]
+    files = series_files(synthetic_study, tmp_path, multiframe)
+    volumes = load_study_volumes(files[Contrast.T2_FLAIR], files[Contrast.T1_FLAIR])
     labels = np.load(synthetic_study.folder / "labels.npy")
     result = truth_segmentation(labels, {1: LesionClass.FCI, 2: LesionClass.LACI})
     seg = build_segmentation(volumes.t2_datasets, result, MODEL, str(generate_uid()),
-                             str(generate_uid()))
-    sr = build_report(volumes.t2_datasets + volumes.t1_datasets, result.lesions, seg,
+                             str(generate_uid()), source_frames=volumes.t2_frames)
+    sr = build_report(volumes.t2_instances + volumes.t1_instances, result.lesions, seg,
                       segment_numbers(result), str(volumes.t2_datasets[0].SeriesInstanceUID),
                       MODEL, None, str(generate_uid()), str(generate_uid()))
     seg_path, sr_path = write(seg, tmp_path / "seg.dcm"), write(sr, tmp_path / "sr.dcm")
@@ -65,9 +81,9 @@ def test_seg_and_sr_for_a_positive_study(synthetic_study, tmp_path: Path) -> Non
     read_seg = hd.seg.segread(seg_path)
     assert read_seg.SegmentSequence[0].SegmentAlgorithmName == MODEL.name
 
-    # Every frame lands on the source slice it was computed from.
-    uids = [str(ds.SOPInstanceUID) for ds in volumes.t2_datasets]
-    lesions = read_segmentation(seg_path, uids, voxel_volume_mm3=4.0)
+    # Every frame lands on the source slice (or source frame) it was computed from.
+    planes = read_series(files[Contrast.T2_FLAIR]).planes
+    lesions = read_segmentation(seg_path, source_slices(planes), voxel_volume_mm3=4.0)
     back = np.zeros(labels.shape, bool)
     for lesion in lesions:
         back |= lesion.mask
