@@ -15,7 +15,7 @@ from typing import Any
 
 from pynetdicom import (
     AE,
-    StoragePresentationContexts,
+    AllStoragePresentationContexts,
     VerificationPresentationContexts,
     _config,
     evt,
@@ -151,7 +151,7 @@ def build_ae(settings: ScpSettings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     # Every standard storage SOP class is accepted and stored; only MR is processed. Stored as
     # received, in any transfer syntax we can also decode.
-    for context in StoragePresentationContexts:
+    for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
             ae.add_supported_context(context.abstract_syntax, list(transfer_syntaxes.ACCEPTED))
     ae.supported_contexts = [*ae.supported_contexts, *VerificationPresentationContexts]

@@ -7,7 +7,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pynetdicom.sop_class import EnhancedMRImageStorage, MRImageStorage, Verification
+from pynetdicom.sop_class import (
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    MRImageStorage,
+    Verification,
+)
 
 from node.config import ScpSettings
 from node.dicom.scp import build_ae
@@ -40,7 +45,8 @@ def test_sop_class_statements_match_the_ae() -> None:
     assert Verification in supported
     text = section("### 2.2 Storage SCP")
     assert f"{len(storage)} classes" in text
-    assert table_uids(text) == {MRImageStorage, EnhancedMRImageStorage}
+    assert table_uids(text) == {MRImageStorage, EnhancedMRImageStorage,
+                                LegacyConvertedEnhancedMRImageStorage}
     assert table_uids(text) <= storage
 
 
