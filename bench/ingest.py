@@ -1,20 +1,27 @@
 """Ingest over loopback: the same files, the same sender (dcmtk storescu with TCP_NODELAY),
-into Lacuna's SCP (``lacuna scp`` role: full indexing and audit) and dcmtk storescp.
+into Lacuna's SCP (full indexing and audit, SQLite: the embedded default), dcmtk storescp
+and Orthanc (Debian package, TCP_NODELAY), all measured in this one run.
 
-Prints instances/s and MB/s per receiver and the ratio of Lacuna to each peer, for one
-association and for four in parallel (the files split four ways).
+Prints, per matrix and number of parallel associations, instances/s, MB/s, the receiver's
+CPU time per instance (user + system of its process) and Lacuna's ratio to each peer. Runs are
+interleaved (lacuna, storescp, orthanc, lacuna, ...) so drift on a shared machine hits all.
 
-    .venv/bin/python bench/ingest.py [--instances 240] [--matrix 256] [--repeats 3]
+    .venv/bin/python bench/ingest.py [--instances 240] [--matrix 256 512] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from node.app import EmbeddedNode
@@ -23,6 +30,7 @@ from training.phantom import axial_geometry
 from training.synth import write_study
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def make_files(folder: Path, instances: int, matrix: int) -> list[Path]:
@@ -52,46 +60,106 @@ def send(port: int, ae_title: str, files: list[Path], associations: int) -> floa
     return elapsed
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+@contextmanager
+def lacuna(workdir: Path) -> Iterator[tuple[int, str, Callable[[], float]]]:
+    node = EmbeddedNode(local_settings(workdir, free_port(), stable_seconds=3600), process=False)
+    node.start()
+    try:  # the node runs in this process; nothing else here works while storescu sends
+        yield node.port, "LACUNA", time.process_time
+    finally:
+        node.stop()
+
+
+@contextmanager
+def storescp(workdir: Path) -> Iterator[tuple[int, str, Callable[[], float]]]:
+    port = free_port()
+    process = start_storescp(workdir, port)
+    try:
+        yield port, "DEMOPACS", lambda: process_cpu(process.pid)
+    finally:
+        process.terminate()
+        process.wait()
+
+
+@contextmanager
+def orthanc(workdir: Path) -> Iterator[tuple[int, str, Callable[[], float]]]:
+    binary = shutil.which("Orthanc")
+    if binary is None:
+        raise SystemExit("Orthanc is not installed (make setup installs it)")
+    workdir.mkdir(parents=True)
+    http_port, dicom_port = free_port(), free_port()
+    config = workdir / "orthanc.json"
+    config.write_text(json.dumps({
+        "Name": "BENCH", "StorageDirectory": str(workdir / "db"),
+        "IndexDirectory": str(workdir / "db"), "HttpPort": http_port, "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False, "Plugins": [],
+    }))
+    log = (workdir / "orthanc.log").open("wb")
+    process = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=2).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    try:
+        yield dicom_port, "ORTHANC", lambda: process_cpu(process.pid)
+    finally:
+        process.terminate()
+        process.wait()
+        log.close()
+
+
+# Each receiver starts in a folder and yields (port, AE title, a reader of its CPU seconds).
+RECEIVERS = {"lacuna": lacuna, "storescp": storescp, "orthanc": orthanc}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=240)
-    parser.add_argument("--matrix", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--matrix", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        files = make_files(folder / "files", args.instances, args.matrix)
-        megabytes = sum(p.stat().st_size for p in files) / 1e6
-        print(f"{len(files)} MR instances, {args.matrix}x{args.matrix}, {megabytes:.1f} MB; "
-              f"medians of {args.repeats} runs")
-        print(f"{'receiver':<10} {'assocs':>6} {'inst/s':>9} {'MB/s':>8} {'Lacuna/peer':>12}")
-        for associations in (1, 4):
-            rates: dict[str, float] = {}
-            for receiver in ("storescp", "lacuna"):
-                times = []
+        for matrix in args.matrix:
+            files = make_files(folder / f"files-{matrix}", args.instances, matrix)
+            megabytes = sum(p.stat().st_size for p in files) / 1e6
+            print(f"\n{len(files)} MR instances, {matrix}x{matrix}, {megabytes:.1f} MB; "
+                  f"medians of {args.repeats} interleaved runs")
+            print(f"{'receiver':<10} {'assocs':>6} {'inst/s':>8} {'MB/s':>7} {'CPU ms/inst':>12} "
+                  f"{'Lacuna/peer':>12}")
+            for associations in args.associations:
+                seconds: dict[str, list[float]] = {name: [] for name in RECEIVERS}
+                cpu: dict[str, list[float]] = {name: [] for name in RECEIVERS}
                 for repeat in range(args.repeats):
-                    workdir = folder / f"{receiver}-{associations}-{repeat}"
-                    port = free_port()
-                    if receiver == "storescp":
-                        process = start_storescp(workdir, port)
-                        try:
-                            times.append(send(port, "DEMOPACS", files, associations))
-                        finally:
-                            process.terminate()
-                            process.wait()
-                    else:
-                        settings = local_settings(workdir, free_port(), stable_seconds=3600)
-                        node = EmbeddedNode(settings, process=False)
-                        node.start()
-                        try:
-                            times.append(send(node.port, "LACUNA", files, associations))
-                        finally:
-                            node.stop()
-                seconds = statistics.median(times)
-                rates[receiver] = len(files) / seconds
-                ratio = "" if receiver == "storescp" else f"{rates['lacuna'] / rates['storescp']:.2f}"
-                print(f"{receiver:<10} {associations:>6} {rates[receiver]:>9.0f} "
-                      f"{megabytes / seconds:>8.1f} {ratio:>12}")
+                    for name, receiver in RECEIVERS.items():
+                        workdir = folder / f"{name}-{matrix}-{associations}-{repeat}"
+                        with receiver(workdir) as (port, ae_title, cpu_seconds):
+                            cpu_before = cpu_seconds()
+                            seconds[name].append(send(port, ae_title, files, associations))
+                            cpu[name].append(cpu_seconds() - cpu_before)
+                        shutil.rmtree(workdir, ignore_errors=True)
+                rates = {name: len(files) / statistics.median(times)
+                         for name, times in seconds.items()}
+                for name in RECEIVERS:
+                    ratio = ("" if name == "lacuna"
+                             else f"{rates['lacuna'] / rates[name]:.2f}")
+                    cpu_ms = 1000 * statistics.median(cpu[name]) / len(files)
+                    print(f"{name:<10} {associations:>6} {rates[name]:>8.0f} "
+                          f"{rates[name] * megabytes / len(files):>7.1f} {cpu_ms:>12.2f} "
+                          f"{ratio:>12}", flush=True)
 
 
 if __name__ == "__main__":

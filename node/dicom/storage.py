@@ -34,7 +34,8 @@ def relative_path(kind: str, study_uid: str, series_uid: str, sop_uid: str) -> P
     return Path(kind) / study_uid / series_uid / f"{sop_uid}.dcm"
 
 
-def _fsync_directory(folder: Path) -> None:
+def fsync_directory(folder: Path) -> None:
+    """Make the entries of ``folder`` (a rename into it) durable."""
     directory = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(directory)
@@ -42,12 +43,28 @@ def _fsync_directory(folder: Path) -> None:
         os.close(directory)
 
 
-def move_atomically(root: Path, relative: Path, source: Path) -> Path:
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` and any missing parents, fsyncing the parent of each one created, so
+    a new study or series folder survives a crash along with the files in it."""
+    if folder.is_dir():
+        return
+    make_folder(folder.parent)
+    try:
+        folder.mkdir()
+    except FileExistsError:  # another association made it first
+        return
+    fsync_directory(folder.parent)
+
+
+def move_atomically(
+    root: Path, relative: Path, source: Path, sync_directory: bool = True
+) -> Path:
     """Move the finished file ``source`` to ``root/relative`` with the guarantees of
     :func:`write_atomically`: a rename when both are on one file system (no copy), else a copy
-    to a temporary file beside the target, fsync, rename."""
+    to a temporary file beside the target, fsync, rename. With ``sync_directory`` False the
+    caller must :func:`fsync_directory` the target's folder before relying on the move."""
     target = root / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(target.parent)
     with source.open("rb+") as stream:
         os.fsync(stream.fileno())
     try:
@@ -66,7 +83,8 @@ def move_atomically(root: Path, relative: Path, source: Path) -> Path:
             Path(temporary).unlink(missing_ok=True)
             raise
         source.unlink(missing_ok=True)
-    _fsync_directory(target.parent)
+    if sync_directory:
+        fsync_directory(target.parent)
     return target
 
 
@@ -91,7 +109,7 @@ def write_atomically(root: Path, relative: Path, data: bytes) -> Path:
     """Write ``data`` to ``root/relative``: temporary file in the same folder, fsync, rename,
     fsync of the folder. Either the complete new file is there afterwards or the old one is."""
     target = root / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(target.parent)
     descriptor, temporary = tempfile.mkstemp(prefix=".incoming-", dir=target.parent)
     try:
         with os.fdopen(descriptor, "wb") as stream:
@@ -102,5 +120,5 @@ def write_atomically(root: Path, relative: Path, data: bytes) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
     return target

@@ -150,7 +150,7 @@ def test_a_streamed_dataset_cut_short_is_refused(
 
     upgrade(engine)
     path = tmp_path / "incoming.dcm"
-    large_instance(instance, 8).save_as(path, enforce_file_format=True)
+    large_instance(instance, 16).save_as(path, enforce_file_format=True)  # 2 MiB: deferred
     with path.open("rb+") as stream:
         stream.truncate(path.stat().st_size - 1000)
     large = pydicom.dcmread(path, stop_before_pixels=True)
