@@ -160,6 +160,10 @@ class EmbeddedNode:
                 logger.exception("scheduler/worker loop error")
             self._stop.wait(self.settings.worker.poll_seconds)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def request_stop(self) -> None:
         """Ask :meth:`wait` to return (safe in a signal handler); :meth:`stop` does the rest."""
         self._stop.set()

@@ -6,12 +6,15 @@ Exit codes: 0 success, 1 failure, 2 usage error, 3 bad configuration, 4 not foun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -150,8 +153,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     ]
     logger.info("starting %s with %s", args.command,
                 json.dumps(settings.describe(), default=str))
+    receivers: list[int] = []
     if receive:
         _receive_on_the_storage_volume(settings)
+        # Before any thread or database connection exists, so forking is safe.
+        receivers = [pid for pid in (_fork_receiver(settings)
+                                     for _ in range(settings.scp.processes - 1)) if pid]
     node = EmbeddedNode(settings, receive=receive, process=process)
     node.start()
 
@@ -161,10 +168,56 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if receivers:
+        threading.Thread(target=_watch_receivers, args=(receivers, node), daemon=True).start()
     node.wait()
+    for pid in receivers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     node.stop()  # finishes or releases a running job; nothing stays half-claimed
+    for pid in receivers:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
     logger.info("stopped")
     return EXIT_OK
+
+
+def _fork_receiver(settings: Settings) -> int:
+    """Fork one more receiving process on the shared port; returns its pid in the parent and
+    never returns in the child (which exits when SIGTERM stops it). The child has no HTTP
+    endpoint: the parent's answers for the host."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = EXIT_FAILURE
+    try:
+        from node.app import EmbeddedNode
+
+        child = EmbeddedNode(replace(settings, metrics=replace(settings.metrics, enabled=False)),
+                             receive=True, process=False)
+        child.start()
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: child.request_stop())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards a Ctrl-C as SIGTERM
+        logger.info("receiving process %d started", os.getpid())
+        child.wait()
+        child.stop()
+        code = EXIT_OK
+    except BaseException:
+        logger.exception("receiving process %d failed", os.getpid())
+    finally:
+        os._exit(code)  # never run the parent's code (atexit, its node) in the child
+
+
+def _watch_receivers(receivers: list[int], node: Any) -> None:
+    """Stop the node if a receiving process dies: a supervisor (systemd, Kubernetes) restarts
+    the whole set rather than run with fewer receivers than configured."""
+    try:
+        pid, status = os.wait()
+    except ChildProcessError:
+        return
+    if pid in receivers and not node.stopping:
+        logger.error("receiving process %d exited (status %d); stopping", pid, status)
+        node.request_stop()
 
 
 def _receive_on_the_storage_volume(settings: Settings) -> None:

@@ -36,7 +36,10 @@ class ScpSettings:
     calling_ae_hosts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Association limits: more concurrent associations are rejected (transient, local limit
     # exceeded); a bare TCP connect also holds a slot until the ARTIM (acse) timeout.
-    max_associations: int = 10
+    max_associations: int = 10  # per receiving process
+    # Receiving processes sharing the port (SO_REUSEPORT: the kernel spreads associations over
+    # them). Python runs one thread at a time per process; more processes use more cores.
+    processes: int = 1
     max_pdu_size: int = 16382  # bytes we accept per P-DATA PDU; 0 means unlimited
     # Larger datasets are refused (Out of Resources) after they arrive; 0 means no limit.
     max_dataset_mb: int = 2048
@@ -285,7 +288,8 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
 
     scp = sections["scp"]
     _unknown("scp", scp, {"ae_title", "host", "port", "allowed_calling_aes", "calling_ae_hosts",
-                          "max_associations", "max_pdu_size", "max_dataset_mb", "acse_timeout",
+                          "max_associations", "processes", "max_pdu_size", "max_dataset_mb",
+                          "acse_timeout",
                           "dimse_timeout", "network_timeout",
                           "tls_certificate", "tls_private_key", "tls_ca_certificates",
                           "tls_require_client_certificate"})
@@ -301,6 +305,9 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
                           "tls_require_client_certificate = false)")
     allowed = _list("scp.allowed_calling_aes", scp.get("allowed_calling_aes", ()))
     calling_ae_hosts = _calling_ae_hosts(scp.get("calling_ae_hosts", {}), allowed)
+    if int(_positive("scp.processes", scp.get("processes", 1))) > 1 and int(
+            _port("scp.port", scp.get("port", 11112))) == 0:
+        raise ConfigError("scp.processes", "several processes need a fixed scp.port, not 0")
     scp_settings = ScpSettings(
         ae_title=_ae_title("scp.ae_title", scp.get("ae_title", "LACUNA")),
         host=_text("scp.host", scp.get("host", "0.0.0.0")),
@@ -310,6 +317,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         ),
         calling_ae_hosts=calling_ae_hosts,
         max_associations=int(_positive("scp.max_associations", scp.get("max_associations", 10))),
+        processes=int(_positive("scp.processes", scp.get("processes", 1))),
         max_pdu_size=_count("scp.max_pdu_size", scp.get("max_pdu_size", 16382)),
         max_dataset_mb=_count("scp.max_dataset_mb", scp.get("max_dataset_mb", 2048)),
         acse_timeout=_positive("scp.acse_timeout", scp.get("acse_timeout", 30.0)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,16 @@ def tls_context(settings: ScpSettings) -> ssl.SSLContext | None:
     return context
 
 
+class SharedPortServer(ThreadedAssociationServer):
+    """Binds with SO_REUSEPORT, so several receiving processes can listen on one port."""
+
+    def server_bind(self) -> None:
+        if self.socket is None:
+            raise RuntimeError("the server has no socket to bind")
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 def start_scp(settings: ScpSettings, context: ScpContext) -> ThreadedAssociationServer:
     """Start listening in background threads; ``server.server_address`` has the bound port."""
     ae = build_ae(settings)
@@ -196,10 +207,13 @@ def start_scp(settings: ScpSettings, context: ScpContext) -> ThreadedAssociation
         (evt.EVT_REJECTED, handle_rejected, [context]),
     ]
     tls = tls_context(settings)
-    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers,
-                             ssl_context=tls)
-    if server is None:
-        raise RuntimeError("pynetdicom returned no server in non-blocking mode")
+    # AE.start_server(block=False) as pynetdicom writes it, with our server class.
+    server = ae.make_server((settings.host, settings.port), evt_handlers=handlers,
+                            ssl_context=tls,
+                            server_class=SharedPortServer if settings.processes > 1
+                            else ThreadedAssociationServer)
+    ae._servers.append(server)  # as start_server does: the server's shutdown() removes it
+    threading.Thread(target=server.serve_forever, name="lacuna-scp", daemon=True).start()
     logger.info("DICOM SCP %s listening on %s:%d%s", settings.ae_title,
                 *server.server_address[:2], " (TLS)" if tls else "")
     return server

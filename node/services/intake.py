@@ -11,7 +11,7 @@ import hashlib
 import logging
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
@@ -193,6 +193,8 @@ def decode(received: ReceivedInstance) -> Dataset:
             if _deferred(dataset, tag) is None and (
                     getattr(raw, "VR", None) in ("SQ", None) or tag in _READ_TAGS):
                 _ = dataset[tag].value
+    except InstanceRejected:
+        raise
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OverflowError) as error:
         raise InstanceRejected(Status.CANNOT_UNDERSTAND, f"undecodable dataset: {error}") from None
     except Exception as error:  # pydicom raises assorted errors on corrupt input
@@ -254,6 +256,21 @@ def _check_pixel_length(dataset: Dataset) -> None:
         raise InstanceRejected(
             Status.CANNOT_UNDERSTAND, f"pixel data has {actual} bytes, header needs {expected}"
         )
+
+
+@dataclass
+class _BatchRows:
+    """Rows one transaction has already found or created, by UID (or Patient ID)."""
+
+    instances: dict[str, Instance] | None = None  # None: not prefetched, look each up
+    patients: dict[str, Patient] = field(default_factory=dict)
+    studies: dict[str, Study] = field(default_factory=dict)
+    series: dict[str, Series] = field(default_factory=dict)
+
+    @classmethod
+    def prefetch(cls, session: Session, sop_uids: list[str]) -> _BatchRows:
+        found = session.scalars(select(Instance).where(Instance.sop_instance_uid.in_(sop_uids)))
+        return cls(instances={instance.sop_instance_uid: instance for instance in found})
 
 
 @dataclass(frozen=True)
@@ -350,7 +367,9 @@ class Intake:
         if len(batch) > 1:
             try:
                 with self._sessions.begin() as session:
-                    return [pending.stored(self._index(session, pending)) for pending in batch]
+                    rows = _BatchRows.prefetch(session, [pending.sop_uid for pending in batch])
+                    return [pending.stored(self._index(session, pending, rows))
+                            for pending in batch]
             except Exception:
                 logger.debug("batch of %d failed; indexing each on its own", len(batch))
         return [self._index_alone(pending) for pending in batch]
@@ -371,14 +390,19 @@ class Intake:
                 return error
         raise AssertionError("unreachable")
 
-    def _index(self, session: Session, pending: _Pending) -> bool:
+    def _index(self, session: Session, pending: _Pending, rows: _BatchRows | None = None) -> bool:
         """Index rows and the audit row; returns True for an identical re-send, which changes
-        nothing but the audit trail."""
+        nothing but the audit trail. ``rows`` carries what earlier items of the same batch
+        (same transaction) looked up or created."""
+        rows = rows or _BatchRows()
         dataset, received, relative, digest, size = (
             pending.dataset, pending.received, pending.relative, pending.digest, pending.size)
         study_uid, series_uid, sop_uid = pending.study_uid, pending.series_uid, pending.sop_uid
         now = self._clock()
-        instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
+        if rows.instances is not None:
+            instance = rows.instances.get(sop_uid)
+        else:
+            instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
         duplicate = instance is not None and instance.sha256 == digest
         audit.record(
             session,
@@ -397,13 +421,16 @@ class Intake:
             return True
 
         patient_id = str(dataset.get("PatientID", "") or "")
-        patient = session.scalar(select(Patient).where(Patient.patient_id == patient_id))
+        patient = rows.patients.get(patient_id) or session.scalar(
+            select(Patient).where(Patient.patient_id == patient_id))
         if patient is None:
             patient = Patient(patient_id=patient_id, patient_name=str(dataset.get("PatientName", "")))
             session.add(patient)
             session.flush()
+        rows.patients[patient_id] = patient
 
-        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+        study = rows.studies.get(study_uid) or session.scalar(
+            select(Study).where(Study.study_instance_uid == study_uid))
         if study is None:
             study = Study(
                 study_instance_uid=study_uid,
@@ -417,6 +444,7 @@ class Intake:
             )
             session.add(study)
             session.flush()
+        rows.studies[study_uid] = study
         study.last_received_at = now
         if not study.urgent and self._urgency.is_urgent(
             received.calling_ae, requested_priorities(dataset)
@@ -431,7 +459,8 @@ class Intake:
             )
             study.state = StudyState.RECEIVING
 
-        series = session.scalar(select(Series).where(Series.series_instance_uid == series_uid))
+        series = rows.series.get(series_uid) or session.scalar(
+            select(Series).where(Series.series_instance_uid == series_uid))
         if series is None:
             series_number = dataset.get("SeriesNumber")
             series = Series(
@@ -444,22 +473,24 @@ class Intake:
             )
             session.add(series)
             session.flush()
+        rows.series[series_uid] = series
 
         if instance is None:
             instance_number = dataset.get("InstanceNumber")
-            session.add(
-                Instance(
-                    sop_instance_uid=sop_uid,
-                    series_id=series.id,
-                    sop_class_uid=str(dataset.SOPClassUID),
-                    transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-                    instance_number=None if instance_number in (None, "") else int(instance_number),
-                    path=str(relative),
-                    size_bytes=size,
-                    sha256=digest,
-                    received_at=now,
-                )
+            instance = Instance(
+                sop_instance_uid=sop_uid,
+                series_id=series.id,
+                sop_class_uid=str(dataset.SOPClassUID),
+                transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+                instance_number=None if instance_number in (None, "") else int(instance_number),
+                path=str(relative),
+                size_bytes=size,
+                sha256=digest,
+                received_at=now,
             )
+            session.add(instance)
+            if rows.instances is not None:
+                rows.instances[sop_uid] = instance
         else:  # same SOP Instance UID, new content: the file was replaced; so is its row
             instance.size_bytes, instance.sha256, instance.received_at = size, digest, now
             instance.transfer_syntax_uid = str(dataset.file_meta.TransferSyntaxUID)
