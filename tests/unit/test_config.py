@@ -70,6 +70,7 @@ def test_urgency_rule_from_toml_and_environment(tmp_path: Path) -> None:
         ('[worker]\nshutdown_grace_seconds = "soon"\n', "worker.shutdown_grace_seconds"),
         ('[database]\nurl = "mysql://x"\n', "database.url"),
         ('[study]\nmax_wait_seconds = 0\n', "study.max_wait_seconds"),
+        ('[scp]\nport = 0\nprocesses = 2\n', "scp.processes"),
         ("[series_roles]\nignored_descriptions = ['(unclosed']\n", "series_roles.ignored_descriptions"),
         ("[series_roles]\nt1_flair_inversion_time = [1200, 600]\n", "series_roles.t1_flair_inversion_time"),
         ("[series_roles]\nflair = true\n", "series_roles.flair"),
