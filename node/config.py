@@ -31,6 +31,9 @@ class ScpSettings:
     host: str = "0.0.0.0"
     port: int = 11112
     allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE title
+    # Storage SOP class UIDs offered to senders; empty: every storage class pynetdicom knows.
+    # Classes not offered are refused at association time (no presentation context).
+    accepted_sop_classes: tuple[str, ...] = ()
     # Calling AE title -> the addresses, CIDR networks or host names it may connect from; a
     # title not listed here may connect from anywhere.
     calling_ae_hosts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -290,6 +293,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
 
     scp = sections["scp"]
     _unknown("scp", scp, {"ae_title", "host", "port", "allowed_calling_aes", "calling_ae_hosts",
+                          "accepted_sop_classes",
                           "max_associations", "processes", "max_pdu_size", "max_dataset_mb",
                           "acse_timeout",
                           "dimse_timeout", "network_timeout",
@@ -318,6 +322,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
             _ae_title("scp.allowed_calling_aes", title) for title in allowed
         ),
         calling_ae_hosts=calling_ae_hosts,
+        accepted_sop_classes=_storage_sop_classes(scp.get("accepted_sop_classes", ())),
         max_associations=int(_positive("scp.max_associations", scp.get("max_associations", 10))),
         processes=int(_positive("scp.processes", scp.get("processes", 1))),
         max_pdu_size=_count("scp.max_pdu_size", scp.get("max_pdu_size", 262144)),
@@ -507,3 +512,21 @@ def _calling_ae_hosts(value: Any, allowed: list[Any]) -> dict[str, tuple[str, ..
             raise ConfigError(f"{key}.{title}", "lists no host; remove the title to allow any")
         hosts[title] = listed
     return hosts
+
+
+def _storage_sop_classes(value: Any) -> tuple[str, ...]:
+    """``[scp] accepted_sop_classes``: storage SOP classes by UID or keyword
+    (``MRImageStorage``), as UIDs; each must be one pynetdicom can accept."""
+    from pydicom.uid import UID
+    from pynetdicom import AllStoragePresentationContexts
+
+    known = {str(context.abstract_syntax) for context in AllStoragePresentationContexts}
+    by_keyword = {UID(uid).keyword: uid for uid in known}
+    uids = []
+    for entry in _list("scp.accepted_sop_classes", value):
+        text = _text("scp.accepted_sop_classes", entry)
+        uid = by_keyword.get(text, text)
+        if uid not in known:
+            raise ConfigError("scp.accepted_sop_classes", f"{text} is not a storage SOP class")
+        uids.append(uid)
+    return tuple(uids)

@@ -150,10 +150,12 @@ def handle_rejected(event: Any, context: ScpContext) -> None:
 
 def build_ae(settings: ScpSettings) -> AE:
     ae = AE(ae_title=settings.ae_title)
-    # Every standard storage SOP class is accepted and stored; only MR is processed. Stored as
-    # received, in any transfer syntax we can also decode.
+    # Every storage SOP class (or those configured) is accepted and stored; only MR is
+    # processed. Stored as received, in any transfer syntax we can also decode.
+    accepted = set(settings.accepted_sop_classes)
     for context in AllStoragePresentationContexts:
-        if context.abstract_syntax is not None:
+        if context.abstract_syntax is not None and (
+                not accepted or context.abstract_syntax in accepted):
             ae.add_supported_context(context.abstract_syntax, list(transfer_syntaxes.ACCEPTED))
     ae.supported_contexts = [*ae.supported_contexts, *VerificationPresentationContexts]
     ae.require_called_aet = True

@@ -67,3 +67,19 @@ def test_association_limits_come_from_the_settings() -> None:
                               dimse_timeout=6, network_timeout=7))
     assert (ae.maximum_associations, ae.maximum_pdu_size) == (3, 0)
     assert (ae.acse_timeout, ae.dimse_timeout, ae.network_timeout) == (5, 6, 7)
+
+
+def test_the_accepted_sop_classes_can_be_narrowed() -> None:
+    from node.config import load_settings
+
+    settings = load_settings(None, {"LACUNA_SCP_ACCEPTED_SOP_CLASSES":
+                                    "MRImageStorage, 1.2.840.10008.5.1.4.1.1.4.1"})
+    ae = build_ae(settings.scp)
+    supported = {context.abstract_syntax for context in ae.supported_contexts}
+    assert supported == {MRImageStorage, EnhancedMRImageStorage, Verification}
+    import pytest
+
+    from node.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="scp.accepted_sop_classes: CTStorage is not"):
+        load_settings(None, {"LACUNA_SCP_ACCEPTED_SOP_CLASSES": "CTStorage"})
