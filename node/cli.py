@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             selection.add_argument("--out", type=Path, help="file to write (default stdout)")
     audit.add_parser("verify", help="check the hash chain; exit 1 and name the broken rows")
+
+    destinations = commands.add_parser(
+        "destinations", help="where results go").add_subparsers(dest="action", required=True)
+    destinations.add_parser("list", help="the configured destinations")
+    echo = destinations.add_parser("echo", help="C-ECHO a destination (all if none named)")
+    echo.add_argument("name", nargs="?")
     return parser
 
 
@@ -525,6 +531,33 @@ def _event_json(event: Any) -> dict[str, Any]:
     }
 
 
+def _destinations(args: argparse.Namespace, settings: Settings) -> int:
+    configured = settings.destinations
+    if args.action == "list":
+        if args.json:
+            print(json.dumps([vars(d) for d in configured], indent=2))
+        else:
+            print(format_table(["name", "AE title", "address"],
+                               [[d.name, d.ae_title, f"{d.host}:{d.port}"] for d in configured]))
+        return EXIT_OK
+    from node.dicom.scu import echo
+
+    chosen = [d for d in configured if args.name in (None, d.name)]
+    if not chosen:
+        print(f"lacuna: no destination named {args.name!r} (see `lacuna destinations list`)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    answers = [(d, echo(d, settings.scp.ae_title)) for d in chosen]
+    if args.json:
+        print(json.dumps([{"name": d.name, "ok": ok, "detail": detail, "seconds": round(t, 3)}
+                          for d, (ok, detail, t) in answers], indent=2))
+    else:
+        print(format_table(["name", "result", "ms", "detail"],
+                           [[d.name, "ok" if ok else "FAILED", f"{1000 * t:.0f}", detail]
+                            for d, (ok, detail, t) in answers]))
+    return EXIT_OK if all(ok for _, (ok, _, _) in answers) else EXIT_FAILURE
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Left-aligned columns; the last column is not padded (it may be long)."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
@@ -537,6 +570,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 COMMANDS = {
     "serve": _serve, "scp": _serve, "worker": _serve, "db": _db, "synth": _synth,
     "train": _train, "demo": _demo, "models": _models, "jobs": _jobs, "audit": _audit,
+    "destinations": _destinations,
 }
 
 

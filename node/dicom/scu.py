@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import Destination
 from node.errors import DeliveryError
@@ -18,6 +20,26 @@ class SendOutcome:
     path: Path
     sop_instance_uid: str
     status: int | None  # None: no response (association lost)
+
+
+def echo(destination: Destination, calling_ae: str) -> tuple[bool, str, float]:
+    """C-ECHO ``destination``: (answered with success, what happened, seconds taken)."""
+    started = time.perf_counter()
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 10
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        reason = "association rejected" if assoc.is_rejected else "no answer"
+        return False, f"{reason} ({destination.ae_title}@{destination.host}:{destination.port})", (
+            time.perf_counter() - started)
+    try:
+        response = assoc.send_c_echo()
+        status = int(response.Status) if "Status" in response else None
+    finally:
+        assoc.release()
+    ok = status == 0
+    return ok, "C-ECHO success" if ok else f"C-ECHO status {status}", time.perf_counter() - started
 
 
 def send_files(destination: Destination, paths: list[Path], calling_ae: str) -> list[SendOutcome]:

@@ -126,3 +126,30 @@ def test_verify_names_a_version_whose_files_changed_and_show_describes_one(
     assert main(["models", "show", "lacuna-synthetic", "nope"]) == EXIT_REFUSED
     assert main(["audit", "list", "--action", "model.verified"]) == EXIT_OK
     assert "admin:" in capsys.readouterr().out
+
+
+def test_destinations_list_and_echo_against_dcmtk_storescp(
+    configured: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.demo import PACS_AE, free_port, start_storescp
+
+    port, closed = free_port(), free_port()
+    monkeypatch.setenv("LACUNA_DESTINATIONS", json.dumps([
+        {"name": "pacs", "ae_title": PACS_AE, "host": "127.0.0.1", "port": port},
+        {"name": "gone", "ae_title": "NOBODY", "host": "127.0.0.1", "port": closed},
+    ]))
+    pacs = start_storescp(configured / "pacs", port)
+    try:
+        assert main(["destinations", "list"]) == EXIT_OK
+        listed = capsys.readouterr().out
+        assert f"pacs  {PACS_AE}" in listed and f"127.0.0.1:{closed}" in listed
+        assert main(["destinations", "echo", "pacs"]) == EXIT_OK
+        assert "C-ECHO success" in capsys.readouterr().out
+        assert main(["--json", "destinations", "echo"]) == EXIT_FAILURE  # one is down
+        answers = {a["name"]: a for a in json.loads(capsys.readouterr().out)}
+        assert answers["pacs"]["ok"] is True
+        assert answers["gone"]["ok"] is False and "no answer" in answers["gone"]["detail"]
+        assert main(["destinations", "echo", "nowhere"]) == 2
+    finally:
+        pacs.terminate()
+        pacs.wait()
