@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
             selection.add_argument("--out", type=Path, help="file to write (default stdout)")
     audit.add_parser("verify", help="check the hash chain; exit 1 and name the broken rows")
 
+    render = commands.add_parser(
+        "render", help="PNG montage of a study's slices with lesions, outlined by class")
+    render.add_argument("study_instance_uid")
+    render.add_argument("out", type=Path)
+    render.add_argument("--job", type=int, help="this job's result (default: the newest)")
+
     destinations = commands.add_parser(
         "destinations", help="where results go").add_subparsers(dest="action", required=True)
     destinations.add_parser("list", help="the configured destinations")
@@ -531,6 +537,17 @@ def _event_json(event: Any) -> dict[str, Any]:
     }
 
 
+def _render(args: argparse.Namespace, settings: Settings) -> int:
+    from node.app import open_database
+    from node.services.rendering import render_study
+
+    database = open_database(settings)
+    out = render_study(database.sessions, settings.storage.root, args.study_instance_uid,
+                       args.out, args.job)
+    print(out)
+    return EXIT_OK
+
+
 def _destinations(args: argparse.Namespace, settings: Settings) -> int:
     configured = settings.destinations
     if args.action == "list":
@@ -570,7 +587,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 COMMANDS = {
     "serve": _serve, "scp": _serve, "worker": _serve, "db": _db, "synth": _synth,
     "train": _train, "demo": _demo, "models": _models, "jobs": _jobs, "audit": _audit,
-    "destinations": _destinations,
+    "destinations": _destinations, "render": _render,
 }
 
 

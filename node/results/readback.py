@@ -23,7 +23,7 @@ class ReportedLesion:
     mask: np.ndarray  # bool (slices, rows, cols)
 
 
-_CLASS_BY_TYPE = {(code.value, code.scheme_designator): lesion_class.value
+CLASS_BY_TYPE = {(code.value, code.scheme_designator): lesion_class.value
                   for lesion_class, code in codes.LESION_TYPE.items()}
 
 
@@ -61,7 +61,7 @@ def read_segmentation(
     lesions: list[ReportedLesion] = []
     for index, description in enumerate(seg.SegmentSequence):
         property_type = description.SegmentedPropertyTypeCodeSequence[0]
-        lesion_class = _CLASS_BY_TYPE.get(
+        lesion_class = CLASS_BY_TYPE.get(
             (property_type.CodeValue, property_type.CodingSchemeDesignator), "UNKNOWN"
         )
         components = label(pixels[..., index] > 0, connectivity=2)

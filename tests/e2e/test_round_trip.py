@@ -80,6 +80,21 @@ def test_study_in_seg_and_sr_out(  # type: ignore[no-untyped-def]
     assert actions.count("instance.received") == 96
     assert "study.reopened" not in actions
 
+    # `lacuna render`: the slices with lesions, each lesion outlined in its class colour.
+    from PIL import Image
+
+    from node.results.render import COLOURS
+    from node.services.rendering import render_study
+
+    png = render_study(node.database.sessions, node.settings.storage.root,
+                       synthetic_study.study_instance_uid, node.settings.storage.root / "r.png")
+    picture = np.asarray(Image.open(png).convert("RGB"))
+    lesion_slices = {k for lesion in lesions for k in lesion.slices}
+    assert picture.shape[0] > 256 and picture.shape[1] == 256 * min(4, len(lesion_slices))
+    outlined = {name for name, colour in COLOURS.items()
+                if (picture[60:] == colour).all(axis=-1).sum() > 10}  # below the header
+    assert outlined == {lesion.lesion_class for lesion in lesions}
+
     # Logs carry UIDs, never the patient's name or ID.
     patient = pydicom.dcmread(next((synthetic_study.folder / "T2_FLAIR").glob("*.dcm")))
     logged = caplog.text
