@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from skimage.measure import label, regionprops
 from skimage.segmentation import find_boundaries
 
 # Outline colours (RGB) by lesion class, as in the legend.
@@ -36,7 +37,8 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 def montage(data: RenderInput, columns: int = 4, max_tiles: int = 16) -> Image.Image:
     """Tiles of the slices with lesions (or, for a negative study, three middle slices), each
-    with its lesion outlines, a caption and a header naming the model and the legend."""
+    with its lesion outlines and a ring around each lesion, a caption, and a header naming the
+    model and the legend."""
     lesion_slices = sorted({int(k) for mask in data.masks.values() for k in np.nonzero(
         mask.any(axis=(1, 2)))[0]})
     slices = data.image.shape[0]
@@ -61,6 +63,12 @@ def montage(data: RenderInput, columns: int = 4, max_tiles: int = 16) -> Image.I
             rgb[find_boundaries(mask[k], mode="outer")] = COLOURS.get(name, (255, 255, 255))
         x, y = (tile % grid_columns) * cols, HEADER + (tile // grid_columns) * (rows + CAPTION)
         canvas.paste(Image.fromarray(rgb), (x, y))
+        for name, mask in data.masks.items():  # a ring around each lesion: tiny ones show too
+            for region in regionprops(label(mask[k])):
+                cy, cx = region.centroid
+                radius = max(10.0, region.axis_major_length)
+                draw.ellipse((x + cx - radius, y + cy - radius, x + cx + radius, y + cy + radius),
+                             outline=COLOURS.get(name, (255, 255, 255)))
         draw.text((x + 4, y + rows + 2), f"slice {k + 1} of {slices}", fill=(220, 220, 220))
     return canvas
 
