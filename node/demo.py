@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
 from node.app import EmbeddedNode
@@ -164,7 +165,10 @@ def _wait_for_results(folder: Path, study_instance_uid: str, timeout_s: float) -
     while time.monotonic() < deadline:
         found: dict[str, Path] = {}
         for path in folder.iterdir():
-            header = dcmread(path, stop_before_pixels=True)
+            try:
+                header = dcmread(path, stop_before_pixels=True)
+            except (InvalidDicomError, EOFError, AttributeError, ValueError):
+                continue  # storescp is still writing it
             if str(header.StudyInstanceUID) == study_instance_uid:
                 found[str(header.Modality)] = path
         if "SR" in found:

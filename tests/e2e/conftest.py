@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
 from node.app import EmbeddedNode
 from node.config import Settings
@@ -27,9 +28,14 @@ class Pacs:
     port: int
 
     def received(self) -> dict[str, list[Path]]:
+        """The files storescp has finished writing, by modality. storescp writes in place, so
+        a file still being written (no complete header yet) is left for the next look."""
         by_modality: dict[str, list[Path]] = {}
         for path in sorted(self.folder.iterdir()):
-            modality = str(dcmread(path, stop_before_pixels=True).Modality)
+            try:
+                modality = str(dcmread(path, stop_before_pixels=True).Modality)
+            except (InvalidDicomError, EOFError, AttributeError, OSError, ValueError):
+                continue
             by_modality.setdefault(modality, []).append(path)
         return by_modality
 

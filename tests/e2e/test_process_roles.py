@@ -4,7 +4,6 @@ of a job loses nothing."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
@@ -39,11 +38,9 @@ def test_scp_process_receives_worker_process_processes(
         assert "tensorflow" not in Path(f"/proc/{scp.pid}/maps").read_text()
         assert "tensorflow" in Path(f"/proc/{worker.pid}/maps").read_text()
     finally:
-        for process in (scp, worker):
-            if process is not None:
-                process.send_signal(signal.SIGTERM)
-    assert scp.wait(timeout=60) == 0
-    assert worker is not None and worker.wait(timeout=120) == 0
+        terminate(scp, worker)  # SIGTERM, then wait: no process outlives the test
+    assert scp.returncode == 0
+    assert worker is not None and worker.returncode == 0
 
 
 def test_a_killed_worker_s_job_is_finished_by_another(
