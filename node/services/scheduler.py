@@ -55,6 +55,12 @@ class Scheduler:
                 session.scalars(select(Study.id).where(Study.state == StudyState.RECEIVING))
             )
         for study_id in study_ids:
+            # Decide without a lock first: intake updates a receiving study with every
+            # instance, and most polls find it not ready.
+            with self._sessions.begin() as session:
+                study = session.get(Study, study_id)
+                if study is None or not self._readiness(session, study, self._clock())[0].ready:
+                    continue
             with self._sessions.begin() as session:
                 study = session.get(Study, study_id, with_for_update=True)
                 if study is None or study.state != StudyState.RECEIVING:
@@ -76,7 +82,8 @@ class Scheduler:
         )
         return series_rows, decisions, counts
 
-    def _schedule_if_ready(self, session: Session, study: Study, now: datetime) -> list[int]:
+    def _readiness(self, session: Session, study: Study, now: datetime) -> tuple[
+            Readiness, list[Series], dict[str, RoleDecision]]:
         series_rows, decisions, counts = self._roles(session, study)
         progress = [
             SeriesProgress(decisions[s.series_instance_uid].role, counts.get(s.id, 0),
@@ -85,6 +92,10 @@ class Scheduler:
         ]
         ready = readiness(progress, study.first_received_at, study.last_received_at, now,
                           self._completeness, urgent=study.urgent)
+        return ready, series_rows, decisions
+
+    def _schedule_if_ready(self, session: Session, study: Study, now: datetime) -> list[int]:
+        ready, series_rows, decisions = self._readiness(session, study, now)
         if not ready.ready:
             return []
         return self._schedule(session, study, now, series_rows, decisions, ready)
