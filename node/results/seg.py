@@ -8,7 +8,7 @@ from pydicom import Dataset
 
 from models.inference import LABEL_VALUES, LesionClass, LesionSegmentation
 from node.results import codes
-from node.results.identity import ModelIdentity
+from node.results.identity import ModelIdentity, contributing_equipment
 
 
 def segment_numbers(result: LesionSegmentation) -> dict[LesionClass, int]:
@@ -85,4 +85,5 @@ def build_segmentation(
         content_label=codes.SEG_CONTENT_LABEL,
         series_description=codes.SEG_SERIES_DESCRIPTION,
         omit_empty_frames=True,
+        contributing_equipment=[contributing_equipment(model)],
     )

@@ -10,7 +10,7 @@ from pydicom.uid import generate_uid
 
 from models.inference import Lesion, LesionClass
 from node.results import codes
-from node.results.identity import ModelIdentity
+from node.results.identity import ModelIdentity, contributing_equipment
 
 
 def _lesion_group(
@@ -157,4 +157,5 @@ def build_report(
         manufacturer=codes.MANUFACTURER,
         is_complete=True,
         series_description=codes.SR_SERIES_DESCRIPTION,
+        contributing_equipment=[contributing_equipment(model)],
     )

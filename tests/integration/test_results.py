@@ -75,6 +75,18 @@ def test_seg_and_sr_for_a_positive_study(synthetic_study, tmp_path: Path, multif
     assert dciodvfy_errors(seg_path) == []
     assert dciodvfy_errors(sr_path) == []
 
+    # The algorithm as IHE AI Results identifies it, on both objects: Processing Equipment
+    # (CID 7005) with the model and a Device UID that is new for every model version.
+    for made in (seg, sr):
+        # highdicom adds the source's acquisition equipment and itself beside ours.
+        [equipment] = [e for e in made.ContributingEquipmentSequence if e.Manufacturer == "Lacuna"]
+        purpose = equipment.PurposeOfReferenceCodeSequence[0]
+        assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("109102", "DCM")
+        assert equipment.ManufacturerModelName == MODEL.name
+        assert MODEL.version in equipment.SoftwareVersions
+        assert equipment.DeviceUID == MODEL.device_uid
+    assert ModelIdentity("lacuna-test", "9.9.10", "cd" * 32, "").device_uid != MODEL.device_uid
+
     # Same study, new series; the model is named.
     assert seg.StudyInstanceUID == sr.StudyInstanceUID == synthetic_study.study_instance_uid
     assert "NOT FOR CLINICAL USE" in seg.SeriesDescription
