@@ -39,7 +39,8 @@ def _find(items: list[Dataset], keyword: str) -> Any:
 
 def attribute(dataset: Dataset, keyword: str, frame: int = 1) -> Any:
     """``keyword``'s value at the top level, else in frame ``frame``'s (1-based) functional
-    groups, else in the shared ones; None when absent."""
+    groups, else in the shared ones; None when absent. For a single-frame image this is the
+    top-level value."""
     if keyword in dataset:
         return dataset[keyword].value
     items: list[Dataset] = []
@@ -51,9 +52,10 @@ def attribute(dataset: Dataset, keyword: str, frame: int = 1) -> Any:
 
 
 def acquisition_attributes(dataset: Dataset) -> dict[str, Any]:
-    """TR, TE, TI (ms), scanning sequence and scan options as a single-frame image states them,
-    read from a multi-frame image's functional groups (Enhanced MR: MR Timing, MR Echo, MR
-    Modifier macros and Echo Pulse Sequence; Legacy Converted: the unassigned attributes)."""
+    """TR, TE, TI (ms), scanning sequence and scan options as a single-frame image states them:
+    from its top level, or from a multi-frame image's functional groups (Enhanced MR: MR
+    Timing, MR Echo, MR Modifier macros and Echo Pulse Sequence; Legacy Converted: the
+    unassigned attributes)."""
     echo_time = attribute(dataset, "EffectiveEchoTime")
     if echo_time is None:
         echo_time = attribute(dataset, "EchoTime")

@@ -12,7 +12,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -72,16 +74,8 @@ def move_atomically(
     except OSError as error:
         if error.errno != errno.EXDEV:
             raise
-        descriptor, temporary = tempfile.mkstemp(prefix=".incoming-", dir=target.parent)
-        try:
-            with os.fdopen(descriptor, "wb") as out, source.open("rb") as stream:
-                shutil.copyfileobj(stream, out, 2**20)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with source.open("rb") as stream:
+            _replace_from(target, lambda out: shutil.copyfileobj(stream, out, 2**20))
         source.unlink(missing_ok=True)
     if sync_directory:
         fsync_directory(target.parent)
@@ -110,15 +104,21 @@ def write_atomically(root: Path, relative: Path, data: bytes) -> Path:
     fsync of the folder. Either the complete new file is there afterwards or the old one is."""
     target = root / relative
     make_folder(target.parent)
+    _replace_from(target, lambda out: out.write(data))
+    fsync_directory(target.parent)
+    return target
+
+
+def _replace_from(target: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a temporary file beside ``target`` with ``write``, fsync it, rename it over
+    ``target``; on any failure the temporary file is removed and ``target`` is untouched."""
     descriptor, temporary = tempfile.mkstemp(prefix=".incoming-", dir=target.parent)
     try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
+        with os.fdopen(descriptor, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    fsync_directory(target.parent)
-    return target

@@ -96,8 +96,7 @@ def _number(value: Any) -> float | None:
 def series_attributes(dataset: Dataset) -> dict[str, Any]:
     """The acquisition attributes the series-role classifier reads, as JSON (from the
     functional groups for a multi-frame image)."""
-    acquisition = (frames.acquisition_attributes(dataset) if frames.is_multiframe(dataset)
-                   else {key: dataset.get(keyword) for key, keyword in _ACQUISITION.items()})
+    acquisition = frames.acquisition_attributes(dataset)
     return {
         "modality": str(dataset.get("Modality", "")),
         "sop_class_uid": str(dataset.SOPClassUID),
@@ -110,11 +109,6 @@ def series_attributes(dataset: Dataset) -> dict[str, Any]:
         "derived_by_compression_only": derived_by_compression_only(dataset),
         "expected_instances": None if frames.is_multiframe(dataset) else expected_instances(dataset),
     }
-
-
-_ACQUISITION = {"repetition_time": "RepetitionTime", "echo_time": "EchoTime",
-                "inversion_time": "InversionTime", "scanning_sequence": "ScanningSequence",
-                "scan_options": "ScanOptions"}
 
 
 GE_SERIES_CREATOR = "GEMS_SERS_01"  # (0025,xx07): Images in Series
@@ -190,8 +184,9 @@ def decode(received: ReceivedInstance) -> Dataset:
         # them was a third of intake's CPU time).
         for tag in list(dataset.keys()):
             raw = dataset.get_item(tag, keep_deferred=True)
-            if _deferred(dataset, tag) is None and (
-                    getattr(raw, "VR", None) in ("SQ", None) or tag in _READ_TAGS):
+            if _is_deferred(raw):
+                continue
+            if getattr(raw, "VR", None) in ("SQ", None) or tag in _READ_TAGS:
                 _ = dataset[tag].value
     except InstanceRejected:
         raise
@@ -218,10 +213,15 @@ def decode(received: ReceivedInstance) -> Dataset:
     return dataset
 
 
+def _is_deferred(element: object) -> bool:
+    """True for an element whose value was left on disk (see DEFER_BYTES)."""
+    return isinstance(element, RawDataElement) and element.value is None
+
+
 def _deferred(dataset: Dataset, tag: Any) -> RawDataElement | None:
-    """The element at ``tag`` if its value was left on disk (see DEFER_BYTES), else None."""
+    """The element at ``tag`` if its value was left on disk, else None."""
     raw = dataset.get_item(tag, keep_deferred=True)
-    return raw if isinstance(raw, RawDataElement) and raw.value is None else None
+    return raw if isinstance(raw, RawDataElement) and _is_deferred(raw) else None
 
 
 def _check_deferred_values(dataset: Dataset, file_size: int) -> None:

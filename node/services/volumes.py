@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydicom import Dataset, dcmread
@@ -73,13 +72,12 @@ def plane_of(dataset: Dataset, frame: int | None = None) -> SlicePlane:
     one (from its functional groups)."""
     uid = str(dataset.SOPInstanceUID)
 
-    def read(keyword: str) -> Any:
-        return dataset.get(keyword) if frame is None else frames.attribute(dataset, keyword, frame)
+    def read(keyword: str, count: int) -> tuple[float, ...]:
+        return _numbers(frames.attribute(dataset, keyword, frame or 1), count, keyword, uid)
 
-    x, y, z = _numbers(read("ImagePositionPatient"), 3, "ImagePositionPatient", uid)
-    rx, ry, rz, cx, cy, cz = _numbers(read("ImageOrientationPatient"), 6,
-                                      "ImageOrientationPatient", uid)
-    row_spacing, column_spacing = _numbers(read("PixelSpacing"), 2, "PixelSpacing", uid)
+    x, y, z = read("ImagePositionPatient", 3)
+    rx, ry, rz, cx, cy, cz = read("ImageOrientationPatient", 6)
+    row_spacing, column_spacing = read("PixelSpacing", 2)
     return SlicePlane(
         sop_instance_uid=uid,
         frame_of_reference_uid=str(dataset.get("FrameOfReferenceUID", "")),
@@ -98,14 +96,10 @@ def pixels_of(dataset: Dataset) -> np.ndarray:
     ``(frames, rows, cols)`` for a multi-frame image (rescale from frame 1's functional
     groups: the Enhanced MR rescale is the same for all frames in practice)."""
     array = dataset.pixel_array.astype(np.float32)
-    multiframe = frames.is_multiframe(dataset)
-    if multiframe and array.ndim == 2:  # a single frame comes back without its frame axis
+    if frames.is_multiframe(dataset) and array.ndim == 2:  # one frame: no frame axis
         array = array[np.newaxis]
-    def read(keyword: str) -> Any:
-        return frames.attribute(dataset, keyword) if multiframe else dataset.get(keyword)
-
-    slope = float(read("RescaleSlope") or 1)
-    intercept = float(read("RescaleIntercept") or 0)
+    slope = float(frames.attribute(dataset, "RescaleSlope") or 1)
+    intercept = float(frames.attribute(dataset, "RescaleIntercept") or 0)
     return array * slope + intercept
 
 
