@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
-APT_PACKAGES := dcmtk dicom3tools libgdcm-tools orthanc openssl
+APT_PACKAGES := dcmtk dicom3tools libgdcm-tools orthanc orthanc-dicomweb openssl
 LACUNA_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 export LACUNA_TEST_POSTGRES_URL
 

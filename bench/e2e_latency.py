@@ -29,7 +29,7 @@ from training.phantom import axial_geometry
 from training.synth import write_study
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-STAGES = ("wait", "read", "inference", "encoding", "export")
+STAGES = ("wait", "read", "inference", "building", "encoding", "export")
 
 
 def storescu(port: int, ae_title: str, folder: Path) -> float:

@@ -13,20 +13,18 @@ interleaved (lacuna, storescp, orthanc, lacuna, ...) so drift on a shared machin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from node.app import EmbeddedNode
-from node.demo import free_port, local_settings, start_storescp
+from node.demo import free_port, local_settings, running_orthanc, start_storescp
 from training.phantom import axial_geometry
 from training.synth import write_study
 
@@ -130,35 +128,8 @@ def storescp(workdir: Path) -> Iterator[tuple[int, str, Callable[[], float]]]:
 
 @contextmanager
 def orthanc(workdir: Path) -> Iterator[tuple[int, str, Callable[[], float]]]:
-    binary = shutil.which("Orthanc")
-    if binary is None:
-        raise SystemExit("Orthanc is not installed (make setup installs it)")
-    workdir.mkdir(parents=True)
-    http_port, dicom_port = free_port(), free_port()
-    config = workdir / "orthanc.json"
-    config.write_text(json.dumps({
-        "Name": "BENCH", "StorageDirectory": str(workdir / "db"),
-        "IndexDirectory": str(workdir / "db"), "HttpPort": http_port, "DicomPort": dicom_port,
-        "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False, "Plugins": [],
-    }))
-    log = (workdir / "orthanc.log").open("wb")
-    process = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT, env=ENV)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=2).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    try:
-        yield dicom_port, "ORTHANC", lambda: process_cpu(process.pid)
-    finally:
-        process.terminate()
-        process.wait()
-        log.close()
+    with running_orthanc(workdir, dicomweb=False) as peer:
+        yield peer.dicom_port, peer.ae_title, lambda: process_cpu(peer.pid)
 
 
 # Each receiver starts in a folder and yields (port, AE title, a reader of its CPU seconds).

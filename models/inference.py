@@ -49,6 +49,15 @@ class Lesion:
     largest_area_mm2: float
     slices: tuple[int, ...]
     centroid: tuple[float, float, float]  # (slice, row, col) in voxels
+    largest_diameter_mm: float  # the longest in-plane extent on any slice (see in_plane_diameter_mm)
+
+    @property
+    def class_probability(self) -> float | None:
+        """The secondary network's probability of the class it gave (None if unclassified)."""
+        if self.laci_probability is None or self.lesion_class is LesionClass.UNCLASSIFIED:
+            return None
+        p = self.laci_probability
+        return p if self.lesion_class is LesionClass.LACI else 1.0 - p
 
 
 @dataclass(frozen=True)
@@ -210,9 +219,25 @@ class TwoStageEngine:
                     largest_area_mm2=float(counts.max()) * pixel_area,
                     slices=tuple(int(s) for s in slices),
                     centroid=tuple(float(c) for c in region.centroid),  # type: ignore[arg-type]
+                    largest_diameter_mm=in_plane_diameter_mm(coords, pixel_spacing_mm),
                 )
             )
         return LesionSegmentation(labels=labels, lesion_numbers=numbers, lesions=tuple(lesions))
+
+
+def in_plane_diameter_mm(coords: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> float:
+    """The largest diameter of a lesion as a radiologist measures it: on each slice, the
+    longest distance between two of its pixels' centres plus one pixel (so one pixel measures
+    one pixel across), the longest over all slices. ``coords`` are (slice, row, col) voxels."""
+    from scipy.spatial.distance import pdist
+
+    spacing = np.asarray(pixel_spacing_mm, dtype=np.float64)
+    longest = 0.0
+    for slice_index in np.unique(coords[:, 0]):
+        points = coords[coords[:, 0] == slice_index][:, 1:] * spacing
+        if len(points) > 1:
+            longest = max(longest, float(pdist(points).max()))
+    return round(longest + float(spacing.mean()), 2)
 
 
 def _predict(model: object, batch: np.ndarray) -> np.ndarray:

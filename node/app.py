@@ -19,7 +19,7 @@ from node.metrics import NodeMetrics
 from node.services import registry
 from node.services.export import Exporter
 from node.services.intake import Intake
-from node.services.processing import EngineCache, Processor
+from node.services.processing import EngineCache, Processor, ResultOptions
 from node.services.scheduler import Scheduler
 from node.services.worker import Worker
 
@@ -75,12 +75,15 @@ class EmbeddedNode:
                              max_dataset_bytes=settings.scp.max_dataset_mb * 2**20)
         self.scheduler = Scheduler(sessions, settings.study.completeness_rules(),
                                    metrics=self.metrics, role_rules=settings.series_roles)
-        self.processor = Processor(sessions, root, EngineCache())
+        self.exporter = Exporter(sessions, root, settings.destinations, settings.scp.ae_title,
+                                 settings.worker, metrics=self.metrics)
+        self.processor = Processor(sessions, root, EngineCache(), ResultOptions(
+            fallbacks=frozenset(self.exporter.wanted_kinds & {"GSPS", "SC"}),
+            per_lesion=settings.results.segment_per_lesion))
         self.worker = Worker(
             sessions,
             self.processor,
-            Exporter(sessions, root, settings.destinations, settings.scp.ae_title,
-                     metrics=self.metrics),
+            self.exporter,
             settings.worker,
             metrics=self.metrics,
         )
@@ -156,6 +159,8 @@ class EmbeddedNode:
                 self.scheduler.run_once()
                 while not self._stop.is_set() and self.worker.run_once() is not None:
                     self.scheduler.run_once()
+                while not self._stop.is_set() and self.exporter.deliver_due():
+                    pass  # deliveries due for a retry, in batches
             except Exception:  # keep the loop alive; the failure is logged with its traceback
                 logger.exception("scheduler/worker loop error")
             self._stop.wait(self.settings.worker.poll_seconds)

@@ -122,8 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     destinations = commands.add_parser(
         "destinations", help="where results go").add_subparsers(dest="action", required=True)
     destinations.add_parser("list", help="the configured destinations")
-    echo = destinations.add_parser("echo", help="C-ECHO a destination (all if none named)")
+    echo = destinations.add_parser(
+        "echo", help="C-ECHO (or, for STOW-RS, a QIDO-RS probe) a destination (all if none named)")
     echo.add_argument("name", nargs="?")
+
+    deliveries = commands.add_parser(
+        "deliveries", help="result deliveries per object and destination").add_subparsers(
+        dest="action", required=True)
+    listing = deliveries.add_parser("list", help="the newest deliveries")
+    listing.add_argument("--state", choices=["pending", "delivered", "dead"])
+    listing.add_argument("--destination")
+    listing.add_argument("--limit", type=int, default=50)
+    retry = deliveries.add_parser(
+        "retry", help="send dead-lettered deliveries again (all, or those named)")
+    retry.add_argument("ids", nargs="*", type=int, metavar="ID")
+    retry.add_argument("--destination")
     return parser
 
 
@@ -554,9 +567,11 @@ def _destinations(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print(json.dumps([vars(d) for d in configured], indent=2))
         else:
-            print(format_table(["name", "AE title", "address"],
-                               [[d.name, d.ae_title, f"{d.host}:{d.port}"] for d in configured]))
+            print(format_table(["name", "protocol", "objects", "address"],
+                               [[d.name, d.protocol, ",".join(d.objects), d.address]
+                                for d in configured]))
         return EXIT_OK
+    from node.dicom.dicomweb import probe
     from node.dicom.scu import echo
 
     chosen = [d for d in configured if args.name in (None, d.name)]
@@ -564,7 +579,7 @@ def _destinations(args: argparse.Namespace, settings: Settings) -> int:
         print(f"lacuna: no destination named {args.name!r} (see `lacuna destinations list`)",
               file=sys.stderr)
         return EXIT_USAGE
-    answers = [(d, echo(d, settings.scp.ae_title)) for d in chosen]
+    answers = [(d, probe(d) if d.url else echo(d, settings.scp.ae_title)) for d in chosen]
     if args.json:
         print(json.dumps([{"name": d.name, "ok": ok, "detail": detail, "seconds": round(t, 3)}
                           for d, (ok, detail, t) in answers], indent=2))
@@ -573,6 +588,47 @@ def _destinations(args: argparse.Namespace, settings: Settings) -> int:
                            [[d.name, "ok" if ok else "FAILED", f"{1000 * t:.0f}", detail]
                             for d, (ok, detail, t) in answers]))
     return EXIT_OK if all(ok for _, (ok, _, _) in answers) else EXIT_FAILURE
+
+
+def _deliveries(args: argparse.Namespace, settings: Settings) -> int:
+    from node.app import open_database
+    from node.db.tables import Delivery, ResultObject
+    from node.services import audit
+    from node.services.export import requeue_dead
+
+    database = open_database(settings)
+    with database.sessions.begin() as session:
+        if args.action == "retry":
+            requeued = requeue_dead(session, args.ids or None, args.destination,
+                                    audit.admin_actor(), datetime.now(UTC))
+            if args.json:
+                print(json.dumps({"requeued": requeued}))
+            else:
+                print(f"{len(requeued)} dead-lettered deliver{'y' if len(requeued) == 1 else 'ies'} "
+                      f"queued again{': ' + ', '.join(map(str, requeued)) if requeued else ''}")
+            return EXIT_OK if requeued or not args.ids else EXIT_FAILURE
+        query = (select(Delivery, ResultObject)
+                 .join(ResultObject, ResultObject.id == Delivery.result_object_id)
+                 .order_by(Delivery.id.desc()).limit(args.limit))
+        if args.state:
+            query = query.where(Delivery.state == args.state)
+        if args.destination:
+            query = query.where(Delivery.destination == args.destination)
+        rows = session.execute(query).all()
+        if args.json:
+            print(json.dumps([{"id": d.id, "job_id": r.job_id, "kind": r.kind, "state": d.state,
+                               "destination": d.destination, "attempts": d.attempts,
+                               "status": d.status, "error": d.error,
+                               "updated_at": d.updated_at.isoformat(),
+                               "next_attempt_at": (d.next_attempt_at.isoformat()
+                                                   if d.next_attempt_at else None),
+                               "sop_instance_uid": r.sop_instance_uid} for d, r in rows], indent=2))
+            return EXIT_OK
+        print(format_table(
+            ["id", "job", "kind", "destination", "state", "tries", "updated (UTC)", "error"],
+            [[d.id, r.job_id, r.kind, d.destination, d.state, d.attempts,
+              f"{d.updated_at:%Y-%m-%d %H:%M:%S}", d.error or ""] for d, r in rows]))
+        return EXIT_OK
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -587,7 +643,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 COMMANDS = {
     "serve": _serve, "scp": _serve, "worker": _serve, "db": _db, "synth": _synth,
     "train": _train, "demo": _demo, "models": _models, "jobs": _jobs, "audit": _audit,
-    "destinations": _destinations, "render": _render,
+    "destinations": _destinations, "deliveries": _deliveries, "render": _render,
 }
 
 

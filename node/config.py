@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
 from models.package import default_package_dir
+from node.dicom.transfer_syntaxes import UNCOMPRESSED
 from node.domain.completeness import CompletenessRules
 from node.domain.priority import UrgencyRule
 from node.domain.series import RoleRules
@@ -71,6 +74,13 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class ResultSettings:
+    """What the SEG holds: one segment per lesion class (default) or one per lesion."""
+
+    segment_per_lesion: bool = False
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """The HTTP endpoint with /metrics, /health and /ready. Port 0 picks a free one."""
 
@@ -120,6 +130,9 @@ class WorkerSettings:
     max_attempts: int = 5
     retry_base_seconds: float = 10.0  # first retry after 5-10 s, then doubling
     retry_max_seconds: float = 600.0
+    # A result delivery is tried this often (with the same backoff) before it is dead-lettered;
+    # `lacuna deliveries retry` sends dead-lettered ones again.
+    delivery_max_attempts: int = 8
     # On SIGTERM a worker finishes its job if it can within this many seconds, else releases
     # it to the queue (audited) and exits; nothing is left half-claimed.
     shutdown_grace_seconds: float = 60.0
@@ -132,12 +145,31 @@ class ModelSettings:
     default_package: Path = field(default_factory=default_package_dir)
 
 
+RESULT_KINDS = ("SEG", "SR", "GSPS", "SC")
+
+
 @dataclass(frozen=True)
 class Destination:
+    """Where results go: by C-STORE (``ae_title``, ``host``, ``port``) or, when ``url`` is set,
+    by DICOMweb STOW-RS to ``{url}/studies``. ``objects`` are the result kinds it receives
+    (SEG, SR and the fallbacks GSPS and SC, for viewers without SEG support);
+    ``transfer_syntaxes`` are proposed to a C-STORE peer in order of preference."""
+
     name: str
-    ae_title: str
-    host: str
-    port: int
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    url: str | None = None
+    objects: tuple[str, ...] = ("SEG", "SR")
+    transfer_syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+    @property
+    def protocol(self) -> str:
+        return "STOW-RS" if self.url else "C-STORE"
+
+    @property
+    def address(self) -> str:
+        return self.url or f"{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -149,6 +181,7 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    results: ResultSettings = field(default_factory=ResultSettings)
     series_roles: RoleRules = field(default_factory=RoleRules)
     destinations: tuple[Destination, ...] = ()
     log_level: str = "INFO"
@@ -162,6 +195,7 @@ class Settings:
             "database": self.database.masked_url(),
             "study": vars(self.study),
             "metrics": vars(self.metrics),
+            "results": vars(self.results),
             "series_roles": vars(self.series_roles),
             "destinations": [vars(d) for d in self.destinations],
         }
@@ -284,9 +318,9 @@ def _unknown(section: str, values: dict[str, Any], known: set[str]) -> None:
 
 def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     _unknown("", raw, {"scp", "storage", "database", "study", "worker", "models", "metrics",
-                       "series_roles", "destinations", "log_level", "log_format"})
+                       "results", "series_roles", "destinations", "log_level", "log_format"})
     sections = {}
-    for name in ("scp", "storage", "database", "study", "worker", "models", "metrics",
+    for name in ("scp", "storage", "database", "study", "worker", "models", "metrics", "results",
                  "series_roles"):
         sections[name] = _section(raw, name)
         _override(name, sections[name], environ)
@@ -340,6 +374,8 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     _unknown("storage", storage, {"root", "min_free_mb"})
     metrics = sections["metrics"]
     _unknown("metrics", metrics, {"enabled", "host", "port"})
+    results = sections["results"]
+    _unknown("results", results, {"segment_per_lesion"})
     database = sections["database"]
     _unknown("database", database, {"url"})
     url = _text("database.url", database.get("url", DatabaseSettings.url))
@@ -350,7 +386,8 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
                               "urgent_calling_aes", "urgent_requested_priorities"})
     worker = sections["worker"]
     _unknown("worker", worker, {"poll_seconds", "lease_seconds", "max_attempts",
-                                "retry_base_seconds", "retry_max_seconds", "shutdown_grace_seconds"})
+                                "retry_base_seconds", "retry_max_seconds", "delivery_max_attempts",
+                                "shutdown_grace_seconds"})
     models = sections["models"]
     _unknown("models", models, {"default_package"})
 
@@ -367,18 +404,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         key = f"destinations[{index}]"
         if not isinstance(entry, dict):
             raise ConfigError(key, "must be a table")
-        _unknown(key, entry, {"name", "ae_title", "host", "port"})
-        for required in ("name", "ae_title", "host", "port"):
-            if required not in entry:
-                raise ConfigError(f"{key}.{required}", "is missing")
-        destinations.append(
-            Destination(
-                name=_text(f"{key}.name", entry["name"]),
-                ae_title=_ae_title(f"{key}.ae_title", entry["ae_title"]),
-                host=_text(f"{key}.host", entry["host"]),
-                port=_port(f"{key}.port", entry["port"]),
-            )
-        )
+        destinations.append(_destination(key, entry))
     names = [d.name for d in destinations]
     if len(set(names)) != len(names):
         raise ConfigError("destinations", f"names must be unique, got {names}")
@@ -403,6 +429,8 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
             port=_port("metrics.port", metrics.get("port", 9110)),
         ),
         database=DatabaseSettings(url=url),
+        results=ResultSettings(segment_per_lesion=_flag("results.segment_per_lesion",
+                                                        results.get("segment_per_lesion", False))),
         study=StudySettings(
             stable_seconds=_seconds("study.stable_seconds", study.get("stable_seconds", 30)),
             missing_wait_seconds=_seconds("study.missing_wait_seconds",
@@ -428,6 +456,8 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
             retry_max_seconds=_seconds(
                 "worker.retry_max_seconds", worker.get("retry_max_seconds", 600.0)
             ),
+            delivery_max_attempts=int(_positive("worker.delivery_max_attempts",
+                                                worker.get("delivery_max_attempts", 8))),
             shutdown_grace_seconds=_seconds(
                 "worker.shutdown_grace_seconds", worker.get("shutdown_grace_seconds", 60.0)
             ),
@@ -443,6 +473,50 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         destinations=tuple(destinations),
         log_level=log_level,
         log_format=log_format,
+    )
+
+
+def _destination(key: str, entry: dict[str, Any]) -> Destination:
+    """One ``[[destinations]]`` table: ``url`` for STOW-RS, else ``ae_title``, ``host``, ``port``."""
+    _unknown(key, entry, {"name", "ae_title", "host", "port", "url", "objects", "transfer_syntaxes"})
+    if "name" not in entry:
+        raise ConfigError(f"{key}.name", "is missing")
+    objects = tuple(_text(f"{key}.objects", kind).upper()
+                    for kind in _list(f"{key}.objects", entry.get("objects", ["SEG", "SR"])))
+    for kind in objects:
+        if kind not in RESULT_KINDS:
+            raise ConfigError(f"{key}.objects", f"{kind} is not one of {', '.join(RESULT_KINDS)}")
+    if not objects:
+        raise ConfigError(f"{key}.objects", "must name at least one result kind")
+    syntaxes = []
+    for entry_syntax in _list(f"{key}.transfer_syntaxes",
+                              entry.get("transfer_syntaxes", list(Destination.transfer_syntaxes))):
+        text = _text(f"{key}.transfer_syntaxes", entry_syntax)
+        # Results are written uncompressed; pynetdicom re-encodes them to any of these.
+        uid = next((u for u in UNCOMPRESSED if text in (str(u), u.keyword)), None)
+        if uid is None:
+            raise ConfigError(f"{key}.transfer_syntaxes",
+                              f"{text} is not an uncompressed transfer syntax (UID or keyword)")
+        syntaxes.append(str(uid))
+    name = _text(f"{key}.name", entry["name"])
+    if "url" in entry:
+        for dimse in ("ae_title", "host", "port"):
+            if dimse in entry:
+                raise ConfigError(f"{key}.{dimse}", "a STOW-RS destination (url) takes no " + dimse)
+        url = _text(f"{key}.url", entry["url"]).rstrip("/")
+        if not re.match(r"^https?://", url):
+            raise ConfigError(f"{key}.url", f"must be an http(s) URL, got {url!r}")
+        return Destination(name=name, url=url, objects=objects)
+    for required in ("ae_title", "host", "port"):
+        if required not in entry:
+            raise ConfigError(f"{key}.{required}", "is missing")
+    return Destination(
+        name=name,
+        ae_title=_ae_title(f"{key}.ae_title", entry["ae_title"]),
+        host=_text(f"{key}.host", entry["host"]),
+        port=_port(f"{key}.port", entry["port"]),
+        objects=objects,
+        transfer_syntaxes=tuple(syntaxes),
     )
 
 

@@ -13,7 +13,12 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -93,6 +98,91 @@ def local_settings(
         models=models or ModelSettings(),
         metrics=MetricsSettings(enabled=False),  # the demo, benches and tests need no endpoint
     )
+
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+@dataclass
+class Orthanc:
+    """A running Orthanc (Debian packages orthanc and orthanc-dicomweb) on loopback, driven
+    through its REST API: the PACS of the tests and of bench/."""
+
+    http_port: int
+    dicom_port: int
+    pid: int
+    ae_title: str = "ORTHANC"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+
+    def rest(self, method: str, path: str, body: bytes | dict[str, object] | None = None,
+             timeout: float = 300) -> Any:
+        text = self.rest_bytes(method, path, body, timeout)
+        return json.loads(text) if text else None
+
+    def rest_bytes(self, method: str, path: str, body: bytes | dict[str, object] | None = None,
+                   timeout: float = 300) -> bytes:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data,
+                                         method=method)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return bytes(response.read())
+
+    def upload(self, folder: Path) -> set[str]:
+        """POST every *.dcm under ``folder``; returns Orthanc's study ids."""
+        studies = set()
+        for path in sorted(folder.rglob("*.dcm")):
+            answer = self.rest("POST", "/instances", path.read_bytes())
+            if answer["Status"] not in ("Success", "AlreadyStored"):
+                raise RuntimeError(f"Orthanc refused {path.name}: {answer}")
+            studies.add(str(answer["ParentStudy"]))
+        return studies
+
+    def add_modality(self, name: str, ae_title: str, port: int) -> None:
+        self.rest("PUT", f"/modalities/{name}", {"AET": ae_title, "Host": "127.0.0.1", "Port": port})
+
+
+@contextmanager
+def running_orthanc(folder: Path, dicomweb: bool = True) -> Iterator[Orthanc]:
+    """Orthanc on free ports with its index under ``folder`` (TCP_NODELAY, as for dcmtk) and,
+    with ``dicomweb``, the DICOMweb plugin at /dicom-web; stopped on exit."""
+    binary = shutil.which("Orthanc")
+    if binary is None:
+        raise RuntimeError("Orthanc is not installed (apt-get install orthanc)")
+    if dicomweb and not DICOMWEB_PLUGIN.exists():
+        raise RuntimeError(f"{DICOMWEB_PLUGIN} is missing (apt-get install orthanc-dicomweb)")
+    folder.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = free_port(), free_port()
+    config = folder / "orthanc.json"
+    config.write_text(json.dumps({
+        "Name": "PACS", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+        "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
+        "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
+        "StableAge": 1, "HttpTimeout": 300,
+    }))
+    with (folder / "orthanc.log").open("wb") as log:
+        process = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "TCP_NODELAY": "1"})
+        peer = Orthanc(http_port, dicom_port, process.pid)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    peer.rest("GET", "/system", timeout=2)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise RuntimeError(
+                            f"Orthanc did not start (see {folder / 'orthanc.log'})") from None
+                    time.sleep(0.2)
+            yield peer
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def run_demo(
@@ -192,7 +282,8 @@ def _print_results(
 
     true_masks = _components(labels)
     stages = ", ".join(f"{stage.replace('_', ' ')} {timings.get(stage, 0.0):.1f} s"
-                       for stage in ("read", "model_load", "inference", "encoding", "export"))
+                       for stage in ("read", "model_load", "inference", "building", "encoding",
+                                     "export"))
     print(f"\nRound trip in {elapsed:.1f} s ({stages})\n")
     print(f"{'#':>2}  {'ground truth':<30} {'Lacuna (SEG/SR as received by the PACS)':<40}")
     print(f"{'':>2}  {'class':<6}{'mm3':>8}  {'slices':<14} {'class':<13}{'mm3':>8}  {'slices':<14}")

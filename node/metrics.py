@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import and_, func, or_, select
 
 from node.db.engine import SessionFactory
-from node.db.tables import Job, ModelVersion, utcnow
+from node.db.tables import Delivery, Job, ModelVersion, utcnow
 from node.domain.jobs import JobState
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ class DatabaseCollector(Collector):
                 overdue = session.scalar(
                     select(func.count()).select_from(Job).where(
                         and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now)))
+                deliveries = session.execute(
+                    select(Delivery.destination, Delivery.state, func.count())
+                    .group_by(Delivery.destination, Delivery.state)).all()
                 versions = session.execute(
                     select(ModelVersion.name, ModelVersion.version, ModelVersion.active,
                            ModelVersion.shadow)
@@ -111,6 +114,12 @@ class DatabaseCollector(Collector):
         yield GaugeMetricFamily("lacuna_jobs_lease_expired",
                                 "Running jobs whose worker stopped renewing (to be taken over)",
                                 value=overdue or 0)
+        queue = GaugeMetricFamily(
+            "lacuna_deliveries", "Result deliveries by destination and state (dead: needs "
+            "`lacuna deliveries retry`)", labels=["destination", "state"])
+        for destination, delivery_state, count in deliveries:
+            queue.add_metric([destination, delivery_state], count)
+        yield queue
         model = GaugeMetricFamily("lacuna_model_version", "Registered model versions in use",
                                   labels=["name", "version", "role"])
         for name, version, active, _shadow in versions:

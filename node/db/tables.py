@@ -173,7 +173,7 @@ class ResultObject(Base):
     __tablename__ = "result_objects"
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # SEG or SR
+    kind: Mapped[str] = mapped_column(String(16))  # SEG, SR, GSPS or SC
     sop_class_uid: Mapped[str] = mapped_column(UID)
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     series_instance_uid: Mapped[str] = mapped_column(UID)
@@ -182,16 +182,23 @@ class ResultObject(Base):
 
 
 class Delivery(Base):
+    """One result object to one destination: a small queue of its own (node.domain.delivery)."""
+
     __tablename__ = "deliveries"
-    __table_args__ = (UniqueConstraint("result_object_id", "destination"),)
+    __table_args__ = (
+        UniqueConstraint("result_object_id", "destination"),
+        Index("ix_deliveries_due", "state", "next_attempt_at"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     result_object_id: Mapped[int] = mapped_column(ForeignKey("result_objects.id"))
     destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16))  # delivered or failed
-    status: Mapped[int | None]  # DICOM status of the C-STORE response
+    state: Mapped[str] = mapped_column(String(16))  # pending, delivered or dead
+    status: Mapped[int | None]  # DICOM status of the last C-STORE or STOW-RS response
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime]
+    # A pending delivery is due from then; a claimed one is pushed ahead by the claim's lease.
+    next_attempt_at: Mapped[datetime | None]
 
 
 class AuditEvent(Base):

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -42,13 +41,24 @@ def echo(destination: Destination, calling_ae: str) -> tuple[bool, str, float]:
     return ok, "C-ECHO success" if ok else f"C-ECHO status {status}", time.perf_counter() - started
 
 
+def send(destination: Destination, paths: list[Path], calling_ae: str) -> list[SendOutcome]:
+    """Send ``paths`` to ``destination`` by its protocol: STOW-RS when it has a URL, else
+    C-STORE. Raises :class:`DeliveryError` when the peer cannot be reached at all."""
+    if destination.url:
+        from node.dicom.dicomweb import store_files
+
+        return store_files(destination, paths)
+    return send_files(destination, paths, calling_ae)
+
+
 def send_files(destination: Destination, paths: list[Path], calling_ae: str) -> list[SendOutcome]:
-    """C-STORE every file over one association. Raises :class:`DeliveryError` when the
-    association cannot be established."""
+    """C-STORE every file over one association, proposing the destination's transfer syntaxes
+    (pynetdicom re-encodes an uncompressed dataset to the one accepted). Raises
+    :class:`DeliveryError` when the association cannot be established."""
     datasets = [dcmread(path) for path in paths]
     ae = AE(ae_title=calling_ae)
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.add_requested_context(sop_class, list(destination.transfer_syntaxes))
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         raise DeliveryError(

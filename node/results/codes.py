@@ -27,9 +27,13 @@ DEVICE_SERIAL_NUMBER = "lacuna-node"
 
 SEG_SERIES_NUMBER = 9701
 SR_SERIES_NUMBER = 9702
+GSPS_SERIES_NUMBER = 9703
+SC_SERIES_NUMBER = 9704
 NOT_FOR_CLINICAL_USE = "synthetic-trained model, not for clinical use"
 SEG_SERIES_DESCRIPTION = "Lacuna lesions SEG (NOT FOR CLINICAL USE)"
 SR_SERIES_DESCRIPTION = "Lacuna lesions SR (NOT FOR CLINICAL USE)"
+GSPS_SERIES_DESCRIPTION = "Lacuna lesion outlines GSPS (NOT FOR CLINICAL USE)"
+SC_SERIES_DESCRIPTION = "Lacuna key images, derived (NOT FOR CLINICAL USE)"
 SEG_CONTENT_LABEL = "LACUNA_LESIONS"
 
 LACUNAR_INFARCTION = Code("230698000", "SCT", "Lacunar infarction")
@@ -60,6 +64,11 @@ OBSERVER_DEVICE = codes.cid270.Device
 PROCEDURE_REPORTED = codes.LN.BrainMRI  # LOINC 24590-2
 VOLUME = codes.SCT.Volume
 AREA = codes.SCT.Area
+DIAMETER = codes.SCT.Diameter
+MAXIMUM = codes.SCT.Maximum  # derivation: the largest over the lesion's slices
+CERTAINTY_OF_FINDING = codes.DCM.CertaintyOfFinding  # the classifier's probability of the class
+PERCENT = codes.UCUM.Percent
+MILLIMETER = codes.UCUM.Millimeter
 CUBIC_MILLIMETER = codes.UCUM.CubicMillimeter
 SQUARE_MILLIMETER = codes.UCUM.SquareMillimeter
 COMMENT = codes.DCM.Comment

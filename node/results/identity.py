@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import highdicom as hd
 from pydicom.sr.codedict import codes as pydicom_codes
@@ -44,3 +45,15 @@ def contributing_equipment(model: ModelIdentity) -> hd.ContributingEquipment:
     )
     equipment.DeviceUID = model.device_uid
     return equipment
+
+
+def equipment(model: ModelIdentity) -> dict[str, Any]:
+    """The General Equipment attributes and the Contributing Equipment item that every image
+    object we build (SEG, GSPS) carries, as highdicom constructor arguments."""
+    return {
+        "manufacturer": codes.MANUFACTURER,
+        "manufacturer_model_name": model.label[:64],
+        "software_versions": codes.SOFTWARE_VERSION,
+        "device_serial_number": codes.DEVICE_SERIAL_NUMBER,
+        "contributing_equipment": [contributing_equipment(model)],
+    }

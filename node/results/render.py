@@ -27,7 +27,7 @@ class RenderInput:
     title: str
 
 
-def _grey(image: np.ndarray) -> np.ndarray:
+def window_to_uint8(image: np.ndarray) -> np.ndarray:
     """Window to the 1st-99.5th percentile of the brain (non-zero) values, as uint8."""
     values = image[image > 0]
     low, high = (np.percentile(values, (1, 99.5)) if values.size else (0.0, 1.0))
@@ -56,7 +56,7 @@ def montage(data: RenderInput, columns: int = 4, max_tiles: int = 16) -> Image.I
         draw.text((4, 30), "no lesion found", fill=(200, 200, 200))
     for index, name in enumerate(present):  # the legend: each class in its outline colour
         draw.text((4 + 110 * index, 30), f"{name} outline", fill=COLOURS[name])
-    grey = _grey(data.image)
+    grey = window_to_uint8(data.image)
     for tile, k in enumerate(chosen):
         rgb = np.repeat(grey[k][..., np.newaxis], 3, axis=2)
         for name, mask in data.masks.items():

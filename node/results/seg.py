@@ -1,4 +1,5 @@
-"""DICOM Segmentation of the lesions on the T2 FLAIR grid, one segment per lesion class."""
+"""DICOM Segmentation of the lesions on the T2 FLAIR grid: one segment per lesion class, or
+one per lesion."""
 
 from __future__ import annotations
 
@@ -6,17 +7,22 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 
-from models.inference import LABEL_VALUES, LesionClass, LesionSegmentation
+from models.inference import LesionClass, LesionSegmentation
 from node.results import codes
-from node.results.identity import ModelIdentity, contributing_equipment
+from node.results.identity import ModelIdentity, equipment
 
 
-def segment_numbers(result: LesionSegmentation) -> dict[LesionClass, int]:
-    """Segment number of each class present, numbered 1.. in FCI, LACI, unclassified order."""
+def segment_numbers(result: LesionSegmentation, per_lesion: bool = False) -> dict[int, int]:
+    """Each lesion's segment number (lesion number -> segment number). By default one segment
+    per class present, numbered 1.. in FCI, LACI, unclassified order; with ``per_lesion`` one
+    segment per lesion, numbered in lesion order."""
+    if per_lesion:
+        return {lesion.number: n for n, lesion in enumerate(result.lesions, start=1)}
     present = {lesion.lesion_class for lesion in result.lesions}
     ordered = [c for c in (LesionClass.FCI, LesionClass.LACI, LesionClass.UNCLASSIFIED)
                if c in present]
-    return {lesion_class: number for number, lesion_class in enumerate(ordered, start=1)}
+    by_class = {lesion_class: number for number, lesion_class in enumerate(ordered, start=1)}
+    return {lesion.number: by_class[lesion.lesion_class] for lesion in result.lesions}
 
 
 def build_segmentation(
@@ -26,20 +32,27 @@ def build_segmentation(
     series_instance_uid: str,
     sop_instance_uid: str,
     source_frames: list[int | None] | None = None,
+    per_lesion: bool = False,
 ) -> hd.seg.Segmentation:
     """A BINARY SEG over ``source_images`` (the T2 FLAIR instance of each slice of
     ``result.labels``, in its order; ``source_frames`` gives each slice's frame number when the
-    source is one multi-frame instance). Frames without lesions are omitted; each remaining
-    frame references the source image (and frame) it was computed from. Raises ``ValueError``
-    when there is no lesion."""
-    numbers = segment_numbers(result)
+    source is one multi-frame instance), with segments as :func:`segment_numbers` numbers them.
+    Frames without lesions are omitted; each remaining frame references the source image (and
+    frame) it was computed from. Raises ``ValueError`` when there is no lesion."""
+    numbers = segment_numbers(result, per_lesion)
     if not numbers:
         raise ValueError("no lesions: a SEG needs at least one segment")
     if len(source_images) != result.labels.shape[0]:
         raise ValueError("one source image per slice of the label map is required")
-    label_map: np.ndarray = np.zeros(result.labels.shape, dtype=np.uint8)
-    for lesion_class, number in numbers.items():
-        label_map[result.labels == LABEL_VALUES[lesion_class]] = number
+    label_map: np.ndarray = np.zeros(result.labels.shape, dtype=np.uint8 if len(numbers) < 256
+                                     else np.uint16)
+    segments: dict[int, tuple[LesionClass, str]] = {}
+    for lesion in result.lesions:
+        number = numbers[lesion.number]
+        label_map[result.lesion_numbers == lesion.number] = number
+        label = codes.SEGMENT_LABEL[lesion.lesion_class]
+        segments[number] = (lesion.lesion_class,
+                            f"Lesion {lesion.number}: {label}" if per_lesion else label)
     if source_frames and any(frame is not None for frame in source_frames):
         # highdicom maps the SEG's frames onto a multi-frame source by frame index.
         instances = list({str(ds.SOPInstanceUID): ds for ds in source_images}.values())
@@ -58,7 +71,7 @@ def build_segmentation(
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=codes.SEGMENT_LABEL[lesion_class],
+            segment_label=label[:64],
             segmented_property_category=codes.CATEGORY,
             segmented_property_type=codes.LESION_TYPE[lesion_class],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -66,7 +79,7 @@ def build_segmentation(
             anatomic_regions=[codes.ANATOMIC_REGION],
             display_color=hd.color.CIELabColor(*codes.SEGMENT_LAB[lesion_class]),
         )
-        for lesion_class, number in numbers.items()
+        for number, (lesion_class, label) in sorted(segments.items())
     ]
     return hd.seg.Segmentation(
         source_images=source_images,
@@ -77,13 +90,9 @@ def build_segmentation(
         series_number=codes.SEG_SERIES_NUMBER,
         sop_instance_uid=sop_instance_uid,
         instance_number=1,
-        manufacturer=codes.MANUFACTURER,
-        manufacturer_model_name=model.label[:64],
-        software_versions=codes.SOFTWARE_VERSION,
-        device_serial_number=codes.DEVICE_SERIAL_NUMBER,
+        **equipment(model),
         content_description=f"Lesions by {model.label}; {codes.NOT_FOR_CLINICAL_USE}"[:64],
         content_label=codes.SEG_CONTENT_LABEL,
         series_description=codes.SEG_SERIES_DESCRIPTION,
         omit_empty_frames=True,
-        contributing_equipment=[contributing_equipment(model)],
     )

@@ -13,11 +13,26 @@ from node.results import codes
 from node.results.identity import ModelIdentity, contributing_equipment
 
 
+def _source_images(lesion: Lesion,
+                   slices: list[tuple[Dataset, int | None]]) -> list[hd.sr.SourceImageForSegmentation]:
+    """The T2 FLAIR images (and frames) the lesion lies on, one item per instance."""
+    frames: dict[str, tuple[Dataset, list[int]]] = {}
+    for k in lesion.slices:
+        dataset, frame = slices[k]
+        entry = frames.setdefault(str(dataset.SOPInstanceUID), (dataset, []))
+        if frame is not None:
+            entry[1].append(frame)
+    return [hd.sr.SourceImageForSegmentation(str(ds.SOPClassUID), uid, sorted(numbers) or None)
+            for uid, (ds, numbers) in frames.items()]
+
+
 def _lesion_group(
     lesion: Lesion,
     segmentation: hd.seg.Segmentation,
     segment_number: int,
     source_series_uid: str,
+    tracking_uid: str,
+    source_slices: list[tuple[Dataset, int | None]] | None,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     evaluations = [hd.sr.QualitativeEvaluation(codes.T2_HYPERINTENSITY, codes.PRESENT)]
     # A classified lesion was seen on T1 FLAIR: LACI is T1-dark, FCI is not.
@@ -30,13 +45,16 @@ def _lesion_group(
         )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=str(generate_uid()), identifier=f"Lesion {lesion.number}"
+            uid=tracking_uid, identifier=f"Lesion {lesion.number}"
         ),
         referenced_segment=hd.sr.ReferencedSegment(
             sop_class_uid=segmentation.SOPClassUID,
             sop_instance_uid=segmentation.SOPInstanceUID,
             segment_number=segment_number,
-            source_series=hd.sr.SourceSeriesForSegmentation(source_series_uid),
+            # The source images the lesion lies on when known, else the source series.
+            source_images=_source_images(lesion, source_slices) if source_slices else None,
+            source_series=(None if source_slices
+                           else hd.sr.SourceSeriesForSegmentation(source_series_uid)),
         ),
         finding_type=codes.LESION_TYPE[lesion.lesion_class],
         finding_sites=[hd.sr.FindingSite(codes.ANATOMIC_REGION)],
@@ -46,8 +64,15 @@ def _lesion_group(
             ),
             hd.sr.Measurement(
                 name=codes.AREA, value=round(lesion.largest_area_mm2, 2),
-                unit=codes.SQUARE_MILLIMETER,
+                unit=codes.SQUARE_MILLIMETER, derivation=codes.MAXIMUM,
             ),
+            hd.sr.Measurement(
+                name=codes.DIAMETER, value=round(lesion.largest_diameter_mm, 2),
+                unit=codes.MILLIMETER, derivation=codes.MAXIMUM,
+            ),
+            *([] if (probability := lesion.class_probability) is None else [
+                hd.sr.Measurement(name=codes.CERTAINTY_OF_FINDING,
+                                  value=round(100.0 * probability, 1), unit=codes.PERCENT)]),
         ],
         qualitative_evaluations=evaluations,
     )
@@ -85,17 +110,21 @@ def build_report(
     evidence: list[Dataset],
     lesions: tuple[Lesion, ...],
     segmentation: hd.seg.Segmentation | None,
-    segment_numbers: dict[LesionClass, int],
+    segment_numbers: dict[int, int],
     source_series_uid: str,
     model: ModelIdentity,
     t1_missing_reason: str | None,
     series_instance_uid: str,
     sop_instance_uid: str,
     supersedes: str | None = None,
+    tracking_uids: dict[int, str] | None = None,
+    source_slices: list[tuple[Dataset, int | None]] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The SR for one run. ``evidence`` are the T2 (and T1) FLAIR images that were read;
     ``segmentation`` is None exactly when ``lesions`` is empty (a negative report);
-    ``supersedes`` (text) names the earlier report a re-run replaces."""
+    ``supersedes`` (text) names the earlier report a re-run replaces; ``tracking_uids`` (lesion
+    number -> UID) are shared with the GSPS; ``source_slices`` (each T2 slice's instance and
+    frame) let each lesion reference the images it lies on."""
     if bool(lesions) != (segmentation is not None):
         raise ValueError("a SEG is required exactly when there are lesions")
     observer = hd.sr.ObserverContext(
@@ -108,7 +137,9 @@ def build_report(
         ),
     )
     groups = [] if segmentation is None else [
-        _lesion_group(lesion, segmentation, segment_numbers[lesion.lesion_class], source_series_uid)
+        _lesion_group(lesion, segmentation, segment_numbers[lesion.number], source_series_uid,
+                      (tracking_uids or {}).get(lesion.number) or str(generate_uid()),
+                      source_slices)
         for lesion in lesions
     ]
     # A study-level group comes first and is always there, so a negative report still states

@@ -22,11 +22,12 @@ from node.db.tables import Instance, Job, ModelVersion, ResultObject, Series, St
 from node.dicom.storage import relative_path, write_atomically
 from node.domain.series import SeriesRole
 from node.errors import NotProcessable
+from node.results.fallbacks import build_key_images, build_presentation_state, shown_slices
 from node.results.identity import ModelIdentity
 from node.results.seg import build_segmentation, segment_numbers
 from node.results.sr import build_report
 from node.services import audit, registry
-from node.services.volumes import load_study_volumes
+from node.services.volumes import StudyVolumes, load_study_volumes
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +83,22 @@ def _superseded_report(session: Session, job: Job) -> str | None:
     return f"{target}; instances arrived after it was queued, and this run read them too."
 
 
+@dataclass(frozen=True)
+class ResultOptions:
+    """Which objects a run builds beyond the SEG and SR: ``fallbacks`` holds "GSPS" and/or
+    "SC" when some destination receives them; ``per_lesion`` gives each lesion its own segment."""
+
+    fallbacks: frozenset[str] = frozenset()
+    per_lesion: bool = False
+
+
 class Processor:
-    def __init__(self, sessions: SessionFactory, storage_root: Path, engines: EngineCache) -> None:
+    def __init__(self, sessions: SessionFactory, storage_root: Path, engines: EngineCache,
+                 options: ResultOptions | None = None) -> None:
         self._sessions = sessions
         self._root = storage_root
         self._engines = engines
+        self._options = options or ResultOptions()
 
     def preload(self) -> None:
         """Load the active model now rather than on the first study (no-op once loaded)."""
@@ -147,6 +159,47 @@ class Processor:
             return None
         return RunReport(result_paths=[self._root / path for path in paths])
 
+    def _build(self, inputs: JobInputs, volumes: StudyVolumes,
+               lesions: LesionSegmentation) -> list[tuple[str, Any]]:
+        """The result objects of one run, as (kind, dataset): SEG (when there are lesions), SR,
+        and the fallbacks some destination receives."""
+        numbers = segment_numbers(lesions, self._options.per_lesion)
+        tracking = {lesion.number: str(generate_uid()) for lesion in lesions.lesions}
+        objects: list[tuple[str, Any]] = []
+        segmentation = None
+        if lesions.lesions:
+            segmentation = build_segmentation(
+                volumes.t2_datasets, lesions, inputs.model,
+                series_instance_uid=str(generate_uid()), sop_instance_uid=str(generate_uid()),
+                source_frames=volumes.t2_frames, per_lesion=self._options.per_lesion,
+            )
+            objects.append(("SEG", segmentation))
+        objects.append(("SR", build_report(
+            evidence=volumes.t2_instances + volumes.t1_instances,
+            lesions=lesions.lesions,
+            segmentation=segmentation,
+            segment_numbers=numbers,
+            source_series_uid=str(volumes.t2_datasets[0].SeriesInstanceUID),
+            model=inputs.model,
+            t1_missing_reason=volumes.t1_missing_reason,
+            series_instance_uid=str(generate_uid()),
+            sop_instance_uid=str(generate_uid()),
+            supersedes=inputs.supersedes,
+            tracking_uids=tracking,
+            source_slices=list(zip(volumes.t2_datasets, volumes.t2_frames, strict=True)),
+        )))
+        if "GSPS" in self._options.fallbacks:
+            objects.append(("GSPS", build_presentation_state(
+                volumes.t2_datasets, volumes.t2, lesions, inputs.model, str(generate_uid()),
+                str(generate_uid()), volumes.t2_frames, tracking)))
+        if "SC" in self._options.fallbacks:
+            series_uid = str(generate_uid())
+            images = build_key_images(
+                volumes.t2_datasets, volumes.t2, lesions, inputs.model, series_uid,
+                [str(generate_uid()) for _ in shown_slices(lesions)], volumes.t2_frames)
+            objects.extend(("SC", image) for image in images)
+        return objects
+
     def run(self, job_id: int, inputs: JobInputs, owner: str) -> RunReport:
         """Segment, classify, build and store the SEG and SR. The result rows commit only while
         ``owner`` still holds the job (else :class:`LeaseLost`): one set of results per job."""
@@ -167,30 +220,10 @@ class Processor:
         report.timings["inference"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        numbers = segment_numbers(lesions)
-        objects: list[tuple[str, Any]] = []
-        segmentation = None
-        if lesions.lesions:
-            segmentation = build_segmentation(
-                volumes.t2_datasets, lesions, inputs.model,
-                series_instance_uid=str(generate_uid()), sop_instance_uid=str(generate_uid()),
-                source_frames=volumes.t2_frames,
-            )
-            objects.append(("SEG", segmentation))
-        sr = build_report(
-            evidence=volumes.t2_instances + volumes.t1_instances,
-            lesions=lesions.lesions,
-            segmentation=segmentation,
-            segment_numbers=numbers,
-            source_series_uid=str(volumes.t2_datasets[0].SeriesInstanceUID),
-            model=inputs.model,
-            t1_missing_reason=volumes.t1_missing_reason,
-            series_instance_uid=str(generate_uid()),
-            sop_instance_uid=str(generate_uid()),
-            supersedes=inputs.supersedes,
-        )
-        objects.append(("SR", sr))
-        stored: list[tuple[str, Any, Path]] = []
+        objects = self._build(inputs, volumes, lesions)
+        report.timings["building"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        stored: list[tuple[str, Any, Path, int]] = []
         for kind, dataset in objects:
             buffer = io.BytesIO()
             dataset.save_as(buffer, enforce_file_format=True)
@@ -199,11 +232,11 @@ class Processor:
                 str(dataset.SOPInstanceUID),
             )
             write_atomically(self._root, relative, buffer.getvalue())
-            stored.append((kind, dataset, relative))
+            stored.append((kind, dataset, relative, buffer.tell()))
             report.result_paths.append(self._root / relative)
         with self._sessions.begin() as session:
             require_lease(session, job_id, owner)  # else the results are discarded
-            for kind, dataset, relative in stored:
+            for kind, dataset, relative, size in stored:
                 session.add(
                     ResultObject(
                         job_id=job_id, kind=kind, sop_class_uid=str(dataset.SOPClassUID),
@@ -216,7 +249,7 @@ class Processor:
                     session, "result.built", study_instance_uid=inputs.study_instance_uid,
                     series_instance_uid=str(dataset.SeriesInstanceUID),
                     sop_instance_uid=str(dataset.SOPInstanceUID), job_id=job_id,
-                    model_version=inputs.model.label, kind=kind,
+                    model_version=inputs.model.label, kind=kind, size_bytes=size,
                     lesions=len(lesions.lesions),
                 )
         report.timings["encoding"] = time.perf_counter() - clock

@@ -1,5 +1,5 @@
-"""The worker: claim a job under a lease, process it (or reuse its stored results), export
-them, and record the outcome; retryable failures go back to the queue with backoff.
+"""The worker: claim a job under a lease, process it (or reuse its stored results), queue
+them for delivery, and record the outcome; retryable failures go back to the queue with backoff.
 
 Every job state change commits together with its audit row.
 """
@@ -29,7 +29,7 @@ from node.domain.jobs import JobState, check_transition, retry_delay, state_afte
 from node.errors import LacunaError, LeaseLost
 from node.metrics import NodeMetrics
 from node.services import audit
-from node.services.export import Exporter
+from node.services.export import Exporter, delivery_counts
 from node.services.processing import Processor, RunReport
 
 logger = logging.getLogger(__name__)
@@ -117,8 +117,11 @@ class Worker:
             with self._sessions.begin() as session:  # released or taken over meanwhile: stop
                 require_lease(session, job_id, self.owner)
             if not claimed.shadow:
+                # Queue the results for their destinations and try each once now; a
+                # destination that is down is retried by the delivery queue, not by this job.
                 clock = time.perf_counter()
-                self._exporter.export_job(job_id, inputs.study_instance_uid)
+                self._exporter.enqueue(job_id)
+                self._exporter.deliver_due(job_id=job_id)
                 report.timings["export"] = time.perf_counter() - clock
         except LeaseLost as error:  # released at shutdown, or taken over: its outcome stands
             stop_renewing.set()
@@ -226,6 +229,8 @@ class Worker:
             details["timings"] = job.timings
             if reason:
                 details["reason"] = reason[:1000]
+            if state is JobState.DONE and not claimed.shadow:
+                details["deliveries"] = delivery_counts(session, job.id)
             if report.lesions is not None:
                 details["lesions"] = len(report.lesions.lesions)
                 job.findings = findings_by_class(report.lesions)

@@ -25,7 +25,7 @@ def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_db_upgrade_and_downgrade(configured: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == EXIT_OK
-    assert "schema revision: 0005" in capsys.readouterr().out
+    assert "schema revision: 0006" in capsys.readouterr().out
     assert main(["db", "downgrade", "base"]) == EXIT_OK
     assert "schema revision: none" in capsys.readouterr().out
 
@@ -142,7 +142,8 @@ def test_destinations_list_and_echo_against_dcmtk_storescp(
     try:
         assert main(["destinations", "list"]) == EXIT_OK
         listed = capsys.readouterr().out
-        assert f"pacs  {PACS_AE}" in listed and f"127.0.0.1:{closed}" in listed
+        assert f"{PACS_AE}@127.0.0.1:{port}" in listed and f"127.0.0.1:{closed}" in listed
+        assert "C-STORE" in listed and "SEG,SR" in listed
         assert main(["destinations", "echo", "pacs"]) == EXIT_OK
         assert "C-ECHO success" in capsys.readouterr().out
         assert main(["--json", "destinations", "echo"]) == EXIT_FAILURE  # one is down

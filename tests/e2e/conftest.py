@@ -18,7 +18,15 @@ from pydicom.errors import InvalidDicomError
 
 from node.app import EmbeddedNode
 from node.config import Settings
-from node.demo import PACS_AE, free_port, local_settings, start_storescp
+from node.demo import (
+    DICOMWEB_PLUGIN,
+    PACS_AE,
+    Orthanc,
+    free_port,
+    local_settings,
+    running_orthanc,
+    start_storescp,
+)
 from tests.conftest import require_tool
 
 
@@ -121,68 +129,11 @@ def listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-@dataclass
-class Orthanc:
-    """A real Orthanc (Debian package) on free ports, driven through its REST API."""
-
-    http_port: int
-    dicom_port: int
-    ae_title: str = "ORTHANC"
-
-    def rest(self, method: str, path: str, body: bytes | dict[str, object] | None = None,
-             timeout: float = 300) -> object:
-        import urllib.request
-
-        data = json.dumps(body).encode() if isinstance(body, dict) else body
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data,
-                                         method=method)
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            text = response.read()
-        return json.loads(text) if text else None
-
-    def upload(self, folder: Path) -> set[str]:
-        """POST every *.dcm under ``folder``; returns Orthanc's study ids."""
-        studies = set()
-        for path in sorted(folder.rglob("*.dcm")):
-            answer = self.rest("POST", "/instances", path.read_bytes())
-            assert isinstance(answer, dict) and answer["Status"] in ("Success", "AlreadyStored")
-            studies.add(str(answer["ParentStudy"]))
-        return studies
-
-    def add_modality(self, name: str, ae_title: str, port: int) -> None:
-        self.rest("PUT", f"/modalities/{name}",
-                  {"AET": ae_title, "Host": "127.0.0.1", "Port": port})
-
-
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    binary = require_tool("Orthanc")
-    folder = tmp_path / "orthanc"
-    folder.mkdir()
-    peer = Orthanc(http_port=free_port(), dicom_port=free_port())
-    config = folder / "orthanc.json"
-    config.write_text(json.dumps({
-        "Name": "PACS", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-        "HttpPort": peer.http_port, "DicomPort": peer.dicom_port, "DicomAet": peer.ae_title,
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-        "Plugins": [], "StableAge": 1, "HttpTimeout": 300,
-    }))
-    log = (folder / "orthanc.log").open("wb")
-    process = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "TCP_NODELAY": "1"})
-
-    def up() -> bool:
-        try:
-            return bool(peer.rest("GET", "/system", timeout=2))
-        except OSError:
-            return False
-
-    try:
-        from tests.conftest import wait_for
-
-        wait_for(up, timeout_s=60)
+    """Orthanc with its DICOMweb plugin; a missing package fails the test (no silent skips)."""
+    require_tool("Orthanc")
+    if not DICOMWEB_PLUGIN.exists():
+        pytest.fail(f"{DICOMWEB_PLUGIN} is missing: `make test` installs orthanc-dicomweb")
+    with running_orthanc(tmp_path / "orthanc") as peer:
         yield peer
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()

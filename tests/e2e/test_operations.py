@@ -86,6 +86,7 @@ def test_metrics_health_json_logs_and_audit_of_a_round_trip(
         assert metric(text, "lacuna_inference_seconds_count") == 1
         assert metric(text, "lacuna_end_to_end_seconds_count") == 1
         assert metric(text, 'lacuna_deliveries_total{destination="pacs"}') == 2
+        assert metric(text, 'lacuna_deliveries{destination="pacs",state="delivered"}') == 2
         assert metric(text, "lacuna_database_up") == 1
         assert 'lacuna_model_version{name="lacuna-synthetic"' in text
         assert get(http, "/nothing")[0] == 404

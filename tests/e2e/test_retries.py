@@ -1,4 +1,5 @@
-"""A destination that is down, then back: results arrive once, inference runs once."""
+"""A destination that is down, then back: the job is done once its results are built; the
+delivery queue retries until they arrive, once each; inference runs once."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from node.app import EmbeddedNode
 from node.config import DatabaseSettings
-from node.db.tables import AuditEvent, Job
+from node.db.tables import AuditEvent, Delivery, Job
 from node.demo import free_port, local_settings, start_storescp
+from node.domain.delivery import DeliveryState
 from node.domain.jobs import JobState
 from tests.conftest import wait_for
 from tests.e2e.conftest import Pacs, storescu
@@ -35,25 +37,30 @@ def test_destination_down_then_back(tmp_path: Path, synthetic_study, database_ur
             with node.database.sessions.begin() as session:
                 return list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
 
-        wait_for(lambda: "job.retry_scheduled" in actions(), timeout_s=240)
+        wait_for(lambda: "delivery.failed" in actions(), timeout_s=240)
+        with node.database.sessions.begin() as session:
+            job = session.scalar(select(Job))
+            assert job is not None and job.state == JobState.DONE  # not re-run for a delivery
+            pending = session.scalar(select(func.count()).select_from(Delivery).where(
+                Delivery.state == DeliveryState.PENDING))
+            assert pending == 2
         pacs_process = start_storescp(tmp_path / "pacs", pacs_port)
         pacs = Pacs(tmp_path / "pacs", pacs_port)
 
-        def done() -> Job | None:
+        def delivered() -> bool:
             with node.database.sessions.begin() as session:
-                job = session.scalar(select(Job))
-                return job if job is not None and job.state == JobState.DONE else None
+                states = set(session.scalars(select(Delivery.state)))
+            return states == {DeliveryState.DELIVERED}
 
-        job = wait_for(done, timeout_s=120)
-        received = pacs.received()
+        wait_for(delivered, timeout_s=120)
+        received = wait_for(lambda: (r := pacs.received()) and sum(map(len, r.values())) == 2 and r)
     finally:
         node.stop()
         if pacs_process is not None:
             pacs_process.terminate()
             pacs_process.wait()
     assert {kind: len(paths) for kind, paths in received.items()} == {"SEG": 1, "SR": 1}
-    assert job.attempts >= 2
     trail = actions()
     assert trail.count("result.built") == 2  # SEG and SR built once: inference ran once
+    assert trail.count("job.started") == 1 and trail.count("job.finished") == 1
     assert trail.count("delivery.failed") >= 2 and trail.count("delivery.succeeded") == 2
-    assert trail.count("job.started") == job.attempts

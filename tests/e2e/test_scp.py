@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from node.app import EmbeddedNode
 from node.db.tables import AuditEvent, Instance
-from tests.conftest import require_tool
+from tests.conftest import require_tool, wait_for
 from tests.e2e.conftest import Pacs, node_settings, storescu
 from training.synth import write_study
 
@@ -107,9 +107,16 @@ def test_a_calling_ae_is_refused_from_a_host_it_is_not_configured_for(
         assert echoscu(node.port, calling_ae="PACS1").returncode == 0  # in the network
         assert echoscu(node.port, calling_ae="MRI2").returncode == 0  # a host name
         assert echoscu(node.port, calling_ae="SCANNER").returncode != 0  # still serving, still no
-        with node.database.sessions.begin() as session:
-            rejected = list(session.scalars(
-                select(AuditEvent).where(AuditEvent.action == "association.rejected")))
+
+        def rejections() -> list[AuditEvent] | None:
+            # The rejection is audited by the association's thread, which may still be
+            # committing when echoscu, already refused, exits.
+            with node.database.sessions.begin() as session:
+                rows = list(session.scalars(
+                    select(AuditEvent).where(AuditEvent.action == "association.rejected")))
+            return rows if len(rows) >= 2 else None
+
+        rejected = wait_for(rejections, timeout_s=10)
     finally:
         node.stop()
     assert [event.calling_ae for event in rejected] == ["SCANNER", "SCANNER"]

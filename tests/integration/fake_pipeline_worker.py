@@ -35,8 +35,11 @@ class FakeProcessor:
 
 
 class NoExport:
-    def export_job(self, job_id: int, study_instance_uid: str) -> None:
-        return None
+    def enqueue(self, job_id: int) -> int:
+        return 0
+
+    def deliver_due(self, job_id: int | None = None) -> int:
+        return 0
 
 
 def main(url: str, owner: str, go_file: str) -> None:

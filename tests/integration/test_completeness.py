@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.package import default_package_dir
-from node.db.engine import SessionFactory, session_factory, upgrade
+from node.db.engine import SessionFactory
 from node.db.tables import AuditEvent, Instance, Job, Series, Study
 from node.domain.completeness import CompletenessRules
 from node.domain.jobs import JobState, StudyState
@@ -23,12 +22,6 @@ T1_ATTRIBUTES = {**T2_ATTRIBUTES, "repetition_time": 2000.0, "echo_time": 9.0,
 LOCALIZER = {**T2_ATTRIBUTES, "scanning_sequence": ["GR"], "scan_options": [],
              "inversion_time": None, "echo_time": 4.0}
 RULES = CompletenessRules(quiet_seconds=30, missing_wait_seconds=300, max_wait_seconds=1800)
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> SessionFactory:
-    upgrade(engine)
-    return session_factory(engine)
 
 
 def add_series(session: Session, study: Study, uid: str, attributes: dict[str, object],

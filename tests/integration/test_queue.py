@@ -6,10 +6,9 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
 from models.package import default_package_dir
-from node.db.engine import session_factory, upgrade
 from node.db.jobs import claim_next_job, renew_lease
 from node.db.tables import AuditEvent, Instance, Job, Patient, Series, Study
 from node.domain.completeness import CompletenessRules
@@ -32,13 +31,6 @@ QUIET_30 = CompletenessRules(quiet_seconds=30, missing_wait_seconds=0)
 
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def sessions(engine: Engine):  # type: ignore[no-untyped-def]
-    """A session factory on a freshly migrated database."""
-    upgrade(engine)
-    return session_factory(engine)
 
 
 def add_study(session, uid: str, received: datetime, attributes: dict | None) -> Study:  # type: ignore[no-untyped-def]
@@ -260,8 +252,9 @@ def test_a_worker_whose_job_was_taken_over_exports_nothing(sessions) -> None:  #
             return RunReport()
 
     class Exporter:
-        def export_job(self, job_id: int, study_instance_uid: str) -> None:
+        def enqueue(self, job_id: int) -> int:
             exported.append(job_id)
+            return 0
 
     worker = Worker(sessions, TakenOverMidRun(), Exporter(), WorkerSettings(), owner="worker-a")  # type: ignore[arg-type]
     assert worker.run_once() is not None
@@ -291,7 +284,7 @@ def test_release_gives_the_running_job_back(sessions) -> None:  # type: ignore[n
             return RunReport()
 
     class Exporter:
-        def export_job(self, job_id: int, study_instance_uid: str) -> None:
+        def enqueue(self, job_id: int) -> int:
             raise AssertionError("a released job must not be exported by its old worker")
 
     worker = Worker(sessions, Slow(), Exporter(), WorkerSettings(), owner="worker-a")  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from models.inference import LABEL_VALUES, Lesion, LesionClass, LesionSegmentation
+from models.inference import LABEL_VALUES, Lesion, LesionClass, LesionSegmentation, in_plane_diameter_mm
 from node.results.identity import ModelIdentity
 from node.results.readback import read_report_statements, read_segmentation
 from node.results.seg import build_segmentation, segment_numbers
@@ -33,10 +33,12 @@ def truth_segmentation(labels: np.ndarray, classes: dict[int, LesionClass]) -> L
         value = int(np.bincount(labels[tuple(region.coords.T)]).argmax())
         lesion_class = classes[value]
         out[tuple(region.coords.T)] = LABEL_VALUES[lesion_class]
-        lesions.append(Lesion(region.label, lesion_class, 0.9, int(region.area),
+        p_laci = 0.9 if lesion_class is LesionClass.LACI else 0.2
+        lesions.append(Lesion(region.label, lesion_class, p_laci, int(region.area),
                               float(region.area) * 4.0, 10.0,
                               tuple(sorted({int(k) for k in region.coords[:, 0]})),
-                              tuple(region.centroid)))  # type: ignore[arg-type]
+                              tuple(region.centroid),  # type: ignore[arg-type]
+                              in_plane_diameter_mm(region.coords, (1.0, 1.0))))
     return LesionSegmentation(out, numbers.astype(np.uint16), tuple(lesions))
 
 
@@ -70,7 +72,8 @@ def test_seg_and_sr_for_a_positive_study(synthetic_study, tmp_path: Path, multif
                              str(generate_uid()), source_frames=volumes.t2_frames)
     sr = build_report(volumes.t2_instances + volumes.t1_instances, result.lesions, seg,
                       segment_numbers(result), str(volumes.t2_datasets[0].SeriesInstanceUID),
-                      MODEL, None, str(generate_uid()), str(generate_uid()))
+                      MODEL, None, str(generate_uid()), str(generate_uid()),
+                      source_slices=list(zip(volumes.t2_datasets, volumes.t2_frames, strict=True)))
     seg_path, sr_path = write(seg, tmp_path / "seg.dcm"), write(sr, tmp_path / "sr.dcm")
     assert dciodvfy_errors(seg_path) == []
     assert dciodvfy_errors(sr_path) == []
@@ -107,6 +110,15 @@ def test_seg_and_sr_for_a_positive_study(synthetic_study, tmp_path: Path, multif
     assert groups == len(result.lesions)
     assert any("Not for clinical use" in s for s in statements)
     assert any(f"{len(result.lesions)} lesion(s) found" in s for s in statements)
+    # Each lesion's group references the source images (and frames) the lesion lies on.
+    report = hd.sr.srread(sr_path).content
+    for group, lesion in zip(report.get_volumetric_roi_measurement_groups(), result.lesions,
+                             strict=True):
+        referenced = {(item.referenced_sop_instance_uid, frame)
+                      for item in group.referenced_segment.source_images_for_segmentation
+                      for frame in (item.referenced_frame_numbers or [None])}
+        assert referenced == {(planes[k].sop_instance_uid, planes[k].frame_number)
+                              for k in lesion.slices}
 
 
 def test_negative_report(synthetic_study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 
@@ -101,6 +102,34 @@ def test_the_example_configuration_is_valid() -> None:
     settings = load_settings(example, {})
     assert settings.destinations[0].name == "pacs"
     assert settings.worker.max_attempts == 5
+    viewer = settings.destinations[1]
+    assert (viewer.protocol, viewer.objects) == ("STOW-RS", ("SR", "GSPS", "SC"))
+
+
+def test_destinations_are_checked() -> None:
+    def load(*tables: dict[str, object]):  # type: ignore[no-untyped-def]
+        return load_settings(None, {"LACUNA_DESTINATIONS": json.dumps(list(tables))})
+
+    pacs = {"name": "pacs", "ae_title": "PACS", "host": "h", "port": 104}
+    [destination] = load({**pacs, "transfer_syntaxes": ["ImplicitVRLittleEndian", "1.2.840.10008.1.2.1"],
+                          "objects": ["seg", "SC"]}).destinations
+    assert destination.transfer_syntaxes == ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+    assert destination.objects == ("SEG", "SC") and destination.protocol == "C-STORE"
+    web = load({"name": "web", "url": "http://orthanc:8042/dicom-web/"}).destinations[0]
+    assert (web.url, web.address, web.objects) == ("http://orthanc:8042/dicom-web",
+                                                   "http://orthanc:8042/dicom-web", ("SEG", "SR"))
+    for table, key, message in (
+        ({**pacs, "objects": ["PDF"]}, "destinations[0].objects", "PDF is not one of"),
+        ({**pacs, "objects": []}, "destinations[0].objects", "at least one"),
+        ({**pacs, "transfer_syntaxes": ["JPEGBaseline8Bit"]}, "destinations[0].transfer_syntaxes",
+         "not an uncompressed"),
+        ({"name": "web", "url": "ftp://x"}, "destinations[0].url", "http"),
+        ({"name": "web", "url": "http://x", "port": 104}, "destinations[0].port", "takes no"),
+        ({"name": "pacs", "host": "h", "port": 104}, "destinations[0].ae_title", "missing"),
+        ({**pacs, "colour": "red"}, "destinations[0].colour", "unknown key"),
+    ):
+        with pytest.raises(ConfigError, match=f"{re.escape(key)}.*{message}"):
+            load(table)
 
 
 def test_tls_settings_are_checked(tmp_path: Path) -> None:
