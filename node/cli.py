@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=5, help="primary network epochs")
     train.add_argument("--version", default="0.1.0")
 
+    evaluate = commands.add_parser(
+        "evaluate", help="metrics of a model package on held-out synthetic subjects")
+    evaluate.add_argument("--model", type=Path, help="package folder (default: the bundled one)")
+    evaluate.add_argument("--first-seed", type=int, default=900_000,
+                          help="subjects FIRST.. (training uses seed*10000+n; keep them apart)")
+    evaluate.add_argument("--subjects", type=int, default=20)
+    evaluate.add_argument("--out", type=Path, help="also write the markdown table here")
+
     demo = commands.add_parser("demo", help="round trip: synthetic study in, SEG + SR out")
     demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
     demo.add_argument("--seed", type=int, default=2026)
@@ -288,6 +296,37 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
                         version=args.version)
     manifest = train_package(plan, args.out)
     print(f"wrote {manifest.name} {manifest.version} to {args.out}: {manifest.metrics}")
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from models.inference import TwoStageEngine
+    from models.package import verify_package
+    from training.evaluate import bootstrap_intervals, evaluate_subjects, report_markdown
+    from training.metrics import summarise
+
+    package = args.model or settings.models.default_package
+    manifest = verify_package(package)
+    engine = TwoStageEngine.load(package)
+    seeds = list(range(args.first_seed, args.first_seed + args.subjects))
+
+    def progress(done: int, total: int) -> None:
+        if not args.json:
+            print(f"\revaluated {done}/{total} subjects", end="", file=sys.stderr, flush=True)
+
+    counts = evaluate_subjects(engine, seeds, progress)
+    if not args.json:
+        print(file=sys.stderr)
+    metrics, intervals = summarise(counts), bootstrap_intervals(counts)
+    if args.json:
+        print(json.dumps({"model": f"{manifest.name} {manifest.version}", "seeds": [seeds[0], seeds[-1]],
+                          "metrics": metrics, "intervals": intervals}, indent=2))
+    table = report_markdown(metrics, intervals, f"{manifest.name} {manifest.version}, "
+                                               f"seeds {seeds[0]}-{seeds[-1]}")
+    if not args.json:
+        print(table)
+    if args.out:
+        args.out.write_text(table)
     return EXIT_OK
 
 
@@ -642,7 +681,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 COMMANDS = {
     "serve": _serve, "scp": _serve, "worker": _serve, "db": _db, "synth": _synth,
-    "train": _train, "demo": _demo, "models": _models, "jobs": _jobs, "audit": _audit,
+    "train": _train, "evaluate": _evaluate, "demo": _demo, "models": _models, "jobs": _jobs, "audit": _audit,
     "destinations": _destinations, "deliveries": _deliveries, "render": _render,
 }
 

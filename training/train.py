@@ -126,7 +126,7 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
             "from MNI152 2009 tissue maps; T2/T1 FLAIR 256x256x24, 0.9 mm, 5 mm slices"
         ),
         intended_use=SYNTHETIC_DATA_WARNING,
-        metrics=metrics,
+        metrics={key: value for key, value in metrics.items() if value is not None},
         training={
             "seconds": round(time.monotonic() - started),
             "primary": "U-Net, cross-entropy + soft Dice, RMSProp, lesion-oversampled crops",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,7 +12,7 @@ from models.inference import LesionClass, TwoStageEngine
 from models.networks import build_primary_network, build_secondary_network
 from models.package import default_package_dir, verify_package
 from models.preprocessing import ROI_GAMMA, extract_roi, normalise_volume
-from training.evaluate import evaluate_engine
+from node.cli import EXIT_OK, main
 from training.phantom import Contrast, axial_geometry, make_phantom, render_series
 
 
@@ -63,12 +66,19 @@ def engine() -> TwoStageEngine:
 
 
 def test_shipped_model_finds_and_classifies_lesions_on_unseen_subjects(
-    engine: TwoStageEngine,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    metrics = evaluate_engine(engine, seeds=[900_001, 900_002])
-    assert metrics["detection_recall_any_overlap"] >= 70
-    assert metrics["detection_precision_any_overlap"] >= 70
-    assert metrics["classification_accuracy"] >= 70
+    table = tmp_path / "evaluation.md"
+    assert main(["--json", "evaluate", "--first-seed", "900001", "--subjects", "2",
+                 "--out", str(table)]) == EXIT_OK
+    answer = json.loads(capsys.readouterr().out)
+    metrics = answer["metrics"]
+    assert answer["seeds"] == [900_001, 900_002] and metrics["subjects"] == 2
+    assert metrics["detection_recall_any"] >= 70 and metrics["detection_precision_any"] >= 70
+    assert metrics["classification_precision"] >= 70
+    low, high = answer["intervals"]["dice"]
+    assert low <= metrics["dice"] <= high
+    assert "| Dice of lesion area |" in table.read_text()
 
 
 def test_without_t1_every_lesion_is_unclassified(engine: TwoStageEngine) -> None:
