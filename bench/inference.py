@@ -86,9 +86,24 @@ def main() -> None:
     devices = [d.name for d in tf.config.list_logical_devices()]
     peak = matmul_peak_gflops(args.repeats)
     grid = engine.settings.input_matrix
+    print(f"devices {devices}; float32 matmul peak {peak:.1f} GFLOP/s (2048x2048)")
+
+    print(f"\nwhole engine (both networks, pre- and post-processing), {SLICES} slices:")
+    for matrix in (256, 512):
+        t2, t1, spacing, slice_spacing = study(matrix)
+        available = np.ones(SLICES, bool)
+
+        def segment(t2: np.ndarray = t2, t1: np.ndarray = t1, spacing: tuple[float, float] = spacing,
+                    slice_spacing: float = slice_spacing, available: np.ndarray = available) -> Any:
+            return engine.segment(t2, t1, available, spacing, slice_spacing)
+
+        seconds = median_seconds(segment, args.repeats)
+        print(f"  {matrix}x{matrix}: {SLICES / seconds:6.1f} slices/s ({seconds:.2f} s per study, "
+              f"{len(segment().lesions)} lesions)")
+    engine_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  peak resident memory after the engine runs: {engine_peak:.0f} MiB\n")
     primary_flops = forward_flops(engine._primary, (1, *grid, 1))
     secondary_flops = forward_flops(engine._secondary, (1, 64, 64, 1))
-    print(f"devices {devices}; float32 matmul peak {peak:.1f} GFLOP/s (2048x2048)")
     print(f"primary network {primary_flops / 1e9:.2f} GFLOP per {grid[0]}x{grid[1]} slice, "
           f"secondary {secondary_flops / 1e6:.1f} MFLOP per ROI")
 
@@ -108,20 +123,9 @@ def main() -> None:
         achieved = primary_flops * SLICES / seconds / 1e9
         print(f"  {name:<16} {SLICES / seconds:>9.1f} {achieved:>8.1f} {achieved / peak:>8.0%}")
 
-    print(f"\nwhole engine (both networks, pre- and post-processing), {SLICES} slices:")
-    for matrix in (256, 512):
-        t2, t1, spacing, slice_spacing = study(matrix)
-        available = np.ones(SLICES, bool)
-
-        def segment(t2: np.ndarray = t2, t1: np.ndarray = t1, spacing: tuple[float, float] = spacing,
-                    slice_spacing: float = slice_spacing, available: np.ndarray = available) -> Any:
-            return engine.segment(t2, t1, available, spacing, slice_spacing)
-
-        seconds = median_seconds(segment, args.repeats)
-        print(f"  {matrix}x{matrix}: {SLICES / seconds:6.1f} slices/s ({seconds:.2f} s per study, "
-              f"{len(segment().lesions)} lesions)")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\npeak resident memory {peak_mib:.0f} MiB")
+    print(f"\npeak resident memory of this whole run, FLOP counting and XLA included: "
+          f"{peak_mib:.0f} MiB")
 
 
 if __name__ == "__main__":
