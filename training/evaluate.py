@@ -4,12 +4,19 @@ with the metrics of :mod:`training.metrics`."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from models.inference import TwoStageEngine
 from training.metrics import SubjectCounts, bootstrap_intervals, count_subject, summarise
-from training.phantom import Contrast, axial_geometry, make_phantom, render_series
+from training.phantom import (
+    Contrast,
+    axial_geometry,
+    make_phantom,
+    render_series,
+    scanner_geometries,
+)
 
 # The paper's figures and this project's targets (issue 5), in percent.
 PAPER = {"dice": 74.21, "detection_precision_iou06": 91.76, "classification_precision": 92.89}
@@ -20,9 +27,14 @@ TARGETS = {"dice": 80.0, "detection_precision_iou06": 95.0, "detection_recall_io
 def evaluate_subjects(
     engine: TwoStageEngine, seeds: list[int],
     progress: Callable[[int, int], None] | None = None,
+    varied: bool = False,
 ) -> list[SubjectCounts]:
     """Render each seed's subject (T2 and T1 FLAIR, 256x256x24), segment and classify it, and
-    count it against its ground truth."""
+    count it against its ground truth. ``varied``: subjects from the richer generator, each
+    with its own scanner geometry for T2 and T1 FLAIR, written as DICOM and read back through
+    the node's own slice pairing (:func:`node.services.volumes.load_study_volumes`)."""
+    if varied:
+        return _evaluate_varied(engine, seeds, progress)
     counts = []
     for done, seed in enumerate(seeds, start=1):
         geometry = axial_geometry()
@@ -34,6 +46,30 @@ def evaluate_subjects(
             np.ones(geometry.slices, dtype=bool), geometry.pixel_spacing, geometry.slice_spacing,
         )
         counts.append(count_subject(t2.labels, result.labels))
+        if progress is not None:
+            progress(done, len(seeds))
+    return counts
+
+
+def _evaluate_varied(
+    engine: TwoStageEngine, seeds: list[int], progress: Callable[[int, int], None] | None,
+) -> list[SubjectCounts]:
+    import tempfile
+
+    from node.services.volumes import load_study_volumes
+    from training.synth import write_study
+
+    counts = []
+    for done, seed in enumerate(seeds, start=1):
+        t2_geometry, t1_geometry = scanner_geometries(np.random.default_rng([seed, 5]))
+        with tempfile.TemporaryDirectory(prefix="lacuna-evaluate-") as folder:
+            study = write_study(Path(folder), seed, t2_geometry, t1_geometry, varied=True)
+            volumes = load_study_volumes(study.series[Contrast.T2_FLAIR],
+                                         study.series[Contrast.T1_FLAIR])
+            truth = np.load(Path(folder) / "labels.npy")
+        result = engine.segment(volumes.t2, volumes.t1, volumes.t1_available,
+                                volumes.pixel_spacing, volumes.slice_spacing)
+        counts.append(count_subject(truth, result.labels))
         if progress is not None:
             progress(done, len(seeds))
     return counts

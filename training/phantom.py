@@ -11,7 +11,7 @@ Conventions: patient coordinates are DICOM LPS in mm; arrays are ``(slices, rows
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import lru_cache
 
@@ -83,14 +83,18 @@ def axial_geometry(
     slice_spacing: float = 5.0,
     slice_thickness: float | None = None,
     centre: tuple[float, float, float] = (0.0, 18.0, 14.0),
+    tilt_deg: float = 0.0,
 ) -> StackGeometry:
-    """A transverse stack centred on ``centre`` (LPS mm; the default is the MNI brain's middle)."""
+    """A transverse stack centred on ``centre`` (LPS mm; the default is the MNI brain's middle),
+    tilted by ``tilt_deg`` about the left-right axis as an AC-PC aligned protocol is."""
     spacing = fov_mm / matrix
-    first = (
-        centre[0] - fov_mm / 2 + spacing / 2,
-        centre[1] - fov_mm / 2 + spacing / 2,
-        centre[2] - (slices - 1) * slice_spacing / 2,
-    )
+    tilt = np.radians(tilt_deg)
+    row = np.array([1.0, 0.0, 0.0])
+    column = np.array([0.0, np.cos(tilt), np.sin(tilt)])
+    normal = np.cross(row, column)
+    first = tuple(float(v) for v in (
+        np.asarray(centre) - (fov_mm / 2 - spacing / 2) * (row + column)
+        - (slices - 1) * slice_spacing / 2 * normal))
     return StackGeometry(
         rows=matrix,
         columns=matrix,
@@ -99,8 +103,8 @@ def axial_geometry(
         slice_thickness=slice_thickness or slice_spacing,
         slices=slices,
         row_cosine=(1.0, 0.0, 0.0),
-        column_cosine=(0.0, 1.0, 0.0),
-        origin=first,
+        column_cosine=(0.0, float(column[1]), float(column[2])),
+        origin=first,  # type: ignore[arg-type]
     )
 
 
@@ -113,6 +117,9 @@ class PhantomLesion:
     centre: tuple[float, ...]  # (x, y, z)
     radii: tuple[float, ...]  # along the three ellipsoid axes
     rotation: tuple[tuple[float, ...], ...]  # 3x3, columns are the ellipsoid axes
+    # Irregular outline: the ellipsoid's radius along unit direction u is scaled by
+    # 1 + sum(w * (u . d)**3) over these (dx, dy, dz, w) terms; empty: a plain ellipsoid.
+    bumps: tuple[tuple[float, float, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -253,29 +260,81 @@ def make_phantom(
     seed: int,
     geometry: StackGeometry,
     lesion_count: int | None = None,
+    varied: bool = False,
 ) -> Phantom:
-    """A subject with its anatomy and lesions; ``lesion_count`` None draws 1-8."""
+    """A subject with its anatomy and lesions; ``lesion_count`` None draws 1-8. ``varied``
+    widens the anatomy, contrast and noise ranges and makes lesion outlines irregular (the
+    richer generator); without it every draw is as it always was, seed for seed."""
     rng = np.random.default_rng(seed)
-    anatomy = sample_anatomy(rng)
+    anatomy = sample_anatomy(rng) if not varied else sample_varied_anatomy(rng)
     count = int(rng.integers(1, 9)) if lesion_count is None else lesion_count
-    return Phantom(anatomy=anatomy, lesions=place_lesions(rng, anatomy, geometry, count), seed=seed)
+    lesions = place_lesions(rng, anatomy, geometry, count)
+    if varied:
+        lesions = tuple(replace(lesion, bumps=_bumps(rng)) for lesion in lesions)
+    return Phantom(anatomy=anatomy, lesions=lesions, seed=seed)
+
+
+def sample_varied_anatomy(rng: np.random.Generator) -> SubjectAnatomy:
+    """Wider per-subject variation: head rotation up to 10 degrees, 12 % size, tissue contrast
+    +-15 %, noise 1-5 % of white matter, a stronger bias field."""
+    return SubjectAnatomy(
+        matrix=_rotation(np.radians(rng.uniform(-10, 10, 3))) @ np.diag(rng.uniform(0.88, 1.12, 3)),
+        shift=rng.uniform(-8, 8, 3),
+        signal_scale={tissue: float(rng.uniform(0.85, 1.15)) for tissue in ("csf", "gm", "wm")},
+        noise_sigma=float(rng.uniform(0.01, 0.05)),
+        bias_coefficients=np.concatenate([[0.0], rng.uniform(-0.25, 0.25, 3)]),
+    )
+
+
+def _bumps(rng: np.random.Generator) -> tuple[tuple[float, float, float, float], ...]:
+    directions = rng.normal(size=(3, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    weights = rng.uniform(0.15, 0.45, 3)
+    return tuple((float(d[0]), float(d[1]), float(d[2]), float(w))
+                 for d, w in zip(directions, weights, strict=True))
+
+
+def scanner_geometries(rng: np.random.Generator) -> tuple[StackGeometry, StackGeometry]:
+    """A T2 FLAIR and a T1 FLAIR stack as different scanners and protocols write them:
+    in-plane 0.45-1.0 mm (matrix 224-512 over a 220-250 mm field of view), 3-6 mm slices
+    (with a gap of up to 1 mm), tilted up to 12 degrees about the left-right axis; the T1 FLAIR
+    with its own matrix and slice spacing, covering the same brain."""
+
+    def one(tilt: float) -> StackGeometry:
+        fov = float(rng.uniform(220, 250))
+        matrix = int(np.clip(round(fov / rng.uniform(0.45, 1.0) / 16) * 16, 224, 512))
+        spacing = float(rng.uniform(3.0, 6.0))
+        thickness = spacing - float(rng.uniform(0.0, min(1.0, spacing - 3.0)))
+        return axial_geometry(matrix=matrix, fov_mm=fov, slices=int(round(125 / spacing)),
+                              slice_spacing=spacing, slice_thickness=thickness, tilt_deg=tilt)
+
+    tilt = float(rng.uniform(-12, 12))
+    return one(tilt), one(tilt + float(rng.uniform(-2, 2)))
 
 
 def _lesion_fraction(
     lesion: PhantomLesion, geometry: StackGeometry, shrink: float = 1.0, samples: int = 5
 ) -> np.ndarray:
-    """Partial-volume fraction of each voxel inside the (shrunk) ellipsoid, sampled through
-    the slice thickness."""
+    """Partial-volume fraction of each voxel inside the (shrunk, possibly bumpy) ellipsoid,
+    sampled through the slice thickness."""
     fraction = np.zeros((geometry.slices, geometry.rows, geometry.columns), dtype=np.float32)
     rotation = np.asarray(lesion.rotation)
     radii = np.asarray(lesion.radii) * shrink
-    box = _bounding_box(geometry, np.asarray(lesion.centre), float(radii.max()))
+    # Bumps reach past the ellipsoid by up to the sum of their weights.
+    reach = 1.0 + sum(w for *_, w in lesion.bumps)
+    box = _bounding_box(geometry, np.asarray(lesion.centre), float(radii.max()) * reach)
     if box is None:
         return fraction
     offsets = (np.arange(samples) + 0.5) / samples - 0.5
     for offset in offsets * geometry.slice_thickness:
-        local = (geometry.world(offset, box) - np.asarray(lesion.centre)) @ rotation / radii
-        fraction[box] += (np.sum(local * local, axis=-1) <= 1.0).astype(np.float32)
+        relative = geometry.world(offset, box) - np.asarray(lesion.centre)
+        local = relative @ rotation / radii
+        limit: np.ndarray | float = 1.0
+        if lesion.bumps:
+            unit = relative / np.maximum(np.linalg.norm(relative, axis=-1, keepdims=True), 1e-6)
+            limit = np.maximum(1.0 + sum(w * (unit @ np.array([dx, dy, dz])) ** 3
+                                         for dx, dy, dz, w in lesion.bumps), 0.3) ** 2
+        fraction[box] += (np.sum(local * local, axis=-1) <= limit).astype(np.float32)
     return fraction / samples
 
 

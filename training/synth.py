@@ -161,11 +161,13 @@ def write_study(
     include_t1: bool = True,
     lesion_count: int | None = None,
     shuffle_instance_numbers: bool = False,
+    varied: bool = False,
 ) -> SyntheticStudy:
-    """Render one subject and write its series under ``out``."""
+    """Render one subject and write its series under ``out``; ``varied`` draws the subject
+    from the richer generator (see :func:`training.phantom.make_phantom`)."""
     t2_geometry = t2_geometry or axial_geometry()
     t1_geometry = t1_geometry or t2_geometry
-    phantom = make_phantom(seed, t2_geometry, lesion_count)
+    phantom = make_phantom(seed, t2_geometry, lesion_count, varied=varied)
     rng = np.random.default_rng(seed)
     study_uid, frame_uid = str(generate_uid()), str(generate_uid())
     when = datetime(2026, 1, 1, 8, 0, 0)

@@ -1,0 +1,44 @@
+"""The richer synthetic generator: scanner geometries within the issue's ranges, and irregular
+lesion outlines (pure geometry; no anatomy maps needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.phantom import PhantomLesion, _lesion_fraction, axial_geometry, scanner_geometries
+
+
+def test_scanner_geometries_span_the_protocols_we_expect() -> None:
+    spacings, slice_spacings, tilts, different = [], [], [], 0
+    for seed in range(200):
+        t2, t1 = scanner_geometries(np.random.default_rng(seed))
+        for geometry in (t2, t1):
+            spacings.append(geometry.pixel_spacing[0])
+            slice_spacings.append(geometry.slice_spacing)
+            assert geometry.slice_thickness <= geometry.slice_spacing
+            assert 100 <= geometry.slices * geometry.slice_spacing <= 150  # the whole brain
+            assert np.isclose(np.linalg.norm(geometry.normal), 1.0)
+        tilts.append(np.degrees(np.arcsin(t2.column_cosine[2])))
+        different += (t2.rows, t2.slice_spacing) != (t1.rows, t1.slice_spacing)
+    assert 0.43 <= min(spacings) < 0.5 and 0.9 < max(spacings) <= 1.12
+    assert 3.0 <= min(slice_spacings) < 3.3 and 5.7 < max(slice_spacings) <= 6.0
+    assert min(tilts) < -8 and max(tilts) > 8
+    assert different == 200  # T1 FLAIR always on its own geometry
+
+
+def test_irregular_lesions_are_not_ellipsoids() -> None:
+    geometry = axial_geometry(matrix=128, fov_mm=64.0, slices=20, slice_spacing=1.0,
+                              centre=(0.0, 0.0, 0.0))
+    plain = PhantomLesion(1, "FCI", (0.0, 0.0, 0.0), (6.0, 6.0, 6.0),
+                          ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    bumpy = PhantomLesion(1, "FCI", (0.0, 0.0, 0.0), (6.0, 6.0, 6.0), plain.rotation,
+                          bumps=((1.0, 0.0, 0.0, 0.4), (0.0, 1.0, 0.0, 0.3)))
+    sphere = _lesion_fraction(plain, geometry) >= 0.5
+    irregular = _lesion_fraction(bumpy, geometry) >= 0.5
+    middle = geometry.slices // 2
+    # The sphere is symmetric left-right; the bumps push out along +x and +y only.
+    assert np.array_equal(sphere[middle], sphere[middle][:, ::-1])
+    columns = np.flatnonzero(irregular[middle].any(axis=0))
+    centre = (geometry.columns - 1) / 2
+    assert columns.max() - centre > centre - columns.min() + 3
+    assert irregular.sum() != sphere.sum()
