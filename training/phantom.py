@@ -177,13 +177,33 @@ def _rotation(angles_rad: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def sample_anatomy(rng: np.random.Generator) -> SubjectAnatomy:
+@dataclass(frozen=True)
+class AnatomyRanges:
+    """How far subjects vary: head rotation (degrees), size scale, shift (mm), tissue signal
+    scale, noise sigma and bias-field slope, each drawn uniformly from +-value or the range."""
+
+    rotation_deg: float = 6.0
+    scale: tuple[float, float] = (0.93, 1.07)
+    shift_mm: float = 4.0
+    signal: tuple[float, float] = (0.92, 1.08)
+    noise: tuple[float, float] = (0.012, 0.03)
+    bias: float = 0.12
+
+
+# The richer generator: rotation up to 10 degrees, 12 % size, contrast +-15 %, noise 1-5 % of
+# white matter, a stronger bias field.
+VARIED_ANATOMY = AnatomyRanges(rotation_deg=10.0, scale=(0.88, 1.12), shift_mm=8.0,
+                               signal=(0.85, 1.15), noise=(0.01, 0.05), bias=0.25)
+
+
+def sample_anatomy(rng: np.random.Generator, ranges: AnatomyRanges = AnatomyRanges()) -> SubjectAnatomy:
     return SubjectAnatomy(
-        matrix=_rotation(np.radians(rng.uniform(-6, 6, 3))) @ np.diag(rng.uniform(0.93, 1.07, 3)),
-        shift=rng.uniform(-4, 4, 3),
-        signal_scale={tissue: float(rng.uniform(0.92, 1.08)) for tissue in ("csf", "gm", "wm")},
-        noise_sigma=float(rng.uniform(0.012, 0.03)),
-        bias_coefficients=np.concatenate([[0.0], rng.uniform(-0.12, 0.12, 3)]),
+        matrix=_rotation(np.radians(rng.uniform(-ranges.rotation_deg, ranges.rotation_deg, 3)))
+        @ np.diag(rng.uniform(*ranges.scale, 3)),
+        shift=rng.uniform(-ranges.shift_mm, ranges.shift_mm, 3),
+        signal_scale={tissue: float(rng.uniform(*ranges.signal)) for tissue in ("csf", "gm", "wm")},
+        noise_sigma=float(rng.uniform(*ranges.noise)),
+        bias_coefficients=np.concatenate([[0.0], rng.uniform(-ranges.bias, ranges.bias, 3)]),
     )
 
 
@@ -266,24 +286,12 @@ def make_phantom(
     widens the anatomy, contrast and noise ranges and makes lesion outlines irregular (the
     richer generator); without it every draw is as it always was, seed for seed."""
     rng = np.random.default_rng(seed)
-    anatomy = sample_anatomy(rng) if not varied else sample_varied_anatomy(rng)
+    anatomy = sample_anatomy(rng, VARIED_ANATOMY if varied else AnatomyRanges())
     count = int(rng.integers(1, 9)) if lesion_count is None else lesion_count
     lesions = place_lesions(rng, anatomy, geometry, count)
     if varied:
         lesions = tuple(replace(lesion, bumps=_bumps(rng)) for lesion in lesions)
     return Phantom(anatomy=anatomy, lesions=lesions, seed=seed)
-
-
-def sample_varied_anatomy(rng: np.random.Generator) -> SubjectAnatomy:
-    """Wider per-subject variation: head rotation up to 10 degrees, 12 % size, tissue contrast
-    +-15 %, noise 1-5 % of white matter, a stronger bias field."""
-    return SubjectAnatomy(
-        matrix=_rotation(np.radians(rng.uniform(-10, 10, 3))) @ np.diag(rng.uniform(0.88, 1.12, 3)),
-        shift=rng.uniform(-8, 8, 3),
-        signal_scale={tissue: float(rng.uniform(0.85, 1.15)) for tissue in ("csf", "gm", "wm")},
-        noise_sigma=float(rng.uniform(0.01, 0.05)),
-        bias_coefficients=np.concatenate([[0.0], rng.uniform(-0.25, 0.25, 3)]),
-    )
 
 
 def _bumps(rng: np.random.Generator) -> tuple[tuple[float, float, float, float], ...]:
