@@ -233,12 +233,19 @@ def in_plane_diameter_mm(coords: np.ndarray, pixel_spacing_mm: tuple[float, floa
     """The largest diameter of a lesion as a radiologist measures it: on each slice, the
     longest distance between two of its pixels' centres plus one pixel (so one pixel measures
     one pixel across), the longest over all slices. ``coords`` are (slice, row, col) voxels."""
+    from scipy.spatial import ConvexHull, QhullError
     from scipy.spatial.distance import pdist
 
     spacing = np.asarray(pixel_spacing_mm, dtype=np.float64)
     longest = 0.0
     for slice_index in np.unique(coords[:, 0]):
         points = coords[coords[:, 0] == slice_index][:, 1:] * spacing
+        if len(points) > 64:  # the farthest pair lies on the hull: O(n log n), not O(n^2)
+            try:
+                points = points[ConvexHull(points).vertices]
+            except QhullError:  # all on one line: the hull is degenerate, the ends suffice
+                points = points[[np.argmin(points @ (points[-1] - points[0])),
+                                 np.argmax(points @ (points[-1] - points[0]))]]
         if len(points) > 1:
             longest = max(longest, float(pdist(points).max()))
     return round(longest + float(spacing.mean()), 2)

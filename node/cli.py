@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--epochs", type=int, default=5, help="primary network epochs")
     train.add_argument("--version", default="0.1.0")
+    train.add_argument("--varied", action="store_true",
+                       help="subjects of the richer generator, each on its own scanners")
+    train.add_argument("--rotate", action="store_true",
+                       help="rotate lesion-rich crops 5-10 degrees either way (the paper)")
+    train.add_argument("--secondary-from-primary", action="store_true",
+                       help="train the secondary network on the primary network's lesions (the paper)")
 
     evaluate = commands.add_parser(
         "evaluate", help="metrics of a model package on held-out synthetic subjects")
@@ -295,7 +301,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     from training.train import TrainingPlan, train_package
 
     plan = TrainingPlan(subjects=args.subjects, seed=args.seed, primary_epochs=args.epochs,
-                        version=args.version)
+                        version=args.version, varied=args.varied, rotate_lesion_crops=args.rotate,
+                        secondary_from_primary=args.secondary_from_primary)
     manifest = train_package(plan, args.out)
     print(f"wrote {manifest.name} {manifest.version} to {args.out}: {manifest.metrics}")
     return EXIT_OK

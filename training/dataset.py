@@ -5,13 +5,14 @@ All samples go through :mod:`models.preprocessing`, the same code the node runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from skimage.measure import label, regionprops
 
 from models.preprocessing import extract_roi, normalise_volume, to_model_grid
-from training.phantom import Contrast, axial_geometry, make_phantom, render_series
+from training.phantom import Contrast, axial_geometry, make_phantom, render_series, scanner_geometries
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,50 @@ def make_subject_arrays(seed: int, matrix: tuple[int, int] = (256, 256)) -> Subj
     )
 
 
+def make_varied_subject_arrays(seed: int, matrix: tuple[int, int] = (256, 256)) -> SubjectArrays:
+    """A subject of the richer generator on its own scanners (``scanner_geometries``), written
+    as DICOM and read back through the node's pairing, then put on the model grid as the engine
+    does: T1 FLAIR slices without a partner are zeros."""
+    import tempfile
+    from pathlib import Path
+
+    from node.services.volumes import load_study_volumes
+    from training.synth import write_study
+
+    t2_geometry, t1_geometry = scanner_geometries(np.random.default_rng([seed, 5]))
+    with tempfile.TemporaryDirectory(prefix="lacuna-train-") as folder:
+        study = write_study(Path(folder), seed, t2_geometry, t1_geometry, varied=True)
+        volumes = load_study_volumes(study.series[Contrast.T2_FLAIR], study.series[Contrast.T1_FLAIR])
+        labels = np.load(Path(folder) / "labels.npy")
+    t1 = volumes.t1 if volumes.t1 is not None else np.zeros_like(volumes.t2)
+    t1 = np.where(volumes.t1_available[:, None, None], t1, 0.0)
+    return SubjectArrays(
+        t2=to_model_grid(normalise_volume(volumes.t2), matrix),
+        t1=to_model_grid(normalise_volume(t1), matrix),
+        labels=np.rint(to_model_grid(labels.astype(np.float32), matrix, order=0)).astype(np.uint8),
+    )
+
+
+def _rotate(image: np.ndarray, mask: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.ndimage import rotate
+
+    return (rotate(image, degrees, reshape=False, order=1, mode="constant"),
+            rotate(mask, degrees, reshape=False, order=0, mode="constant"))
+
+
 def primary_crops(
     subjects: list[SubjectArrays],
     rng: np.random.Generator,
     count: int,
     size: int = 128,
     lesion_fraction: float = 0.7,
+    rotate_lesion_crops: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``count`` crops ``(n, size, size, 1)`` of T2 FLAIR with binary lesion masks.
 
     Oversampling as in the paper: ``lesion_fraction`` of the crops contain a lesion pixel; the
-    rest are anywhere in the brain. Random flips augment both.
+    rest are anywhere in the brain. Random flips augment both; with ``rotate_lesion_crops``
+    the lesion-rich crops are also rotated 5-10 degrees either way (the paper's augmentation).
     """
     lesion_voxels = [np.argwhere(s.labels > 0) for s in subjects]
     brain_slices = [np.flatnonzero(s.t2.reshape(len(s.t2), -1).max(axis=1) > 0.2) for s in subjects]
@@ -58,7 +92,8 @@ def primary_crops(
         index = int(rng.integers(len(subjects)))
         subject = subjects[index]
         rows, cols = subject.t2.shape[1:]
-        if rng.random() < lesion_fraction and len(lesion_voxels[index]):
+        rich = rng.random() < lesion_fraction and len(lesion_voxels[index]) > 0
+        if rich:
             k, r, c = lesion_voxels[index][rng.integers(len(lesion_voxels[index]))]
             r0 = int(np.clip(r - rng.integers(8, size - 8), 0, rows - size))
             c0 = int(np.clip(c - rng.integers(8, size - 8), 0, cols - size))
@@ -68,6 +103,8 @@ def primary_crops(
             c0 = int(rng.integers(0, cols - size + 1))
         image = subject.t2[k, r0 : r0 + size, c0 : c0 + size]
         mask = (subject.labels[k, r0 : r0 + size, c0 : c0 + size] > 0).astype(np.float32)
+        if rich and rotate_lesion_crops:
+            image, mask = _rotate(image, mask, float(rng.uniform(5, 10) * rng.choice([-1, 1])))
         if rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
         if rng.random() < 0.5:
@@ -100,3 +137,34 @@ def secondary_rois(
         np.asarray(rois, dtype=np.float32)[..., np.newaxis],
         np.asarray(targets, dtype=np.float32),
     )
+
+
+def secondary_rois_from_primary(
+    subjects: list[SubjectArrays], predict: Callable[[np.ndarray], np.ndarray],
+    rng: np.random.Generator, threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ROIs where the trained primary network finds lesions, as inference takes them (the
+    paper trains the secondary network this way): one per predicted 3D component per slice,
+    at its in-slice centroid, labelled with the true class under it; predicted components
+    that cover no true lesion are left out. ``predict`` maps ``(n, rows, cols, 1)`` T2 FLAIR
+    to lesion probability ``(n, rows, cols)``."""
+    rois: list[np.ndarray] = []
+    targets: list[int] = []
+    for subject in subjects:
+        probability = predict(subject.t2[..., np.newaxis])
+        for region in regionprops(label(probability >= threshold, connectivity=2)):
+            coords = region.coords
+            truth = subject.labels[tuple(coords.T)]
+            truth = truth[truth > 0]
+            if not truth.size:
+                continue
+            lesion_class = int(np.bincount(truth).argmax())
+            for k in np.unique(coords[:, 0]):
+                in_slice = coords[coords[:, 0] == k]
+                roi = extract_roi(subject.t1[k], in_slice[:, 1].mean(), in_slice[:, 2].mean())
+                if rng.random() < 0.5:
+                    roi = roi[:, ::-1]
+                rois.append(roi)
+                targets.append(1 if lesion_class == 2 else 0)
+    return (np.asarray(rois, dtype=np.float32).reshape(-1, 64, 64, 1),
+            np.asarray(targets, dtype=np.float32))

@@ -75,9 +75,10 @@ def _evaluate_varied(
     return counts
 
 
-def evaluate_engine(engine: TwoStageEngine, seeds: list[int]) -> dict[str, float | None]:
+def evaluate_engine(engine: TwoStageEngine, seeds: list[int],
+                    varied: bool = False) -> dict[str, float | None]:
     """Every metric of :func:`training.metrics.summarise` over ``seeds``."""
-    return summarise(evaluate_subjects(engine, seeds))
+    return summarise(evaluate_subjects(engine, seeds, varied=varied))
 
 
 def report_markdown(metrics: dict[str, float | None],

@@ -17,7 +17,14 @@ from models.package import (
     ModelManifest,
     sha256_file,
 )
-from training.dataset import SubjectArrays, make_subject_arrays, primary_crops, secondary_rois
+from training.dataset import (
+    SubjectArrays,
+    make_subject_arrays,
+    make_varied_subject_arrays,
+    primary_crops,
+    secondary_rois,
+    secondary_rois_from_primary,
+)
 from training.evaluate import evaluate_engine
 
 logger = logging.getLogger(__name__)
@@ -39,6 +46,12 @@ class TrainingPlan:
     learning_rate: float = 1e-3
     name: str = "lacuna-synthetic"
     version: str = "0.1.0"
+    # Beyond the first recipe: subjects of the richer generator on their own scanners; the
+    # paper's 5-10 degree rotation of lesion-rich crops; the secondary network trained on ROIs
+    # where the trained primary network finds lesions (the paper's way) instead of true ones.
+    varied: bool = False
+    rotate_lesion_crops: bool = False
+    secondary_from_primary: bool = False
 
 
 def _dice_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
@@ -64,7 +77,8 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
     rng = np.random.default_rng(plan.seed)
     started = time.monotonic()
     seeds = [plan.seed * 10_000 + n for n in range(plan.subjects + plan.validation_subjects)]
-    subjects: list[SubjectArrays] = [make_subject_arrays(s) for s in seeds[: plan.subjects]]
+    make = make_varied_subject_arrays if plan.varied else make_subject_arrays
+    subjects: list[SubjectArrays] = [make(s) for s in seeds[: plan.subjects]]
     logger.info("made %d training subjects in %.0f s", len(subjects), time.monotonic() - started)
 
     primary = build_primary_network(base_filters=plan.base_filters)
@@ -73,7 +87,8 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
         loss=_dice_cross_entropy,
     )
     for epoch in range(plan.primary_epochs):
-        images, masks = primary_crops(subjects, rng, plan.primary_crops_per_epoch, plan.crop_size)
+        images, masks = primary_crops(subjects, rng, plan.primary_crops_per_epoch, plan.crop_size,
+                                      rotate_lesion_crops=plan.rotate_lesion_crops)
         one_hot = np.concatenate([1.0 - masks, masks], axis=-1)
         history = primary.fit(images, one_hot, batch_size=plan.batch_size, epochs=1, verbose=0)
         logger.info(
@@ -81,7 +96,13 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
             history.history["loss"][-1], time.monotonic() - started,
         )
 
-    rois, targets = secondary_rois(subjects, rng)
+    if plan.secondary_from_primary:
+        def predict(batch: np.ndarray) -> np.ndarray:
+            return np.asarray(primary.predict(batch, batch_size=8, verbose=0))[..., 1]
+
+        rois, targets = secondary_rois_from_primary(subjects, predict, rng)
+    else:
+        rois, targets = secondary_rois(subjects, rng)
     secondary = build_secondary_network()
     secondary.compile(
         optimizer=keras.optimizers.RMSprop(plan.learning_rate, rho=0.9),
@@ -100,7 +121,7 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
         input_matrix=(256, 256), lesion_threshold=0.5, laci_threshold=0.5, min_lesion_voxels=2
     )
     metrics = evaluate_engine(
-        TwoStageEngine(primary, secondary, settings), seeds[plan.subjects :]
+        TwoStageEngine(primary, secondary, settings), seeds[plan.subjects :], varied=plan.varied
     )
     logger.info("validation metrics %s", metrics)
 
@@ -123,14 +144,19 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
         min_lesion_voxels=settings.min_lesion_voxels,
         trained_on=(
             f"{plan.subjects} synthetic subjects (seeds {seeds[0]}-{seeds[plan.subjects - 1]}) "
-            "from MNI152 2009 tissue maps; T2/T1 FLAIR 256x256x24, 0.9 mm, 5 mm slices"
+            "from MNI152 2009 tissue maps; " + (
+                "varied scanners: 0.45-1 mm in-plane, 3-6 mm slices, tilted stacks, T1 FLAIR "
+                "on its own geometry; irregular lesions" if plan.varied
+                else "T2/T1 FLAIR 256x256x24, 0.9 mm, 5 mm slices")
         ),
         intended_use=SYNTHETIC_DATA_WARNING,
         metrics={key: value for key, value in metrics.items() if value is not None},
         training={
             "seconds": round(time.monotonic() - started),
             "primary": "U-Net, cross-entropy + soft Dice, RMSProp, lesion-oversampled crops",
-            "secondary": "CNN on 32x32 T1 FLAIR ROIs at ground-truth lesions, 64x64, gamma 1.5",
+            "secondary": "CNN on 32x32 T1 FLAIR ROIs at "
+                         + ("the primary network's lesions" if plan.secondary_from_primary
+                            else "ground-truth lesions") + ", 64x64, gamma 1.5",
             **{k: v for k, v in plan.__dict__.items() if k not in ("name", "version")},
         },
     )
