@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="subjects of the richer generator, each on its own scanners")
     train.add_argument("--rotate", action="store_true",
                        help="rotate lesion-rich crops 5-10 degrees either way (the paper)")
+    train.add_argument("--data", type=Path,
+                       help="also train on your labelled studies: MR series + DICOM SEG under DIR")
     train.add_argument("--secondary-from-primary", action="store_true",
                        help="train the secondary network on the primary network's lesions (the paper)")
 
@@ -302,7 +304,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     plan = TrainingPlan(subjects=args.subjects, seed=args.seed, primary_epochs=args.epochs,
                         version=args.version, varied=args.varied, rotate_lesion_crops=args.rotate,
-                        secondary_from_primary=args.secondary_from_primary)
+                        secondary_from_primary=args.secondary_from_primary, data_dir=args.data)
     manifest = train_package(plan, args.out)
     print(f"wrote {manifest.name} {manifest.version} to {args.out}: {manifest.metrics}")
     return EXIT_OK

@@ -54,10 +54,19 @@ def make_varied_subject_arrays(seed: int, matrix: tuple[int, int] = (256, 256)) 
         study = write_study(Path(folder), seed, t2_geometry, t1_geometry, varied=True)
         volumes = load_study_volumes(study.series[Contrast.T2_FLAIR], study.series[Contrast.T1_FLAIR])
         labels = np.load(Path(folder) / "labels.npy")
-    t1 = volumes.t1 if volumes.t1 is not None else np.zeros_like(volumes.t2)
-    t1 = np.where(volumes.t1_available[:, None, None], t1, 0.0)
+    return subject_from_volumes(volumes.t2, volumes.t1, volumes.t1_available, labels, matrix)
+
+
+def subject_from_volumes(
+    t2: np.ndarray, t1: np.ndarray | None, t1_available: np.ndarray, labels: np.ndarray,
+    matrix: tuple[int, int] = (256, 256),
+) -> SubjectArrays:
+    """A study as the node reads it (T2 FLAIR, T1 FLAIR on its grid, labels on the T2 grid) put
+    on the model grid as the engine does: T1 FLAIR slices without a partner are zeros."""
+    t1 = t1 if t1 is not None else np.zeros_like(t2)
+    t1 = np.where(t1_available[:, None, None], t1, 0.0)
     return SubjectArrays(
-        t2=to_model_grid(normalise_volume(volumes.t2), matrix),
+        t2=to_model_grid(normalise_volume(t2), matrix),
         t1=to_model_grid(normalise_volume(t1), matrix),
         labels=np.rint(to_model_grid(labels.astype(np.float32), matrix, order=0)).astype(np.uint8),
     )

@@ -52,6 +52,9 @@ class TrainingPlan:
     varied: bool = False
     rotate_lesion_crops: bool = False
     secondary_from_primary: bool = False
+    # A hospital's own labelled studies (MR series + DICOM SEG ground truth), trained on beside
+    # the synthetic subjects (training.dicom_data).
+    data_dir: Path | None = None
 
 
 def _dice_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
@@ -79,6 +82,15 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
     seeds = [plan.seed * 10_000 + n for n in range(plan.subjects + plan.validation_subjects)]
     make = make_varied_subject_arrays if plan.varied else make_subject_arrays
     subjects: list[SubjectArrays] = [make(s) for s in seeds[: plan.subjects]]
+    labelled = 0
+    if plan.data_dir is not None:
+        from training.dicom_data import load_labelled_studies
+
+        own = load_labelled_studies(plan.data_dir)
+        labelled = len(own)
+        subjects.extend(own)
+    if not subjects:
+        raise ValueError("nothing to train on: no synthetic subjects and no labelled studies")
     logger.info("made %d training subjects in %.0f s", len(subjects), time.monotonic() - started)
 
     primary = build_primary_network(base_filters=plan.base_filters)
@@ -148,6 +160,8 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
                 "varied scanners: 0.45-1 mm in-plane, 3-6 mm slices, tilted stacks, T1 FLAIR "
                 "on its own geometry; irregular lesions" if plan.varied
                 else "T2/T1 FLAIR 256x256x24, 0.9 mm, 5 mm slices")
+            + (f"; and {labelled} labelled studies (DICOM SEG ground truth) from "
+               f"{plan.data_dir}" if plan.data_dir is not None else "")
         ),
         intended_use=SYNTHETIC_DATA_WARNING,
         metrics={key: value for key, value in metrics.items() if value is not None},
@@ -157,7 +171,8 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
             "secondary": "CNN on 32x32 T1 FLAIR ROIs at "
                          + ("the primary network's lesions" if plan.secondary_from_primary
                             else "ground-truth lesions") + ", 64x64, gamma 1.5",
-            **{k: v for k, v in plan.__dict__.items() if k not in ("name", "version")},
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in plan.__dict__.items()
+               if k not in ("name", "version")},
         },
     )
     (out_dir / "manifest.json").write_text(manifest.to_json())

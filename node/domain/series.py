@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -81,6 +82,29 @@ class SeriesAttributes:
     # DERIVED only because it was lossy compressed after acquisition (a PACS or router did it):
     # the pixels are still the acquisition's, so the series keeps its role.
     derived_by_compression_only: bool = False
+
+
+def series_attributes_from_json(
+    series_instance_uid: str, series_number: int | None, series_description: str,
+    instance_count: int, attributes: dict[str, Any],
+) -> SeriesAttributes:
+    """The classifier's view of a series from the acquisition attributes intake stores (JSON,
+    as ``node.services.intake.series_attributes`` reads them from a dataset)."""
+    return SeriesAttributes(
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        series_description=series_description,
+        instance_count=instance_count,
+        modality=attributes.get("modality", ""),
+        sop_class_uid=attributes.get("sop_class_uid", ""),
+        image_type=tuple(attributes.get("image_type", ())),
+        scanning_sequence=tuple(attributes.get("scanning_sequence", ())),
+        scan_options=tuple(attributes.get("scan_options", ())),
+        repetition_time=attributes.get("repetition_time"),
+        echo_time=attributes.get("echo_time"),
+        inversion_time=attributes.get("inversion_time"),
+        derived_by_compression_only=bool(attributes.get("derived_by_compression_only", False)),
+    )
 
 
 @dataclass(frozen=True)

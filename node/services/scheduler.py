@@ -25,6 +25,7 @@ from node.domain.series import (
     SeriesAttributes,
     SeriesRole,
     assign_roles,
+    series_attributes_from_json,
 )
 from node.metrics import NodeMetrics
 from node.services import audit, registry
@@ -221,19 +222,5 @@ class Scheduler:
 
 def series_attributes(series: Series, instance_count: int) -> SeriesAttributes:
     """The classifier's view of an indexed series."""
-    attributes = series.attributes
-    return SeriesAttributes(
-        series_instance_uid=series.series_instance_uid,
-        series_number=series.series_number,
-        series_description=series.series_description,
-        instance_count=instance_count,
-        modality=attributes.get("modality", ""),
-        sop_class_uid=attributes.get("sop_class_uid", ""),
-        image_type=tuple(attributes.get("image_type", ())),
-        scanning_sequence=tuple(attributes.get("scanning_sequence", ())),
-        scan_options=tuple(attributes.get("scan_options", ())),
-        repetition_time=attributes.get("repetition_time"),
-        echo_time=attributes.get("echo_time"),
-        inversion_time=attributes.get("inversion_time"),
-        derived_by_compression_only=bool(attributes.get("derived_by_compression_only", False)),
-    )
+    return series_attributes_from_json(series.series_instance_uid, series.series_number,
+                                       series.series_description, instance_count, series.attributes)

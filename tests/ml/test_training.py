@@ -22,3 +22,16 @@ def test_tiny_training_run_writes_a_verifiable_package(tmp_path: Path, recipe: s
     assert "dice" in manifest.metrics
     assert "synthetic" in manifest.trained_on
     assert ("varied scanners" in manifest.trained_on) == extras
+
+
+@pytest.mark.slow
+def test_training_on_a_hospitals_labelled_studies(tmp_path: Path, synthetic_study) -> None:  # type: ignore[no-untyped-def]
+    from tests.integration.test_labelled_data import annotated_folder
+
+    data = annotated_folder(synthetic_study, tmp_path / "annotated")
+    plan = TrainingPlan(subjects=0, validation_subjects=1, primary_crops_per_epoch=32,
+                        primary_epochs=1, secondary_epochs=1, base_filters=4, version="tiny",
+                        data_dir=data)
+    manifest = train_package(plan, tmp_path / "package")
+    assert verify_package(tmp_path / "package") == manifest
+    assert f"1 labelled studies (DICOM SEG ground truth) from {data}" in manifest.trained_on
