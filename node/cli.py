@@ -304,7 +304,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     plan = TrainingPlan(subjects=args.subjects, seed=args.seed, primary_epochs=args.epochs,
                         version=args.version, varied=args.varied, rotate_lesion_crops=args.rotate,
-                        secondary_from_primary=args.secondary_from_primary, data_dir=args.data)
+                        secondary_from_primary=args.secondary_from_primary, data_dir=args.data,
+                        progress=sys.stderr.isatty())
     manifest = train_package(plan, args.out)
     print(f"wrote {manifest.name} {manifest.version} to {args.out}: {manifest.metrics}")
     return EXIT_OK

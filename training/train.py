@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,8 @@ from training.dataset import (
     secondary_rois,
     secondary_rois_from_primary,
 )
-from training.evaluate import evaluate_engine
+from training.evaluate import evaluate_subjects, report_markdown
+from training.metrics import bootstrap_intervals, summarise
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class TrainingPlan:
     # A hospital's own labelled studies (MR series + DICOM SEG ground truth), trained on beside
     # the synthetic subjects (training.dicom_data).
     data_dir: Path | None = None
+    progress: bool = False  # Keras progress bars on the terminal
 
 
 def _dice_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
@@ -68,6 +71,15 @@ def _dice_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
     denominator = ops.sum(y_true[..., 1]) + ops.sum(y_pred[..., 1])
     dice = (2.0 * intersection + 1.0) / (denominator + 1.0)
     return cross_entropy + (1.0 - dice)
+
+
+def _pipeline(inputs: np.ndarray, targets: np.ndarray, batch_size: int, seed: int) -> Any:
+    """A seeded, shuffled, batched, prefetched ``tf.data`` pipeline over arrays in memory."""
+    import tensorflow as tf
+
+    return (tf.data.Dataset.from_tensor_slices((inputs, targets))
+            .shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
@@ -98,11 +110,20 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
         optimizer=keras.optimizers.RMSprop(plan.learning_rate, rho=0.9),
         loss=_dice_cross_entropy,
     )
+    # Checkpoints (each epoch's weights) and TensorBoard logs go beside the package.
+    checkpoints = out_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    callbacks = [keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs" / "primary"))]
     for epoch in range(plan.primary_epochs):
+        # Fresh crops each epoch (new oversampled positions, flips, rotations), seeded.
         images, masks = primary_crops(subjects, rng, plan.primary_crops_per_epoch, plan.crop_size,
                                       rotate_lesion_crops=plan.rotate_lesion_crops)
         one_hot = np.concatenate([1.0 - masks, masks], axis=-1)
-        history = primary.fit(images, one_hot, batch_size=plan.batch_size, epochs=1, verbose=0)
+        history = primary.fit(_pipeline(images, one_hot, plan.batch_size, plan.seed + epoch),
+                              initial_epoch=epoch, epochs=epoch + 1, callbacks=callbacks,
+                              shuffle=False,  # the pipeline shuffles, seeded
+                              verbose=1 if plan.progress else 0)
+        primary.save_weights(checkpoints / f"primary-epoch-{epoch + 1:03d}.weights.h5")
         logger.info(
             "primary epoch %d/%d loss %.4f (%.0f s)", epoch + 1, plan.primary_epochs,
             history.history["loss"][-1], time.monotonic() - started,
@@ -122,8 +143,11 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
         metrics=["accuracy"],
     )
     history = secondary.fit(
-        rois, targets, batch_size=32, epochs=plan.secondary_epochs, shuffle=True, verbose=0
+        _pipeline(rois, targets, 32, plan.seed), epochs=plan.secondary_epochs, shuffle=False,
+        callbacks=[keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs" / "secondary"))],
+        verbose=2 if plan.progress else 0,
     )
+    secondary.save_weights(checkpoints / "secondary.weights.h5")
     logger.info(
         "secondary: %d ROIs, accuracy %.3f (%.0f s)", len(rois),
         history.history["accuracy"][-1], time.monotonic() - started,
@@ -132,9 +156,10 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
     settings = InferenceSettings(
         input_matrix=(256, 256), lesion_threshold=0.5, laci_threshold=0.5, min_lesion_voxels=2
     )
-    metrics = evaluate_engine(
-        TwoStageEngine(primary, secondary, settings), seeds[plan.subjects :], varied=plan.varied
-    )
+    validation = evaluate_subjects(TwoStageEngine(primary, secondary, settings),
+                                   seeds[plan.subjects :], varied=plan.varied)
+    metrics = summarise(validation)
+    intervals = bootstrap_intervals(validation) if validation else {}
     logger.info("validation metrics %s", metrics)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,8 +197,45 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
                          + ("the primary network's lesions" if plan.secondary_from_primary
                             else "ground-truth lesions") + ", 64x64, gamma 1.5",
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in plan.__dict__.items()
-               if k not in ("name", "version")},
+               if k not in ("name", "version", "progress")},
         },
     )
     (out_dir / "manifest.json").write_text(manifest.to_json())
+    (out_dir / "MODEL_CARD.md").write_text(model_card(manifest, plan, metrics, intervals))
     return manifest
+
+
+def model_card(manifest: ModelManifest, plan: TrainingPlan, metrics: dict[str, float | None],
+               intervals: dict[str, tuple[float, float]]) -> str:
+    """The card written next to a package: what it is, what it was trained on and how, its
+    validation metrics with bootstrap intervals, and its limits."""
+    table = report_markdown(metrics, intervals, "Validation (held-out synthetic subjects)")
+    recipe = ", ".join(f"{key} {value}" for key, value in manifest.training.items())
+    return f"""# Model card: {manifest.name} {manifest.version}
+
+**Not for clinical use.** {manifest.intended_use}
+
+## What it does
+The two networks of Liu et al. (BMC Med Inform Decis Mak 2021): a U-Net on T2 FLAIR segments
+lesion areas; a small CNN classifies each lesion as FCI or LACI from a 32x32 T1 FLAIR ROI at
+its centroid, upsampled to 64x64, gamma 1.5; its verdict corrects the label map.
+
+## Training data
+{manifest.trained_on}. No patient data unless `--data` named a hospital's own studies.
+
+## Recipe
+{recipe}.
+
+## Metrics
+{table}
+`lacuna evaluate --model DIR [--varied]` measures it on more subjects; the ablation and the
+five-fold cross-validation of issue 5 are not yet generated.
+
+## Known limits
+- Synthetic lesions (ellipsoids{", irregular" if plan.varied else ""}) are not real FCI and LACI:
+  these figures say the pipeline works, not that the model would work on patients.
+- {"Scanners varied in training (0.45-1 mm, 3-6 mm slices)" if plan.varied else
+   "One scanner geometry (axial, 0.9 mm, 5 mm slices) was seen in training"}; other
+  resolutions are resized to the {manifest.input_matrix[0]}x{manifest.input_matrix[1]} model grid.
+- Chronic lacunes that are CSF-dark on T2 FLAIR are outside the paper's definition.
+"""

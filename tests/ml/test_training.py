@@ -22,6 +22,13 @@ def test_tiny_training_run_writes_a_verifiable_package(tmp_path: Path, recipe: s
     assert "dice" in manifest.metrics
     assert "synthetic" in manifest.trained_on
     assert ("varied scanners" in manifest.trained_on) == extras
+    card = (tmp_path / "package" / "MODEL_CARD.md").read_text()
+    assert "**Not for clinical use.**" in card and "| Dice of lesion area |" in card
+    assert "95 % interval" in card and manifest.trained_on in card
+    package = tmp_path / "package"
+    assert [p.name for p in (package / "checkpoints").iterdir()] == sorted(
+        ["primary-epoch-001.weights.h5", "secondary.weights.h5"])
+    assert list((package / "logs" / "primary").rglob("events.out.tfevents.*"))  # TensorBoard
 
 
 @pytest.mark.slow
