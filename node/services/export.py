@@ -82,6 +82,8 @@ class Exporter:
             existing = set(session.execute(
                 select(Delivery.result_object_id, Delivery.destination)
                 .where(Delivery.result_object_id.in_([r.id for r in results]))).all())
+            study_uid = session.scalar(select(Study.study_instance_uid).join(
+                Job, Job.study_id == Study.id).where(Job.id == job_id))
             now = self._clock()
             for result in results:
                 for destination in self._destinations.values():
@@ -90,6 +92,11 @@ class Exporter:
                     session.add(Delivery(result_object_id=result.id, destination=destination.name,
                                          state=DeliveryState.PENDING, attempts=0, updated_at=now,
                                          next_attempt_at=now))
+                    audit.record(session, "delivery.queued", study_instance_uid=study_uid,
+                                 series_instance_uid=result.series_instance_uid,
+                                 sop_instance_uid=result.sop_instance_uid, job_id=job_id,
+                                 destination=destination.name, protocol=destination.protocol,
+                                 kind=result.kind)
                     added += 1
         return added
 

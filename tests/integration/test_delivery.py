@@ -106,7 +106,8 @@ def test_dead_letter_then_retry_by_the_admin(  # type: ignore[no-untyped-def]
         state == DeliveryState.DEAD for state, _ in states(sessions).values()), timeout_s=60,
         interval_s=0.05)
     assert {attempts for _, attempts in states(sessions).values()} == {3}
-    assert actions(sessions) == Counter({"delivery.failed": 6, "delivery.dead_lettered": 3})
+    assert actions(sessions) == Counter({"delivery.queued": 3, "delivery.failed": 6,
+                                         "delivery.dead_lettered": 3})
     with sessions.begin() as session:
         failed = session.scalars(select(AuditEvent).where(AuditEvent.action == "delivery.failed")).first()
         assert failed is not None and failed.details["retry_in_seconds"] is not None
@@ -166,4 +167,4 @@ def test_concurrent_delivery_workers_send_each_object_once(  # type: ignore[no-u
         process.wait(timeout=10)
     assert {state for state, _ in states(sessions).values()} == {DeliveryState.DELIVERED}
     assert {attempts for _, attempts in states(sessions).values()} == {1}
-    assert actions(sessions) == Counter({"delivery.succeeded": 12})
+    assert actions(sessions) == Counter({"delivery.queued": 12, "delivery.succeeded": 12})
