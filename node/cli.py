@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--secondary-from-primary", action="store_true",
                        help="train the secondary network on the primary network's lesions (the paper)")
 
+    ablation = commands.add_parser(
+        "ablation", help="the paper's Table 1 measured here: train and evaluate every variant")
+    ablation.add_argument("--out", type=Path, required=True, help="folder for ablation.md/.png")
+    ablation.add_argument("--subjects", type=int, default=40)
+    ablation.add_argument("--validation", type=int, default=10, help="held-out subjects")
+    ablation.add_argument("--epochs", type=int, default=5, help="primary network epochs")
+    ablation.add_argument("--crops", type=int, default=1600, help="primary crops per epoch")
+    ablation.add_argument("--secondary-epochs", type=int, default=12)
+    ablation.add_argument("--varied", action="store_true")
+    ablation.add_argument("--seed", type=int, default=1)
+
     evaluate = commands.add_parser(
         "evaluate", help="metrics of a model package on held-out synthetic subjects")
     evaluate.add_argument("--model", type=Path, help="package folder (default: the bundled one)")
@@ -308,6 +319,20 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
                         progress=sys.stderr.isatty())
     manifest = train_package(plan, args.out)
     print(f"wrote {manifest.name} {manifest.version} to {args.out}: {manifest.metrics}")
+    return EXIT_OK
+
+
+def _ablation(args: argparse.Namespace, settings: Settings) -> int:
+    from training.ablation import run_ablation
+    from training.train import TrainingPlan
+
+    plan = TrainingPlan(subjects=args.subjects, validation_subjects=args.validation,
+                        seed=args.seed, primary_epochs=args.epochs,
+                        primary_crops_per_epoch=args.crops, secondary_epochs=args.secondary_epochs,
+                        varied=args.varied, rotate_lesion_crops=True)
+    run_ablation(plan, args.out)
+    print((args.out / "ablation.md").read_text())
+    print(f"chart: {args.out / 'ablation.png'}")
     return EXIT_OK
 
 
@@ -694,7 +719,8 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 COMMANDS = {
     "serve": _serve, "scp": _serve, "worker": _serve, "db": _db, "synth": _synth,
-    "train": _train, "evaluate": _evaluate, "demo": _demo, "models": _models, "jobs": _jobs, "audit": _audit,
+    "train": _train, "evaluate": _evaluate, "ablation": _ablation, "demo": _demo,
+    "models": _models, "jobs": _jobs, "audit": _audit,
     "destinations": _destinations, "deliveries": _deliveries, "render": _render,
 }
 

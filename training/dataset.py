@@ -86,12 +86,16 @@ def primary_crops(
     size: int = 128,
     lesion_fraction: float = 0.7,
     rotate_lesion_crops: bool = False,
+    augment: bool = True,
+    by_class: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` crops ``(n, size, size, 1)`` of T2 FLAIR with binary lesion masks.
+    """``count`` crops ``(n, size, size, 1)`` of T2 FLAIR with lesion masks: binary, or with
+    ``by_class`` the class labels (1 FCI, 2 LACI).
 
     Oversampling as in the paper: ``lesion_fraction`` of the crops contain a lesion pixel; the
-    rest are anywhere in the brain. Random flips augment both; with ``rotate_lesion_crops``
-    the lesion-rich crops are also rotated 5-10 degrees either way (the paper's augmentation).
+    rest are anywhere in the brain (0: no oversampling). ``augment``: random flips and +-10 %
+    intensity; with ``rotate_lesion_crops`` the lesion-rich crops are also rotated 5-10 degrees
+    either way (the paper's augmentation).
     """
     lesion_voxels = [np.argwhere(s.labels > 0) for s in subjects]
     brain_slices = [np.flatnonzero(s.t2.reshape(len(s.t2), -1).max(axis=1) > 0.2) for s in subjects]
@@ -111,14 +115,17 @@ def primary_crops(
             r0 = int(rng.integers(0, rows - size + 1))
             c0 = int(rng.integers(0, cols - size + 1))
         image = subject.t2[k, r0 : r0 + size, c0 : c0 + size]
-        mask = (subject.labels[k, r0 : r0 + size, c0 : c0 + size] > 0).astype(np.float32)
-        if rich and rotate_lesion_crops:
-            image, mask = _rotate(image, mask, float(rng.uniform(5, 10) * rng.choice([-1, 1])))
-        if rng.random() < 0.5:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        if rng.random() < 0.5:
-            image, mask = image[::-1], mask[::-1]
-        images[n, ..., 0] = image * rng.uniform(0.9, 1.1)
+        crop = subject.labels[k, r0 : r0 + size, c0 : c0 + size]
+        mask = (crop if by_class else crop > 0).astype(np.float32)
+        if augment:
+            if rich and rotate_lesion_crops:
+                image, mask = _rotate(image, mask, float(rng.uniform(5, 10) * rng.choice([-1, 1])))
+            if rng.random() < 0.5:
+                image, mask = image[:, ::-1], mask[:, ::-1]
+            if rng.random() < 0.5:
+                image, mask = image[::-1], mask[::-1]
+            image = image * rng.uniform(0.9, 1.1)
+        images[n, ..., 0] = image
         masks[n, ..., 0] = mask
     return images, masks
 

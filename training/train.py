@@ -58,6 +58,14 @@ class TrainingPlan:
     # the synthetic subjects (training.dicom_data).
     data_dir: Path | None = None
     progress: bool = False  # Keras progress bars on the terminal
+    # The paper's ablation knobs (Table 1). task "b": the primary network segments lesion area
+    # (background, lesion); "a": it segments by class (background, FCI, LACI). augment: flips,
+    # intensity scaling (and rotation when rotate_lesion_crops). oversample: 70 % of crops
+    # centred on lesions instead of crops anywhere. two_stage: a secondary network classifies.
+    task: str = "b"
+    augment: bool = True
+    oversample: bool = True
+    two_stage: bool = True
 
 
 def _dice_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
@@ -67,8 +75,8 @@ def _dice_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
 
     ops = keras.ops
     cross_entropy = ops.mean(keras.losses.categorical_crossentropy(y_true, y_pred))
-    intersection = ops.sum(y_true[..., 1] * y_pred[..., 1])
-    denominator = ops.sum(y_true[..., 1]) + ops.sum(y_pred[..., 1])
+    intersection = ops.sum(y_true[..., 1:] * y_pred[..., 1:])  # every lesion channel
+    denominator = ops.sum(y_true[..., 1:]) + ops.sum(y_pred[..., 1:])
     dice = (2.0 * intersection + 1.0) / (denominator + 1.0)
     return cross_entropy + (1.0 - dice)
 
@@ -82,43 +90,30 @@ def _pipeline(inputs: np.ndarray, targets: np.ndarray, batch_size: int, seed: in
             .batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
-def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
+def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.random.Generator,
+                   out_dir: Path, started: float) -> tuple[Any, Any | None]:
+    """Train the primary network (and, for a two-stage plan, the secondary one) on
+    ``subjects``; checkpoints and TensorBoard logs go under ``out_dir``."""
     import keras
 
-    from models.inference import InferenceSettings, TwoStageEngine
     from models.networks import build_primary_network, build_secondary_network
 
-    keras.utils.set_random_seed(plan.seed)
-    rng = np.random.default_rng(plan.seed)
-    started = time.monotonic()
-    seeds = [plan.seed * 10_000 + n for n in range(plan.subjects + plan.validation_subjects)]
-    make = make_varied_subject_arrays if plan.varied else make_subject_arrays
-    subjects: list[SubjectArrays] = [make(s) for s in seeds[: plan.subjects]]
-    labelled = 0
-    if plan.data_dir is not None:
-        from training.dicom_data import load_labelled_studies
-
-        own = load_labelled_studies(plan.data_dir)
-        labelled = len(own)
-        subjects.extend(own)
-    if not subjects:
-        raise ValueError("nothing to train on: no synthetic subjects and no labelled studies")
-    logger.info("made %d training subjects in %.0f s", len(subjects), time.monotonic() - started)
-
-    primary = build_primary_network(base_filters=plan.base_filters)
+    classes = 3 if plan.task == "a" else 2
+    primary = build_primary_network(base_filters=plan.base_filters, num_classes=classes)
     primary.compile(
         optimizer=keras.optimizers.RMSprop(plan.learning_rate, rho=0.9),
         loss=_dice_cross_entropy,
     )
-    # Checkpoints (each epoch's weights) and TensorBoard logs go beside the package.
     checkpoints = out_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     callbacks = [keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs" / "primary"))]
     for epoch in range(plan.primary_epochs):
         # Fresh crops each epoch (new oversampled positions, flips, rotations), seeded.
         images, masks = primary_crops(subjects, rng, plan.primary_crops_per_epoch, plan.crop_size,
-                                      rotate_lesion_crops=plan.rotate_lesion_crops)
-        one_hot = np.concatenate([1.0 - masks, masks], axis=-1)
+                                      lesion_fraction=0.7 if plan.oversample else 0.0,
+                                      rotate_lesion_crops=plan.rotate_lesion_crops,
+                                      augment=plan.augment, by_class=plan.task == "a")
+        one_hot = np.eye(classes, dtype=np.float32)[masks[..., 0].astype(np.int64)]
         history = primary.fit(_pipeline(images, one_hot, plan.batch_size, plan.seed + epoch),
                               initial_epoch=epoch, epochs=epoch + 1, callbacks=callbacks,
                               shuffle=False,  # the pipeline shuffles, seeded
@@ -128,6 +123,8 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
             "primary epoch %d/%d loss %.4f (%.0f s)", epoch + 1, plan.primary_epochs,
             history.history["loss"][-1], time.monotonic() - started,
         )
+    if not plan.two_stage:
+        return primary, None
 
     if plan.secondary_from_primary:
         def predict(batch: np.ndarray) -> np.ndarray:
@@ -152,6 +149,43 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
         "secondary: %d ROIs, accuracy %.3f (%.0f s)", len(rois),
         history.history["accuracy"][-1], time.monotonic() - started,
     )
+    return primary, secondary
+
+
+def make_training_subjects(plan: TrainingPlan, seeds: list[int]) -> tuple[list[SubjectArrays], int]:
+    """The synthetic subjects of ``seeds`` plus the plan's labelled studies, and how many of
+    those there were."""
+    make = make_varied_subject_arrays if plan.varied else make_subject_arrays
+    subjects: list[SubjectArrays] = [make(s) for s in seeds]
+    labelled = 0
+    if plan.data_dir is not None:
+        from training.dicom_data import load_labelled_studies
+
+        own = load_labelled_studies(plan.data_dir)
+        labelled = len(own)
+        subjects.extend(own)
+    if not subjects:
+        raise ValueError("nothing to train on: no synthetic subjects and no labelled studies")
+    return subjects, labelled
+
+
+def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
+    import keras
+
+    from models.inference import InferenceSettings, TwoStageEngine
+    from models.networks import build_primary_network, build_secondary_network
+
+    if not plan.two_stage or plan.task != "b":
+        raise ValueError("a package is the two-stage network on task b (the ablation trains the rest)")
+    keras.utils.set_random_seed(plan.seed)
+    rng = np.random.default_rng(plan.seed)
+    started = time.monotonic()
+    seeds = [plan.seed * 10_000 + n for n in range(plan.subjects + plan.validation_subjects)]
+    subjects, labelled = make_training_subjects(plan, seeds[: plan.subjects])
+    logger.info("made %d training subjects in %.0f s", len(subjects), time.monotonic() - started)
+
+    primary, secondary = train_networks(plan, subjects, rng, out_dir, started)
+    assert secondary is not None  # two_stage, checked above
 
     settings = InferenceSettings(
         input_matrix=(256, 256), lesion_threshold=0.5, laci_threshold=0.5, min_lesion_voxels=2

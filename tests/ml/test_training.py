@@ -42,3 +42,25 @@ def test_training_on_a_hospitals_labelled_studies(tmp_path: Path, synthetic_stud
     manifest = train_package(plan, tmp_path / "package")
     assert verify_package(tmp_path / "package") == manifest
     assert f"1 labelled studies (DICOM SEG ground truth) from {data}" in manifest.trained_on
+
+
+@pytest.mark.slow
+def test_ablation_rows_train_and_evaluate(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from training.ablation import ROWS, run_ablation
+
+    plan = TrainingPlan(subjects=2, validation_subjects=1, primary_crops_per_epoch=32,
+                        primary_epochs=1, secondary_epochs=1, base_filters=4)
+    chosen = (ROWS[0], ROWS[1], ROWS[-1])  # task a and b alone, and the proposed method
+    results = run_ablation(plan, tmp_path / "ablation", rows=chosen)
+    assert [row for row, _ in results] == list(chosen)
+    for row, metrics in results:
+        assert metrics["subjects"] == 1
+        # Only a network that classifies can be scored on classes: task b alone cannot.
+        if row.task == "b" and not row.two_stage:
+            assert metrics["classification_precision"] is None
+    table = (tmp_path / "ablation" / "ablation.md").read_text()
+    assert "| Proposed method | b |" in table and "74.21 / 91.76 / 92.89" in table
+    with Image.open(tmp_path / "ablation" / "ablation.png") as chart:
+        assert chart.size[1] > 100
