@@ -133,10 +133,12 @@ def ablation_markdown(results: list[tuple[Variant, dict[str, float | None]]], pl
     ]
     for row, m in results:
         paper = " / ".join(_cell(v) for v in row.paper)
+        classifies = row.two_stage or row.task == "a"  # else every lesion is unclassified
+        precision = _cell(m["classification_precision"]) if classifies else "-"
+        laci_recall = _cell(m["classification_recall_LACI"]) if classifies else "-"
         lines.append(f"| {row.method} | {row.task} | {_cell(m['dice'])} | "
                      f"{_cell(m['detection_precision_iou06'])} | {_cell(m['detection_recall_iou06'])} | "
-                     f"{_cell(m['classification_precision'])} | {_cell(m['classification_recall_LACI'])} "
-                     f"| {paper} |")
+                     f"{precision} | {laci_recall} | {paper} |")
     return (
         f"Each row: {plan.subjects} {'varied ' if plan.varied else ''}synthetic training subjects "
         f"(seed {plan.seed}), {plan.primary_epochs} primary epochs of {plan.primary_crops_per_epoch} "
