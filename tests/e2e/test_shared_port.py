@@ -18,6 +18,10 @@ from tests.e2e.conftest import Pacs, listening, node_environment, spawn, termina
 pytestmark = pytest.mark.e2e
 
 TICKS = 100  # os.sysconf("SC_CLK_TCK") on Linux
+# The kernel spreads connections over SO_REUSEPORT sockets by a hash of their addresses, not
+# in turn: with 8 associations one process got at most one of them in 7 % of runs (a flaky
+# CPU check); with 16 that is 0.05 %.
+ASSOCIATIONS = 16
 
 
 def cpu_seconds(pid: int) -> float:
@@ -42,14 +46,14 @@ def test_two_receiving_processes_share_the_port_and_the_work(tmp_path: Path, pac
         before = {pid: cpu_seconds(pid) for pid in (scp.pid, child)}
         senders = [subprocess.Popen(
             [require_tool("storescu"), "-aet", "SCANNER", "-aec", "LACUNA", "127.0.0.1",
-             str(port), *map(str, files[part::8])],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for part in range(8)]
+             str(port), *map(str, files[part::ASSOCIATIONS])],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for part in range(ASSOCIATIONS)]
         for sender in senders:
             _, errors = sender.communicate(timeout=300)
             assert sender.returncode == 0, errors
         used = {pid: cpu_seconds(pid) - before[pid] for pid in (scp.pid, child)}
-        # Both processes received: each spent real CPU time on the 48 instances.
-        assert min(used.values()) > 0.05, used
+        # Both processes received: each spent real CPU time on its share of the 48 instances.
+        assert min(used.values()) > 0.02, used
         engine = create_engine(database)
         with engine.connect() as connection:
             stored = connection.execute(select(Instance.sop_instance_uid)).scalars().all()
