@@ -38,7 +38,9 @@ def test_two_receiving_processes_share_the_port_and_the_work(tmp_path: Path, pac
     port = free_port()
     database = f"sqlite:///{tmp_path / 'lacuna.db'}"
     scp = spawn("scp", node_environment(tmp_path, port, pacs, database,
-                                        LACUNA_SCP_PROCESSES="2"))
+                                        LACUNA_SCP_PROCESSES="2",
+                                        # all 16 may hash to one process: no refusals here
+                                        LACUNA_SCP_MAX_ASSOCIATIONS=str(ASSOCIATIONS)))
     try:
         wait_for(lambda: listening(port), timeout_s=60)
         [child] = wait_for(lambda: [int(pid) for pid in Path(
