@@ -12,6 +12,7 @@ import numpy as np
 from skimage.measure import label, regionprops
 
 from models.preprocessing import extract_roi, normalise_volume, to_model_grid
+from node.services.volumes import StudyVolumes
 from training.phantom import Contrast, axial_geometry, make_phantom, render_series, scanner_geometries
 
 
@@ -39,10 +40,9 @@ def make_subject_arrays(seed: int, matrix: tuple[int, int] = (256, 256)) -> Subj
     )
 
 
-def make_varied_subject_arrays(seed: int, matrix: tuple[int, int] = (256, 256)) -> SubjectArrays:
+def varied_study(seed: int) -> tuple[StudyVolumes, np.ndarray]:
     """A subject of the richer generator on its own scanners (``scanner_geometries``), written
-    as DICOM and read back through the node's pairing, then put on the model grid as the engine
-    does: T1 FLAIR slices without a partner are zeros."""
+    as DICOM and read back through the node's pairing: its volumes and the T2 FLAIR labels."""
     import tempfile
     from pathlib import Path
 
@@ -50,10 +50,15 @@ def make_varied_subject_arrays(seed: int, matrix: tuple[int, int] = (256, 256)) 
     from training.synth import write_study
 
     t2_geometry, t1_geometry = scanner_geometries(np.random.default_rng([seed, 5]))
-    with tempfile.TemporaryDirectory(prefix="lacuna-train-") as folder:
+    with tempfile.TemporaryDirectory(prefix="lacuna-varied-") as folder:
         study = write_study(Path(folder), seed, t2_geometry, t1_geometry, varied=True)
         volumes = load_study_volumes(study.series[Contrast.T2_FLAIR], study.series[Contrast.T1_FLAIR])
-        labels = np.load(Path(folder) / "labels.npy")
+        return volumes, np.load(Path(folder) / "labels.npy")
+
+
+def make_varied_subject_arrays(seed: int, matrix: tuple[int, int] = (256, 256)) -> SubjectArrays:
+    """:func:`varied_study` on the model grid, as the engine sees it."""
+    volumes, labels = varied_study(seed)
     return subject_from_volumes(volumes.t2, volumes.t1, volumes.t1_available, labels, matrix)
 
 

@@ -4,7 +4,6 @@ with the metrics of :mod:`training.metrics`."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +14,6 @@ from training.phantom import (
     axial_geometry,
     make_phantom,
     render_series,
-    scanner_geometries,
 )
 
 # The paper's figures and this project's targets (issue 5), in percent.
@@ -54,19 +52,11 @@ def evaluate_subjects(
 def _evaluate_varied(
     engine: TwoStageEngine, seeds: list[int], progress: Callable[[int, int], None] | None,
 ) -> list[SubjectCounts]:
-    import tempfile
-
-    from node.services.volumes import load_study_volumes
-    from training.synth import write_study
+    from training.dataset import varied_study
 
     counts = []
     for done, seed in enumerate(seeds, start=1):
-        t2_geometry, t1_geometry = scanner_geometries(np.random.default_rng([seed, 5]))
-        with tempfile.TemporaryDirectory(prefix="lacuna-evaluate-") as folder:
-            study = write_study(Path(folder), seed, t2_geometry, t1_geometry, varied=True)
-            volumes = load_study_volumes(study.series[Contrast.T2_FLAIR],
-                                         study.series[Contrast.T1_FLAIR])
-            truth = np.load(Path(folder) / "labels.npy")
+        volumes, truth = varied_study(seed)
         result = engine.segment(volumes.t2, volumes.t1, volumes.t1_available,
                                 volumes.pixel_spacing, volumes.slice_spacing)
         counts.append(count_subject(truth, result.labels))

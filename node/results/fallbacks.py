@@ -20,7 +20,7 @@ from models.inference import Lesion, LesionClass, LesionSegmentation
 from node.dicom.frames import attribute
 from node.results import codes
 from node.results.identity import ModelIdentity, contributing_equipment, equipment
-from node.results.render import COLOURS, window_to_uint8
+from node.results.render import COLOURS, brain_window, window_to_uint8
 
 SHORT_NAME = {LesionClass.FCI: "FCI", LesionClass.LACI: "LACI", LesionClass.UNCLASSIFIED: "Lesion"}
 
@@ -57,10 +57,9 @@ def _copy_body_part(target: Dataset, source: Dataset) -> None:
 
 
 def _window(pixels: np.ndarray) -> tuple[float, float]:
-    """(centre, width) spanning the 1st-99.5th percentile of the non-zero values."""
-    values = pixels[pixels > 0]
-    low, high = (np.percentile(values, (1, 99.5)) if values.size else (0.0, 1.0))
-    return float((low + high) / 2), float(max(high - low, 1.0))
+    """(centre, width) of :func:`brain_window`, the window the montage and key images use."""
+    low, high = brain_window(pixels)
+    return (low + high) / 2, max(high - low, 1.0)
 
 
 def build_presentation_state(
@@ -154,10 +153,10 @@ def patient_orientation(orientation: list[float]) -> tuple[str, str]:
     return describe(values[:3]), describe(values[3:])
 
 
-def key_image_pixels(pixels: np.ndarray, result: LesionSegmentation, k: int) -> np.ndarray:
-    """Slice ``k`` as RGB uint8 with each lesion outlined and ringed in its class colour and a
-    banner that says what this is."""
-    grey = window_to_uint8(pixels)[k]
+def key_image_pixels(grey: np.ndarray, result: LesionSegmentation, k: int) -> np.ndarray:
+    """Slice ``k`` of ``grey`` (the windowed uint8 volume) as RGB uint8 with each lesion
+    outlined and ringed in its class colour and a banner that says what this is."""
+    grey = grey[k]
     image = Image.fromarray(np.repeat(grey[..., np.newaxis], 3, axis=2))
     draw = ImageDraw.Draw(image)
     for lesion in result.lesions:
@@ -195,6 +194,7 @@ def build_key_images(
     if len(sop_instance_uids) != len(lesion_slices):
         raise ValueError(f"{len(lesion_slices)} key images need as many SOP Instance UIDs")
     frames = source_frames or [None] * len(source_images)
+    grey = window_to_uint8(pixels)  # one window for the whole series, computed once
     images = []
     for number, (k, uid) in enumerate(zip(lesion_slices, sop_instance_uids, strict=True), start=1):
         source = source_images[k]
@@ -202,7 +202,7 @@ def build_key_images(
         orientation = _slice_attribute(source, frames[k], "ImageOrientationPatient")
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source,
-            pixel_array=key_image_pixels(pixels, result, k),
+            pixel_array=key_image_pixels(grey, result, k),
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
             bits_allocated=8,
             coordinate_system=hd.CoordinateSystemNames.PATIENT,

@@ -27,10 +27,16 @@ class RenderInput:
     title: str
 
 
-def window_to_uint8(image: np.ndarray) -> np.ndarray:
-    """Window to the 1st-99.5th percentile of the brain (non-zero) values, as uint8."""
+def brain_window(image: np.ndarray) -> tuple[float, float]:
+    """(low, high): the 1st and 99.5th percentiles of the brain (non-zero) values."""
     values = image[image > 0]
     low, high = (np.percentile(values, (1, 99.5)) if values.size else (0.0, 1.0))
+    return float(low), float(high)
+
+
+def window_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Window to :func:`brain_window`, as uint8."""
+    low, high = brain_window(image)
     scaled = np.clip((image - low) / max(high - low, 1e-6), 0.0, 1.0)
     return np.asarray(scaled * 255, dtype=np.uint8)
 
