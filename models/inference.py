@@ -91,16 +91,21 @@ class InferenceSettings:
 class TwoStageEngine:
     """Holds both networks, loaded once; :meth:`segment` runs a whole study."""
 
-    def __init__(self, primary: object, secondary: object, settings: InferenceSettings) -> None:
+    def __init__(self, primary: object, secondary: object, settings: InferenceSettings,
+                 mixed_precision: bool = False) -> None:
+        """``mixed_precision``: whether the networks compute in float16 (see :meth:`load`)."""
         self._primary = primary
         self._secondary = secondary
         self.settings = settings
+        self.mixed_precision = mixed_precision
         self._primary_call = _compiled(primary)
         self._secondary_call = _compiled(secondary)
 
     @classmethod
-    def load(cls, package_dir: Path) -> TwoStageEngine:
-        """Verify the package's checksums, then load both networks (TensorFlow imported here)."""
+    def load(cls, package_dir: Path, mixed_precision: bool | None = None) -> TwoStageEngine:
+        """Verify the package's checksums, then load both networks (TensorFlow imported here).
+        ``mixed_precision``: compute in float16 with float32 weights and outputs; None (the
+        default) turns it on when TensorFlow sees a GPU, where tensor cores make it pay."""
         manifest = verify_package(package_dir)
         import_tensorflow()
         import keras  # imported late: the SCP process never pays for TensorFlow
@@ -112,10 +117,15 @@ class TwoStageEngine:
             except RuntimeError:  # already initialised by an earlier load in this process
                 pass
         devices = [device.name for device in tf.config.list_logical_devices()]
-        logger.info("loading model %s %s on devices %s", manifest.name, manifest.version, devices)
+        if mixed_precision is None:
+            mixed_precision = bool(tf.config.list_physical_devices("GPU"))
+        logger.info("loading model %s %s on devices %s, mixed precision %s", manifest.name,
+                    manifest.version, devices, "on" if mixed_precision else "off")
         primary = keras.saving.load_model(package_dir / PRIMARY_FILE, compile=False)
         secondary = keras.saving.load_model(package_dir / SECONDARY_FILE, compile=False)
-        engine = cls(primary, secondary, InferenceSettings.from_manifest(manifest))
+        if mixed_precision:
+            primary, secondary = mixed_precision_copy(primary), mixed_precision_copy(secondary)
+        engine = cls(primary, secondary, InferenceSettings.from_manifest(manifest), mixed_precision)
         engine.warm_up()
         return engine
 
@@ -146,15 +156,20 @@ class TwoStageEngine:
         t1_available: np.ndarray | None,
         pixel_spacing_mm: tuple[float, float],
         slice_spacing_mm: float,
+        probability: np.ndarray | None = None,
     ) -> LesionSegmentation:
         """Segment and classify a study.
 
         ``t1`` is T1 FLAIR already resampled onto the T2 grid, or None; ``t1_available[k]`` is
-        False where T2 slice ``k`` has no T1 FLAIR counterpart.
+        False where T2 slice ``k`` has no T1 FLAIR counterpart. ``probability``: this study's
+        :meth:`predict_lesion_probability`, when already computed (threshold calibration).
         """
         if t1 is not None and t1.shape != t2.shape:
             raise ValueError(f"T1 FLAIR shape {t1.shape} differs from T2 FLAIR {t2.shape}")
-        probability = self.predict_lesion_probability(t2)
+        if probability is None:
+            probability = self.predict_lesion_probability(t2)
+        elif probability.shape != t2.shape:
+            raise ValueError(f"probability {probability.shape} differs from T2 FLAIR {t2.shape}")
         components = label(probability >= self.settings.lesion_threshold, connectivity=2)
         regions = [
             region
@@ -227,6 +242,26 @@ class TwoStageEngine:
                 )
             )
         return LesionSegmentation(labels=labels, lesion_numbers=numbers, lesions=tuple(lesions))
+
+
+def mixed_precision_copy(model: Any) -> Any:
+    """A copy of a functional Keras ``model`` with its weights that computes in float16 and keeps
+    float32 variables (the ``mixed_float16`` policy), except its output layers, which stay
+    float32 so that probabilities keep full precision. Pays on GPUs with tensor cores; on a
+    CPU without float16 kernels it is slower."""
+    import keras
+
+    config = model.get_config()
+    output_layers = config["output_layers"]  # [name, node, tensor], or a list of them
+    if output_layers and isinstance(output_layers[0], str):
+        output_layers = [output_layers]
+    outputs = {name for name, *_ in output_layers}
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer" and layer["config"]["name"] not in outputs:
+            layer["config"]["dtype"] = "mixed_float16"
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def in_plane_diameter_mm(coords: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> float:

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train both networks on synthetic data (CPU)")
     train.add_argument("--out", type=Path, required=True, help="folder for the model package")
+    train.add_argument("--recipe", choices=["lacuna", "paper"], default="lacuna",
+                       help="lacuna: the shipped model's; paper: Liu et al.'s (flags below add to it)")
     train.add_argument("--subjects", type=int, default=40)
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--epochs", type=int, default=5, help="primary network epochs")
@@ -65,10 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also train on your labelled studies: MR series + DICOM SEG under DIR")
     train.add_argument("--secondary-from-primary", action="store_true",
                        help="train the secondary network on the primary network's lesions (the paper)")
+    train.add_argument("--pretrain-epochs", type=int, default=0,
+                       help="the paper's schedule: N epochs on lesion-rich crops, then all slices")
+    train.add_argument("--per-lesion", action="store_true",
+                       help="draw lesion-rich crops per lesion, not per lesion voxel")
 
     ablation = commands.add_parser(
         "ablation", help="the paper's Table 1 measured here: train and evaluate every variant")
     ablation.add_argument("--out", type=Path, required=True, help="folder for ablation.md/.png")
+    ablation.add_argument("--recipe", choices=["lacuna", "paper"], default="lacuna",
+                          help="the base every row varies (loss, learning rate, schedules)")
     ablation.add_argument("--subjects", type=int, default=40)
     ablation.add_argument("--validation", type=int, default=10, help="held-out subjects")
     ablation.add_argument("--epochs", type=int, default=5, help="primary network epochs")
@@ -76,6 +84,33 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--secondary-epochs", type=int, default=12)
     ablation.add_argument("--varied", action="store_true")
     ablation.add_argument("--seed", type=int, default=1)
+
+    crossval = commands.add_parser(
+        "crossval", help="k-fold cross-validation split by subject: train and test every fold")
+    crossval.add_argument("--out", type=Path, required=True, help="folder for crossval.md")
+    crossval.add_argument("--recipe", choices=["lacuna", "paper"], default="lacuna")
+    crossval.add_argument("--subjects", type=int, default=40)
+    crossval.add_argument("--folds", type=int, default=5)
+    crossval.add_argument("--epochs", type=int, default=5, help="primary network epochs")
+    crossval.add_argument("--crops", type=int, default=1600, help="primary crops per epoch")
+    crossval.add_argument("--secondary-epochs", type=int, default=12)
+    crossval.add_argument("--pretrain-epochs", type=int, default=0,
+                          help="the paper's schedule: N epochs on lesion-rich crops, then all slices")
+    crossval.add_argument("--per-lesion", action="store_true",
+                          help="draw lesion-rich crops per lesion, not per lesion voxel")
+    crossval.add_argument("--varied", action="store_true")
+    crossval.add_argument("--seed", type=int, default=1)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="choose a package's lesion threshold on validation subjects; "
+                          "writes a new package version")
+    calibrate.add_argument("--model", type=Path, help="package folder (default: the bundled one)")
+    calibrate.add_argument("--out", type=Path, required=True, help="folder for the new package")
+    calibrate.add_argument("--version", required=True, help="the new package's version")
+    calibrate.add_argument("--first-seed", type=int, default=800_000,
+                           help="validation subjects FIRST.. (keep apart from evaluate's 900000..)")
+    calibrate.add_argument("--subjects", type=int, default=20)
+    calibrate.add_argument("--varied", action="store_true")
 
     evaluate = commands.add_parser(
         "evaluate", help="metrics of a model package on held-out synthetic subjects")
@@ -311,12 +346,12 @@ def _synth(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from training.train import TrainingPlan, train_package
+    from training.train import recipe_plan, train_package
 
-    plan = TrainingPlan(subjects=args.subjects, seed=args.seed, primary_epochs=args.epochs,
-                        version=args.version, varied=args.varied, rotate_lesion_crops=args.rotate,
-                        secondary_from_primary=args.secondary_from_primary, data_dir=args.data,
-                        progress=sys.stderr.isatty())
+    plan = recipe_plan(
+        args.recipe, subjects=args.subjects, seed=args.seed, primary_epochs=args.epochs,
+        version=args.version, varied=args.varied, data_dir=args.data, progress=sys.stderr.isatty(),
+        **_recipe_flags(args))
     manifest = train_package(plan, args.out)
     print(f"wrote {manifest.name} {manifest.version} to {args.out}: {manifest.metrics}")
     return EXIT_OK
@@ -324,15 +359,61 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 def _ablation(args: argparse.Namespace, settings: Settings) -> int:
     from training.ablation import run_ablation
-    from training.train import TrainingPlan
+    from training.train import recipe_plan
 
-    plan = TrainingPlan(subjects=args.subjects, validation_subjects=args.validation,
-                        seed=args.seed, primary_epochs=args.epochs,
-                        primary_crops_per_epoch=args.crops, secondary_epochs=args.secondary_epochs,
-                        varied=args.varied, rotate_lesion_crops=True)
+    plan = recipe_plan(args.recipe, subjects=args.subjects, validation_subjects=args.validation,
+                       seed=args.seed, primary_epochs=args.epochs,
+                       primary_crops_per_epoch=args.crops, secondary_epochs=args.secondary_epochs,
+                       varied=args.varied, rotate_lesion_crops=True)
     run_ablation(plan, args.out)
     print((args.out / "ablation.md").read_text())
     print(f"chart: {args.out / 'ablation.png'}")
+    return EXIT_OK
+
+
+def _recipe_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The training flags given on the command line; they add to ``--recipe``'s settings."""
+    flags = {"rotate_lesion_crops": getattr(args, "rotate", False),
+             "secondary_from_primary": getattr(args, "secondary_from_primary", False),
+             "pretrain_epochs": args.pretrain_epochs, "oversample_per_lesion": args.per_lesion}
+    return {key: value for key, value in flags.items() if value}
+
+
+def _crossval(args: argparse.Namespace, settings: Settings) -> int:
+    from training.crossval import run_crossval
+    from training.train import recipe_plan
+
+    plan = recipe_plan(args.recipe, subjects=args.subjects, seed=args.seed,
+                       primary_epochs=args.epochs, primary_crops_per_epoch=args.crops,
+                       secondary_epochs=args.secondary_epochs, varied=args.varied,
+                       **_recipe_flags(args))
+    run_crossval(plan, args.out, folds=args.folds)
+    print((args.out / "crossval.md").read_text())
+    return EXIT_OK
+
+
+def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    from models.inference import TwoStageEngine
+    from training.calibrate import calibrated_package
+
+    package = args.model or settings.models.default_package
+    seeds = list(range(args.first_seed, args.first_seed + args.subjects))
+
+    def progress(done: int, total: int) -> None:
+        if not args.json:
+            print(f"\rpredicted {done}/{total} subjects", end="", file=sys.stderr, flush=True)
+
+    manifest = calibrated_package(TwoStageEngine.load(package), package, args.out, args.version,
+                                  seeds, varied=args.varied, progress=progress)
+    if not args.json:
+        print(file=sys.stderr)
+    calibration = manifest.training["calibration"]
+    if args.json:
+        print(json.dumps({"model": f"{manifest.name} {manifest.version}", **calibration}, indent=2))
+    else:
+        print((args.out / "MODEL_CARD.md").read_text().split("## Calibration", 1)[1].strip())
+        print(f"wrote {manifest.name} {manifest.version} to {args.out}: lesion threshold "
+              f"{manifest.lesion_threshold}")
     return EXIT_OK
 
 
@@ -719,7 +800,8 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 COMMANDS = {
     "serve": _serve, "scp": _serve, "worker": _serve, "db": _db, "synth": _synth,
-    "train": _train, "evaluate": _evaluate, "ablation": _ablation, "demo": _demo,
+    "train": _train, "evaluate": _evaluate, "ablation": _ablation, "crossval": _crossval,
+    "calibrate": _calibrate, "demo": _demo,
     "models": _models, "jobs": _jobs, "audit": _audit,
     "destinations": _destinations, "deliveries": _deliveries, "render": _render,
 }

@@ -28,9 +28,9 @@ from models.inference import (
     TwoStageEngine,
 )
 from models.preprocessing import from_model_grid, normalise_volume, to_model_grid
-from training.evaluate import evaluate_subjects
+from training.evaluate import evaluate_subjects, percent_cell
 from training.metrics import summarise
-from training.train import TrainingPlan, make_training_subjects, train_networks
+from training.train import TRAINED_SETTINGS, TrainingPlan, make_training_subjects, train_networks
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ def run_ablation(base: TrainingPlan, out_dir: Path, rows: tuple[Variant, ...] = 
     seeds = [base.seed * 10_000 + n for n in range(base.subjects)]
     subjects, _ = make_training_subjects(base, seeds)
     validation = list(range(validation_first_seed, validation_first_seed + base.validation_subjects))
-    settings = InferenceSettings(input_matrix=(256, 256), lesion_threshold=0.5, laci_threshold=0.5,
-                                 min_lesion_voxels=2)
+    settings = TRAINED_SETTINGS
     results = []
     for index, row in enumerate(rows, start=1):
         import keras
@@ -120,10 +119,6 @@ def run_ablation(base: TrainingPlan, out_dir: Path, rows: tuple[Variant, ...] = 
     return results
 
 
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def ablation_markdown(results: list[tuple[Variant, dict[str, float | None]]], plan: TrainingPlan,
                       validation: list[int]) -> str:
     lines = [
@@ -132,12 +127,13 @@ def ablation_markdown(results: list[tuple[Variant, dict[str, float | None]]], pl
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row, m in results:
-        paper = " / ".join(_cell(v) for v in row.paper)
+        paper = " / ".join(percent_cell(v) for v in row.paper)
         classifies = row.two_stage or row.task == "a"  # else every lesion is unclassified
-        precision = _cell(m["classification_precision"]) if classifies else "-"
-        laci_recall = _cell(m["classification_recall_LACI"]) if classifies else "-"
-        lines.append(f"| {row.method} | {row.task} | {_cell(m['dice'])} | "
-                     f"{_cell(m['detection_precision_iou06'])} | {_cell(m['detection_recall_iou06'])} | "
+        precision = percent_cell(m["classification_precision"]) if classifies else "-"
+        laci_recall = percent_cell(m["classification_recall_LACI"]) if classifies else "-"
+        lines.append(f"| {row.method} | {row.task} | {percent_cell(m['dice'])} | "
+                     f"{percent_cell(m['detection_precision_iou06'])} | "
+                     f"{percent_cell(m['detection_recall_iou06'])} | "
                      f"{precision} | {laci_recall} | {paper} |")
     return (
         f"Each row: {plan.subjects} {'varied ' if plan.varied else ''}synthetic training subjects "

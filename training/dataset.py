@@ -93,6 +93,7 @@ def primary_crops(
     rotate_lesion_crops: bool = False,
     augment: bool = True,
     by_class: bool = False,
+    per_lesion: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``count`` crops ``(n, size, size, 1)`` of T2 FLAIR with lesion masks: binary, or with
     ``by_class`` the class labels (1 FCI, 2 LACI).
@@ -100,9 +101,13 @@ def primary_crops(
     Oversampling as in the paper: ``lesion_fraction`` of the crops contain a lesion pixel; the
     rest are anywhere in the brain (0: no oversampling). ``augment``: random flips and +-10 %
     intensity; with ``rotate_lesion_crops`` the lesion-rich crops are also rotated 5-10 degrees
-    either way (the paper's augmentation).
+    either way (the paper's augmentation). A lesion-rich crop is centred near a lesion voxel
+    drawn uniformly, so large lesions get most crops; ``per_lesion`` draws the lesion (3D
+    component) uniformly first, so the smallest lesions get as many as the largest.
     """
     lesion_voxels = [np.argwhere(s.labels > 0) for s in subjects]
+    lesions = [[region.coords for region in regionprops(label(s.labels > 0, connectivity=3))]
+               for s in subjects] if per_lesion else []
     brain_slices = [np.flatnonzero(s.t2.reshape(len(s.t2), -1).max(axis=1) > 0.2) for s in subjects]
     images = np.zeros((count, size, size, 1), dtype=np.float32)
     masks = np.zeros((count, size, size, 1), dtype=np.float32)
@@ -112,7 +117,9 @@ def primary_crops(
         rows, cols = subject.t2.shape[1:]
         rich = rng.random() < lesion_fraction and len(lesion_voxels[index]) > 0
         if rich:
-            k, r, c = lesion_voxels[index][rng.integers(len(lesion_voxels[index]))]
+            voxels = (lesions[index][rng.integers(len(lesions[index]))] if per_lesion
+                      else lesion_voxels[index])
+            k, r, c = voxels[rng.integers(len(voxels))]
             r0 = int(np.clip(r - rng.integers(8, size - 8), 0, rows - size))
             c0 = int(np.clip(c - rng.integers(8, size - 8), 0, cols - size))
         else:

@@ -3,7 +3,9 @@ with the metrics of :mod:`training.metrics`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -20,55 +22,105 @@ from training.phantom import (
 PAPER = {"dice": 74.21, "detection_precision_iou06": 91.76, "classification_precision": 92.89}
 TARGETS = {"dice": 80.0, "detection_precision_iou06": 95.0, "detection_recall_iou06": 90.0,
            "classification_precision": 95.0}
+# Lesion thresholds tried by calibration (probability of the primary network's lesion channel).
+CANDIDATE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+@dataclass(frozen=True)
+class SubjectInputs:
+    """One held-out subject as the engine takes it, with its ground truth on the T2 grid."""
+
+    t2: np.ndarray
+    t1: np.ndarray | None
+    t1_available: np.ndarray
+    pixel_spacing_mm: tuple[float, float]
+    slice_spacing_mm: float
+    truth: np.ndarray
+
+
+def subject_inputs(seed: int, varied: bool = False) -> SubjectInputs:
+    """Render ``seed``'s subject: T2 and T1 FLAIR on one 256x256x24 geometry, or with ``varied``
+    a subject of the richer generator, each series on its own scanner geometry, written as
+    DICOM and read back through the node's own slice pairing
+    (:func:`node.services.volumes.load_study_volumes`)."""
+    if varied:
+        from training.dataset import varied_study
+
+        volumes, truth = varied_study(seed)
+        return SubjectInputs(volumes.t2, volumes.t1, volumes.t1_available, volumes.pixel_spacing,
+                             volumes.slice_spacing, truth)
+    geometry = axial_geometry()
+    phantom = make_phantom(seed, geometry)
+    t2 = render_series(phantom, geometry, Contrast.T2_FLAIR)
+    t1 = render_series(phantom, geometry, Contrast.T1_FLAIR, seed_offset=1)
+    return SubjectInputs(t2.pixels.astype(np.float32), t1.pixels.astype(np.float32),
+                         np.ones(geometry.slices, dtype=bool), geometry.pixel_spacing,
+                         geometry.slice_spacing, t2.labels)
+
+
+def segment_subject(engine: Any, subject: SubjectInputs,
+                    probability: np.ndarray | None = None) -> np.ndarray:
+    """The engine's label map of ``subject`` (``probability``: its primary output, if known)."""
+    extra = {} if probability is None else {"probability": probability}
+    return np.asarray(engine.segment(subject.t2, subject.t1, subject.t1_available,
+                                     subject.pixel_spacing_mm, subject.slice_spacing_mm,
+                                     **extra).labels)
 
 
 def evaluate_subjects(
-    engine: TwoStageEngine, seeds: list[int],
+    engine: Any, seeds: list[int],
     progress: Callable[[int, int], None] | None = None,
     varied: bool = False,
 ) -> list[SubjectCounts]:
-    """Render each seed's subject (T2 and T1 FLAIR, 256x256x24), segment and classify it, and
-    count it against its ground truth. ``varied``: subjects from the richer generator, each
-    with its own scanner geometry for T2 and T1 FLAIR, written as DICOM and read back through
-    the node's own slice pairing (:func:`node.services.volumes.load_study_volumes`)."""
-    if varied:
-        return _evaluate_varied(engine, seeds, progress)
+    """Render each seed's subject (:func:`subject_inputs`), segment and classify it with
+    ``engine`` (anything with the :meth:`TwoStageEngine.segment` signature), and count it
+    against its ground truth."""
     counts = []
     for done, seed in enumerate(seeds, start=1):
-        geometry = axial_geometry()
-        phantom = make_phantom(seed, geometry)
-        t2 = render_series(phantom, geometry, Contrast.T2_FLAIR)
-        t1 = render_series(phantom, geometry, Contrast.T1_FLAIR, seed_offset=1)
-        result = engine.segment(
-            t2.pixels.astype(np.float32), t1.pixels.astype(np.float32),
-            np.ones(geometry.slices, dtype=bool), geometry.pixel_spacing, geometry.slice_spacing,
-        )
-        counts.append(count_subject(t2.labels, result.labels))
+        subject = subject_inputs(seed, varied)
+        counts.append(count_subject(subject.truth, segment_subject(engine, subject)))
         if progress is not None:
             progress(done, len(seeds))
     return counts
 
 
-def _evaluate_varied(
-    engine: TwoStageEngine, seeds: list[int], progress: Callable[[int, int], None] | None,
-) -> list[SubjectCounts]:
-    from training.dataset import varied_study
-
-    counts = []
+def calibrate_lesion_threshold(
+    engine: TwoStageEngine, seeds: list[int], thresholds: Sequence[float] = CANDIDATE_THRESHOLDS,
+    varied: bool = False, progress: Callable[[int, int], None] | None = None,
+) -> tuple[float, list[tuple[float, dict[str, float | None]]]]:
+    """The lesion threshold, among ``thresholds``, with the best detection F1 at IoU > 0.6 on
+    ``seeds`` (ties: higher Dice, then the threshold nearest 0.5), and every candidate's
+    metrics. ``seeds`` must be validation subjects, never the ones the model is judged on."""
+    subjects = []
     for done, seed in enumerate(seeds, start=1):
-        volumes, truth = varied_study(seed)
-        result = engine.segment(volumes.t2, volumes.t1, volumes.t1_available,
-                                volumes.pixel_spacing, volumes.slice_spacing)
-        counts.append(count_subject(truth, result.labels))
+        subject = subject_inputs(seed, varied)
+        subjects.append((subject, engine.predict_lesion_probability(subject.t2)))
         if progress is not None:
             progress(done, len(seeds))
-    return counts
+    base = engine.settings
+    swept = []
+    try:
+        for threshold in thresholds:
+            engine.settings = replace(base, lesion_threshold=float(threshold))
+            metrics = summarise([count_subject(s.truth, segment_subject(engine, s, probability))
+                                 for s, probability in subjects])
+            swept.append((float(threshold), metrics))
+    finally:
+        engine.settings = base
+    best = max(swept, key=lambda item: (item[1]["detection_f1_iou06"] or 0.0,
+                                        item[1]["dice"] or 0.0, -abs(item[0] - 0.5)))
+    return best[0], swept
 
 
 def evaluate_engine(engine: TwoStageEngine, seeds: list[int],
                     varied: bool = False) -> dict[str, float | None]:
     """Every metric of :func:`training.metrics.summarise` over ``seeds``."""
     return summarise(evaluate_subjects(engine, seeds, varied=varied))
+
+
+def percent_cell(value: float | None, missing: str = "-") -> str:
+    """A percentage for a markdown table, two decimals; ``missing`` where there is none."""
+    return missing if value is None else f"{value:.2f}"
 
 
 def report_markdown(metrics: dict[str, float | None],
@@ -88,9 +140,6 @@ def report_markdown(metrics: dict[str, float | None],
         "classification_recall_LACI": "classification recall LACI",
     }
 
-    def cell(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.2f}"
-
     lines = [f"### {title}", "",
              f"{metrics['subjects']:.0f} held-out synthetic subjects, "
              f"{metrics['true_lesions']:.0f} true and {metrics['predicted_lesions']:.0f} "
@@ -101,11 +150,11 @@ def report_markdown(metrics: dict[str, float | None],
         low_high = intervals.get(key)
         target = TARGETS.get(key)
         met = "" if target is None else ("yes" if (metrics[key] or 0) >= target else "no")
-        lines.append(f"| {name} | {cell(metrics[key])} | "
+        lines.append(f"| {name} | {percent_cell(metrics[key], 'n/a')} | "
                      f"{'n/a' if low_high is None else f'{low_high[0]:.2f}-{low_high[1]:.2f}'} | "
-                     f"{cell(PAPER.get(key))} | {cell(target)} | {met} |")
+                     f"{percent_cell(PAPER.get(key), 'n/a')} | {percent_cell(target, 'n/a')} | {met} |")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["PAPER", "TARGETS", "bootstrap_intervals", "evaluate_engine", "evaluate_subjects",
-           "report_markdown"]
+__all__ = ["PAPER", "TARGETS", "SubjectInputs", "bootstrap_intervals", "calibrate_lesion_threshold",
+           "evaluate_engine", "evaluate_subjects", "percent_cell", "report_markdown", "subject_inputs"]

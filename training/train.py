@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from models.inference import InferenceSettings
 from models.package import (
     PRIMARY_FILE,
     SECONDARY_FILE,
@@ -30,6 +31,11 @@ from training.evaluate import evaluate_subjects, report_markdown
 from training.metrics import bootstrap_intervals, summarise
 
 logger = logging.getLogger(__name__)
+
+# How freshly trained networks are run for validation, the ablation and cross-validation, and
+# what a new package's manifest says.
+TRAINED_SETTINGS = InferenceSettings(input_matrix=(256, 256), lesion_threshold=0.5,
+                                     laci_threshold=0.5, min_lesion_voxels=2)
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,40 @@ class TrainingPlan:
     augment: bool = True
     oversample: bool = True
     two_stage: bool = True
+    # The paper's oversampling schedule: this many first epochs on lesion-rich crops only, then
+    # the rest on crops drawn from all brain slices. 0: 70 % lesion-rich crops every epoch.
+    pretrain_epochs: int = 0
+    # "dice+ce": cross-entropy plus soft Dice on the lesion channel; "ce": the paper's
+    # cross-entropy alone.
+    loss: str = "dice+ce"
+    # Lesion-rich crops drawn per lesion rather than per lesion voxel (small lesions as often
+    # as large ones).
+    oversample_per_lesion: bool = False
+
+
+# Named recipes (``lacuna train --recipe``): this project's, which the shipped model was trained
+# with, and the paper's as Liu et al. describe it (cross-entropy, RMSProp at 0.01, lesion-rich
+# pre-training then all slices, 5-10 degree rotation of lesion-rich crops, secondary network on
+# the primary network's lesions).
+RECIPES: dict[str, dict[str, Any]] = {
+    "lacuna": {},
+    "paper": {"loss": "ce", "learning_rate": 0.01, "pretrain_epochs": 3,
+              "rotate_lesion_crops": True, "secondary_from_primary": True},
+}
+
+
+def recipe_plan(recipe: str, **overrides: Any) -> TrainingPlan:
+    """A plan with ``recipe``'s settings, then ``overrides`` (which win)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    return TrainingPlan(**{**RECIPES[recipe], **overrides})
+
+
+def _cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
+    """The paper's loss: pixel-wise categorical cross-entropy."""
+    import keras
+
+    return keras.ops.mean(keras.losses.categorical_crossentropy(y_true, y_pred))
 
 
 def _dice_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
@@ -81,6 +121,10 @@ def _dice_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
     return cross_entropy + (1.0 - dice)
 
 
+# The primary network's losses by TrainingPlan.loss.
+LOSSES = {"ce": _cross_entropy, "dice+ce": _dice_cross_entropy}
+
+
 def _pipeline(inputs: np.ndarray, targets: np.ndarray, batch_size: int, seed: int) -> Any:
     """A seeded, shuffled, batched, prefetched ``tf.data`` pipeline over arrays in memory."""
     import tensorflow as tf
@@ -88,6 +132,15 @@ def _pipeline(inputs: np.ndarray, targets: np.ndarray, batch_size: int, seed: in
     return (tf.data.Dataset.from_tensor_slices((inputs, targets))
             .shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
             .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def lesion_fraction(plan: TrainingPlan, epoch: int) -> float:
+    """The share of lesion-rich crops in ``epoch`` (0-based) under the plan's oversampling."""
+    if not plan.oversample:
+        return 0.0
+    if plan.pretrain_epochs:
+        return 1.0 if epoch < plan.pretrain_epochs else 0.0
+    return 0.7
 
 
 def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.random.Generator,
@@ -98,11 +151,13 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
 
     from models.networks import build_primary_network, build_secondary_network
 
+    if plan.loss not in LOSSES:
+        raise ValueError(f"unknown loss {plan.loss!r}; known: {', '.join(LOSSES)}")
     classes = 3 if plan.task == "a" else 2
     primary = build_primary_network(base_filters=plan.base_filters, num_classes=classes)
     primary.compile(
         optimizer=keras.optimizers.RMSprop(plan.learning_rate, rho=0.9),
-        loss=_dice_cross_entropy,
+        loss=LOSSES[plan.loss],
     )
     checkpoints = out_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -110,9 +165,10 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
     for epoch in range(plan.primary_epochs):
         # Fresh crops each epoch (new oversampled positions, flips, rotations), seeded.
         images, masks = primary_crops(subjects, rng, plan.primary_crops_per_epoch, plan.crop_size,
-                                      lesion_fraction=0.7 if plan.oversample else 0.0,
+                                      lesion_fraction=lesion_fraction(plan, epoch),
                                       rotate_lesion_crops=plan.rotate_lesion_crops,
-                                      augment=plan.augment, by_class=plan.task == "a")
+                                      augment=plan.augment, by_class=plan.task == "a",
+                                      per_lesion=plan.oversample_per_lesion)
         one_hot = np.eye(classes, dtype=np.float32)[masks[..., 0].astype(np.int64)]
         history = primary.fit(_pipeline(images, one_hot, plan.batch_size, plan.seed + epoch),
                               initial_epoch=epoch, epochs=epoch + 1, callbacks=callbacks,
@@ -172,7 +228,7 @@ def make_training_subjects(plan: TrainingPlan, seeds: list[int]) -> tuple[list[S
 def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
     import keras
 
-    from models.inference import InferenceSettings, TwoStageEngine
+    from models.inference import TwoStageEngine
     from models.networks import build_primary_network, build_secondary_network
 
     if not plan.two_stage or plan.task != "b":
@@ -187,9 +243,7 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
     primary, secondary = train_networks(plan, subjects, rng, out_dir, started)
     assert secondary is not None  # two_stage, checked above
 
-    settings = InferenceSettings(
-        input_matrix=(256, 256), lesion_threshold=0.5, laci_threshold=0.5, min_lesion_voxels=2
-    )
+    settings = TRAINED_SETTINGS
     validation = evaluate_subjects(TwoStageEngine(primary, secondary, settings),
                                    seeds[plan.subjects :], varied=plan.varied)
     metrics = summarise(validation)
@@ -226,7 +280,10 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
         metrics={key: value for key, value in metrics.items() if value is not None},
         training={
             "seconds": round(time.monotonic() - started),
-            "primary": "U-Net, cross-entropy + soft Dice, RMSProp, lesion-oversampled crops",
+            "primary": ("U-Net, " + ("cross-entropy" if plan.loss == "ce" else "cross-entropy + soft Dice")
+                        + f", RMSProp (learning rate {plan.learning_rate}, rho 0.9), "
+                        + ("lesion-rich pre-training then all slices" if plan.pretrain_epochs
+                           else "lesion-oversampled crops")),
             "secondary": "CNN on 32x32 T1 FLAIR ROIs at "
                          + ("the primary network's lesions" if plan.secondary_from_primary
                             else "ground-truth lesions") + ", 64x64, gamma 1.5",
@@ -262,8 +319,9 @@ its centroid, upsampled to 64x64, gamma 1.5; its verdict corrects the label map.
 
 ## Metrics
 {table}
-`lacuna evaluate --model DIR [--varied]` measures it on more subjects; the ablation and the
-five-fold cross-validation of issue 5 are not yet generated.
+`lacuna evaluate --model DIR [--varied]` measures it on more subjects; `lacuna crossval`
+measures its recipe by five-fold cross-validation split by subject, and `lacuna ablation`
+each of the paper's variants.
 
 ## Known limits
 - Synthetic lesions (ellipsoids{", irregular" if plan.varied else ""}) are not real FCI and LACI:

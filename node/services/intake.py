@@ -22,12 +22,12 @@ from pydicom import Dataset, dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from node.db.engine import SessionFactory
-from node.db.tables import Instance, Patient, Series, Study, utcnow
+from node.db.tables import Base, utcnow
 from node.dicom import frames
 from node.dicom.status import Status
 from node.dicom.storage import (
@@ -258,19 +258,43 @@ def _check_pixel_length(dataset: Dataset) -> None:
         )
 
 
+# Core statements on the index tables, built once. Intake runs per instance at ingest rates,
+# and the ORM's unit of work cost more than the statements themselves.
+_PATIENTS = Base.metadata.tables["patients"]
+_STUDIES = Base.metadata.tables["studies"]
+_SERIES = Base.metadata.tables["series"]
+_INSTANCES = Base.metadata.tables["instances"]
+_FIND_PATIENT = select(_PATIENTS.c.id).where(_PATIENTS.c.patient_id == bindparam("key"))
+_FIND_STUDY = select(_STUDIES.c.id, _STUDIES.c.state, _STUDIES.c.urgent).where(
+    _STUDIES.c.study_instance_uid == bindparam("key"))
+_FIND_SERIES = select(_SERIES.c.id).where(_SERIES.c.series_instance_uid == bindparam("key"))
+_FIND_INSTANCES = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.id, _INSTANCES.c.sha256).where(
+    _INSTANCES.c.sop_instance_uid.in_(bindparam("keys", expanding=True)))
+_TOUCH_STUDY = _STUDIES.update().where(_STUDIES.c.id == bindparam("study")).values(
+    last_received_at=bindparam("now"))
+
+
+@dataclass
+class _StudyRow:
+    id: int
+    state: str
+    urgent: bool
+
+
 @dataclass
 class _BatchRows:
-    """Rows one transaction has already found or created, by UID (or Patient ID)."""
+    """What one transaction has already found or created, by UID (or Patient ID): row ids,
+    and each study's state as this transaction left it."""
 
-    instances: dict[str, Instance] | None = None  # None: not prefetched, look each up
-    patients: dict[str, Patient] = field(default_factory=dict)
-    studies: dict[str, Study] = field(default_factory=dict)
-    series: dict[str, Series] = field(default_factory=dict)
+    instances: dict[str, tuple[int, str]] = field(default_factory=dict)  # id, sha256
+    patients: dict[str, int] = field(default_factory=dict)
+    studies: dict[str, _StudyRow] = field(default_factory=dict)
+    series: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def prefetch(cls, session: Session, sop_uids: list[str]) -> _BatchRows:
-        found = session.scalars(select(Instance).where(Instance.sop_instance_uid.in_(sop_uids)))
-        return cls(instances={instance.sop_instance_uid: instance for instance in found})
+    def prefetch(cls, connection: Connection, sop_uids: list[str]) -> _BatchRows:
+        found = connection.execute(_FIND_INSTANCES, {"keys": sop_uids})
+        return cls(instances={uid: (row_id, digest) for uid, row_id, digest in found})
 
 
 @dataclass(frozen=True)
@@ -367,7 +391,8 @@ class Intake:
         if len(batch) > 1:
             try:
                 with self._sessions.begin() as session:
-                    rows = _BatchRows.prefetch(session, [pending.sop_uid for pending in batch])
+                    rows = _BatchRows.prefetch(session.connection(),
+                                               [pending.sop_uid for pending in batch])
                     return [pending.stored(self._index(session, pending, rows))
                             for pending in batch]
             except Exception:
@@ -393,17 +418,16 @@ class Intake:
     def _index(self, session: Session, pending: _Pending, rows: _BatchRows | None = None) -> bool:
         """Index rows and the audit row; returns True for an identical re-send, which changes
         nothing but the audit trail. ``rows`` carries what earlier items of the same batch
-        (same transaction) looked up or created."""
-        rows = rows or _BatchRows()
+        (same transaction) looked up or created; without it, this instance's rows are looked
+        up on their own."""
+        connection = session.connection()
+        rows = rows or _BatchRows.prefetch(connection, [pending.sop_uid])
         dataset, received, relative, digest, size = (
             pending.dataset, pending.received, pending.relative, pending.digest, pending.size)
         study_uid, series_uid, sop_uid = pending.study_uid, pending.series_uid, pending.sop_uid
         now = self._clock()
-        if rows.instances is not None:
-            instance = rows.instances.get(sop_uid)
-        else:
-            instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
-        duplicate = instance is not None and instance.sha256 == digest
+        instance = rows.instances.get(sop_uid)
+        duplicate = instance is not None and instance[1] == digest
         audit.record(
             session,
             "instance.received",
@@ -420,36 +444,17 @@ class Intake:
         if duplicate:
             return True
 
-        patient_id = str(dataset.get("PatientID", "") or "")
-        patient = rows.patients.get(patient_id) or session.scalar(
-            select(Patient).where(Patient.patient_id == patient_id))
-        if patient is None:
-            patient = Patient(patient_id=patient_id, patient_name=str(dataset.get("PatientName", "")))
-            session.add(patient)
-            session.flush()
-        rows.patients[patient_id] = patient
-
-        study = rows.studies.get(study_uid) or session.scalar(
-            select(Study).where(Study.study_instance_uid == study_uid))
+        study = rows.studies.get(study_uid)
         if study is None:
-            study = Study(
-                study_instance_uid=study_uid,
-                patient_id=patient.id,
-                accession_number=str(dataset.get("AccessionNumber", "") or ""),
-                study_date=str(dataset.get("StudyDate", "") or ""),
-                state=StudyState.RECEIVING,
-                urgent=False,
-                first_received_at=now,
-                last_received_at=now,
-            )
-            session.add(study)
-            session.flush()
-        rows.studies[study_uid] = study
-        study.last_received_at = now
+            found = connection.execute(_FIND_STUDY, {"key": study_uid}).one_or_none()
+            study = (_StudyRow(found.id, found.state, bool(found.urgent)) if found is not None
+                     else self._new_study(connection, dataset, study_uid, rows, now))
+            rows.studies[study_uid] = study
+        changes: dict[str, Any] = {}
         if not study.urgent and self._urgency.is_urgent(
             received.calling_ae, requested_priorities(dataset)
         ):
-            study.urgent = True
+            changes["urgent"] = study.urgent = True
             audit.record(session, "study.urgent", study_instance_uid=study_uid,
                          calling_ae=received.calling_ae, reason="matched the urgency rule")
         if study.state != StudyState.RECEIVING:
@@ -457,41 +462,69 @@ class Intake:
                 session, "study.reopened", study_instance_uid=study_uid, previous=study.state,
                 reason="new or changed instance after the study was scheduled",
             )
-            study.state = StudyState.RECEIVING
+            changes["state"] = study.state = StudyState.RECEIVING
+        connection.execute(_TOUCH_STUDY.values(**changes) if changes else _TOUCH_STUDY,
+                           {"study": study.id, "now": now})
 
-        series = rows.series.get(series_uid) or session.scalar(
-            select(Series).where(Series.series_instance_uid == series_uid))
-        if series is None:
-            series_number = dataset.get("SeriesNumber")
-            series = Series(
-                series_instance_uid=series_uid,
-                study_id=study.id,
-                modality=str(dataset.get("Modality", "")),
-                series_number=None if series_number in (None, "") else int(series_number),
-                series_description=str(dataset.get("SeriesDescription", ""))[:64],
-                attributes=series_attributes(dataset),
-            )
-            session.add(series)
-            session.flush()
-        rows.series[series_uid] = series
+        series_id = rows.series.get(series_uid)
+        if series_id is None:
+            series_id = connection.execute(_FIND_SERIES, {"key": series_uid}).scalar()
+            if series_id is None:
+                series_number = dataset.get("SeriesNumber")
+                series_id = connection.execute(_SERIES.insert().returning(_SERIES.c.id), {
+                    "series_instance_uid": series_uid,
+                    "study_id": study.id,
+                    "modality": str(dataset.get("Modality", "")),
+                    "series_number": None if series_number in (None, "") else int(series_number),
+                    "series_description": str(dataset.get("SeriesDescription", ""))[:64],
+                    "attributes": series_attributes(dataset),
+                }).scalar_one()
+            rows.series[series_uid] = series_id
 
+        transfer_syntax = str(dataset.file_meta.TransferSyntaxUID)
         if instance is None:
             instance_number = dataset.get("InstanceNumber")
-            instance = Instance(
-                sop_instance_uid=sop_uid,
-                series_id=series.id,
-                sop_class_uid=str(dataset.SOPClassUID),
-                transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-                instance_number=None if instance_number in (None, "") else int(instance_number),
-                path=str(relative),
-                size_bytes=size,
-                sha256=digest,
-                received_at=now,
-            )
-            session.add(instance)
-            if rows.instances is not None:
-                rows.instances[sop_uid] = instance
+            instance_id = connection.execute(_INSTANCES.insert().returning(_INSTANCES.c.id), {
+                "sop_instance_uid": sop_uid,
+                "series_id": series_id,
+                "sop_class_uid": str(dataset.SOPClassUID),
+                "transfer_syntax_uid": transfer_syntax,
+                "instance_number": None if instance_number in (None, "") else int(instance_number),
+                "path": str(relative),
+                "size_bytes": size,
+                "sha256": digest,
+                "received_at": now,
+            }).scalar_one()
         else:  # same SOP Instance UID, new content: the file was replaced; so is its row
-            instance.size_bytes, instance.sha256, instance.received_at = size, digest, now
-            instance.transfer_syntax_uid = str(dataset.file_meta.TransferSyntaxUID)
+            instance_id = instance[0]
+            connection.execute(
+                _INSTANCES.update().where(_INSTANCES.c.id == instance_id),
+                {"size_bytes": size, "sha256": digest, "received_at": now,
+                 "transfer_syntax_uid": transfer_syntax})
+        rows.instances[sop_uid] = (instance_id, digest)
         return False
+
+    def _new_study(self, connection: Connection, dataset: Dataset, study_uid: str,
+                   rows: _BatchRows, now: datetime) -> _StudyRow:
+        """Insert a study (and its patient, when new) in state RECEIVING."""
+        patient_id = str(dataset.get("PatientID", "") or "")
+        patient = rows.patients.get(patient_id)
+        if patient is None:
+            patient = connection.execute(_FIND_PATIENT, {"key": patient_id}).scalar()
+            if patient is None:
+                patient = connection.execute(_PATIENTS.insert().returning(_PATIENTS.c.id), {
+                    "patient_id": patient_id,
+                    "patient_name": str(dataset.get("PatientName", "")),
+                }).scalar_one()
+            rows.patients[patient_id] = patient
+        study_id = connection.execute(_STUDIES.insert().returning(_STUDIES.c.id), {
+            "study_instance_uid": study_uid,
+            "patient_id": patient,
+            "accession_number": str(dataset.get("AccessionNumber", "") or ""),
+            "study_date": str(dataset.get("StudyDate", "") or ""),
+            "state": StudyState.RECEIVING,
+            "urgent": False,
+            "first_received_at": now,
+            "last_received_at": now,
+        }).scalar_one()
+        return _StudyRow(study_id, StudyState.RECEIVING, False)

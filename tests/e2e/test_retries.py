@@ -37,7 +37,9 @@ def test_destination_down_then_back(tmp_path: Path, synthetic_study, database_ur
             with node.database.sessions.begin() as session:
                 return list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
 
-        wait_for(lambda: "delivery.failed" in actions(), timeout_s=240)
+        # The worker tries each delivery once before it marks the job done, so the failed
+        # delivery's audit row comes first and the job's state follows in its own commit.
+        wait_for(lambda: "delivery.failed" in actions() and "job.finished" in actions(), timeout_s=240)
         with node.database.sessions.begin() as session:
             job = session.scalar(select(Job))
             assert job is not None and job.state == JobState.DONE  # not re-run for a delivery

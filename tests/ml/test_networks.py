@@ -101,3 +101,55 @@ def test_evaluation_on_varied_scanners_goes_through_the_nodes_pairing(
     metrics = json.loads(capsys.readouterr().out)["metrics"]
     assert metrics["true_lesions"] >= 1
     assert metrics["detection_recall_any"] >= 50 and metrics["dice"] >= 50
+
+
+def test_calibrate_writes_a_new_version_with_the_threshold_it_swept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from models.package import read_manifest
+    from training.evaluate import CANDIDATE_THRESHOLDS
+
+    out = tmp_path / "calibrated"
+    assert main(["--json", "calibrate", "--out", str(out), "--version", "0.1.0-cal",
+                 "--first-seed", "800000", "--subjects", "2"]) == EXIT_OK
+    answer = json.loads(capsys.readouterr().out)
+    manifest = verify_package(out)  # same network files, new manifest: checksums still hold
+    source = read_manifest(default_package_dir())
+    assert manifest.version == "0.1.0-cal" and manifest.files == source.files
+    assert answer["seeds"] == [800_000, 800_001] and answer["from_version"] == source.version
+    swept = answer["swept"]
+    assert [float(t) for t in swept] == list(CANDIDATE_THRESHOLDS)
+    chosen = manifest.lesion_threshold
+    assert chosen in CANDIDATE_THRESHOLDS
+    best_f1 = max(m["detection_f1_iou06"] or 0.0 for m in swept.values())
+    assert swept[f"{chosen:.2f}"]["detection_f1_iou06"] == best_f1
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"# Model card: {manifest.name} 0.1.0-cal" in card and "## Calibration" in card
+    assert f"| {chosen:.2f} (chosen) |" in card
+    # The same version again is refused: a threshold change is a new model version.
+    with pytest.raises(ValueError, match="new version"):
+        main(["calibrate", "--out", str(tmp_path / "again"), "--version", source.version,
+              "--subjects", "1"])
+
+
+def test_mixed_precision_engine_finds_the_same_lesions(engine: TwoStageEngine) -> None:
+    # What a GPU worker runs (float16 compute, float32 weights and outputs), forced on this CPU.
+    import keras
+
+    mixed = TwoStageEngine.load(default_package_dir(), mixed_precision=True)
+    assert mixed.mixed_precision and not engine.mixed_precision
+    primary = mixed._primary
+    assert isinstance(primary, keras.Model)
+    assert primary.layers[1].dtype_policy.name == "mixed_float16"
+    assert primary.layers[-1].dtype_policy.name == "float32"  # probabilities in float32
+    geometry = axial_geometry()
+    phantom = make_phantom(900_004, geometry, lesion_count=4)
+    t2 = render_series(phantom, geometry, Contrast.T2_FLAIR).pixels.astype(np.float32)
+    t1 = render_series(phantom, geometry, Contrast.T1_FLAIR, seed_offset=1).pixels.astype(np.float32)
+    available = np.ones(geometry.slices, dtype=bool)
+    full = engine.segment(t2, t1, available, geometry.pixel_spacing, geometry.slice_spacing)
+    half = mixed.segment(t2, t1, available, geometry.pixel_spacing, geometry.slice_spacing)
+    assert [lesion.lesion_class for lesion in half.lesions] == \
+        [lesion.lesion_class for lesion in full.lesions]
+    both = np.logical_and(full.labels > 0, half.labels > 0).sum()
+    assert 2 * both / ((full.labels > 0).sum() + (half.labels > 0).sum()) > 0.98

@@ -64,3 +64,20 @@ def test_ablation_rows_train_and_evaluate(tmp_path: Path) -> None:
     assert "| Proposed method | b |" in table and "74.21 / 91.76 / 92.89" in table
     with Image.open(tmp_path / "ablation" / "ablation.png") as chart:
         assert chart.size[1] > 100
+
+
+@pytest.mark.slow
+def test_crossval_trains_every_fold_and_tests_every_subject_once(tmp_path: Path) -> None:
+    from training.crossval import run_crossval
+
+    plan = TrainingPlan(subjects=3, primary_crops_per_epoch=32, primary_epochs=2,
+                        pretrain_epochs=1, secondary_epochs=1, base_filters=4,
+                        oversample_per_lesion=True)
+    result = run_crossval(plan, tmp_path / "cv", folds=3)
+    assert [len(f.test) for f in result.folds] == [1, 1, 1]
+    assert [m["subjects"] for m in result.per_fold] == [1, 1, 1]
+    assert result.pooled["subjects"] == 3
+    report = (tmp_path / "cv" / "crossval.md").read_text()
+    assert "# 3-fold cross-validation by subject" in report and "| mean +- sd | 3 |" in report
+    assert "1 of them lesion-rich pre-training" in report and "drawn per lesion" in report
+    assert {p.name for p in (tmp_path / "cv").iterdir()} == {"crossval.md", "fold-1", "fold-2", "fold-3"}

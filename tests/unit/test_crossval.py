@@ -1,0 +1,81 @@
+"""Cross-validation folds are split by subject; the oversampling schedule per epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.crossval import subject_folds
+from training.train import RECIPES, TrainingPlan, lesion_fraction, recipe_plan
+
+
+def test_every_subject_is_tested_once_and_never_trained_on_in_its_fold() -> None:
+    seeds = list(range(10_000, 10_042))
+    folds = subject_folds(seeds, 5, seed=1)
+    assert [f.number for f in folds] == [1, 2, 3, 4, 5]
+    tested = [s for fold in folds for s in fold.test]
+    assert sorted(tested) == seeds  # each subject in exactly one test set
+    assert sorted(len(f.test) for f in folds) == [8, 8, 8, 9, 9]
+    for fold in folds:
+        assert not set(fold.test) & set(fold.training)
+        assert sorted(fold.test + fold.training) == seeds
+    assert subject_folds(seeds, 5, seed=1) == folds  # seeded
+    assert subject_folds(seeds, 5, seed=2) != folds
+
+
+@pytest.mark.parametrize("seeds, folds, message", [
+    (list(range(3)), 5, "cannot fill"), (list(range(10)), 1, "at least 2"),
+    ([1, 1, 2, 3], 2, "repeat"),
+])
+def test_impossible_splits_are_refused(seeds: list[int], folds: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        subject_folds(seeds, folds, seed=1)
+
+
+def test_oversampling_schedules() -> None:
+    assert [lesion_fraction(TrainingPlan(), e) for e in range(3)] == [0.7, 0.7, 0.7]
+    paper = TrainingPlan(primary_epochs=5, pretrain_epochs=3)
+    assert [lesion_fraction(paper, e) for e in range(5)] == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert lesion_fraction(TrainingPlan(oversample=False, pretrain_epochs=3), 0) == 0.0
+
+
+def test_recipes() -> None:
+    assert recipe_plan("lacuna") == TrainingPlan()
+    paper = recipe_plan("paper", subjects=3)
+    assert (paper.loss, paper.learning_rate, paper.pretrain_epochs) == ("ce", 0.01, 3)
+    assert paper.rotate_lesion_crops and paper.secondary_from_primary and paper.subjects == 3
+    assert recipe_plan("paper", learning_rate=0.001).learning_rate == 0.001  # overrides win
+    assert set(RECIPES) == {"lacuna", "paper"}
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe_plan("nope")
+
+
+def test_an_unknown_loss_is_refused_before_training() -> None:
+    import numpy as np
+
+    from training.train import train_networks
+
+    with pytest.raises(ValueError, match="unknown loss 'focal'"):
+        train_networks(TrainingPlan(loss="focal"), [], np.random.default_rng(0), Path("unused"), 0.0)
+
+
+def test_per_lesion_oversampling_gives_a_small_lesion_as_many_crops_as_a_large_one() -> None:
+    import numpy as np
+
+    from training.dataset import SubjectArrays, primary_crops
+
+    labels = np.zeros((3, 256, 256), np.uint8)
+    labels[1, 20:80, 20:80] = 1  # 3,600 voxels
+    labels[1, 200:202, 200:202] = 2  # 4 voxels, far from the large one
+    subject = SubjectArrays(t2=np.full(labels.shape, 0.5, np.float32),
+                            t1=np.zeros(labels.shape, np.float32), labels=labels)
+
+    def crops_with_the_small_lesion(per_lesion: bool) -> int:
+        _, masks = primary_crops([subject], np.random.default_rng(0), 400, size=64,
+                                 lesion_fraction=1.0, augment=False, by_class=True,
+                                 per_lesion=per_lesion)
+        return int((masks.reshape(len(masks), -1) == 2).any(axis=1).sum())
+
+    assert crops_with_the_small_lesion(per_lesion=False) < 10  # ~4 in 3,604 draws
+    assert 150 < crops_with_the_small_lesion(per_lesion=True) < 250  # about half

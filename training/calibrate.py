@@ -1,0 +1,82 @@
+"""``lacuna calibrate``: choose a package's lesion threshold on validation subjects and write it
+as a new package version (same network files, new manifest and model card).
+
+A threshold is part of what a model version means: changing it changes the lesions the node
+reports, so it gets its own version, registered, verified and activated like any other.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from models.inference import TwoStageEngine
+from models.package import MANIFEST_NAME, ModelManifest, verify_package
+from training.evaluate import calibrate_lesion_threshold
+
+CARD_NAME = "MODEL_CARD.md"
+SWEEP_COLUMNS = (
+    ("dice", "Dice"),
+    ("detection_precision_iou06", "detection precision (IoU > 0.6)"),
+    ("detection_recall_iou06", "detection recall (IoU > 0.6)"),
+    ("detection_f1_iou06", "detection F1 (IoU > 0.6)"),
+    ("classification_precision", "classification precision"),
+)
+
+
+def calibrated_package(
+    engine: TwoStageEngine, package: Path, out_dir: Path, version: str, seeds: list[int],
+    varied: bool = False, progress: Callable[[int, int], None] | None = None,
+) -> ModelManifest:
+    """Sweep the lesion threshold of ``engine`` (loaded from ``package``) on ``seeds``, then
+    write ``out_dir``: the package's files, a manifest with the chosen threshold, ``version``
+    and the sweep (``training["calibration"]``), and the card with a calibration section."""
+    source = verify_package(package)
+    if version == source.version:
+        raise ValueError(f"the calibrated package needs a new version, not {version}")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"{out_dir} is not empty")
+    chosen, swept = calibrate_lesion_threshold(engine, seeds, varied=varied, progress=progress)
+    calibration = {
+        "from_version": source.version,
+        "seeds": [seeds[0], seeds[-1]],
+        "varied": varied,
+        "rule": "highest detection F1 at IoU > 0.6, then Dice",
+        "lesion_threshold": chosen,
+        "swept": {f"{t:.2f}": {k: m[k] for k, _ in SWEEP_COLUMNS} for t, m in swept},
+    }
+    manifest = replace(source, version=version, lesion_threshold=chosen,
+                       training={**source.training, "calibration": calibration})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in source.files:
+        shutil.copy2(package / name, out_dir / name)
+    (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
+    card = (package / CARD_NAME).read_text() if (package / CARD_NAME).is_file() else \
+        f"# Model card: {source.name}\n"
+    card = card.replace(f"{source.name} {source.version}", f"{source.name} {version}", 1)
+    (out_dir / CARD_NAME).write_text(card.rstrip() + "\n\n" + calibration_markdown(manifest, swept))
+    verify_package(out_dir)
+    return manifest
+
+
+def calibration_markdown(manifest: ModelManifest,
+                         swept: list[tuple[float, dict[str, float | None]]]) -> str:
+    calibration = manifest.training["calibration"]
+    first, last = calibration["seeds"]
+    lines = ["| lesion threshold | " + " | ".join(name for _, name in SWEEP_COLUMNS) + " |",
+             "|" + " --- |" * (len(SWEEP_COLUMNS) + 1)]
+    for threshold, metrics in swept:
+        mark = " (chosen)" if threshold == manifest.lesion_threshold else ""
+        lines.append(f"| {threshold:.2f}{mark} | " + " | ".join(
+            "-" if metrics[key] is None else f"{metrics[key]:.2f}" for key, _ in SWEEP_COLUMNS) + " |")
+    return (
+        "## Calibration\n"
+        f"Version {manifest.version} is {manifest.name} {calibration['from_version']}'s networks "
+        f"with the lesion threshold {manifest.lesion_threshold:.2f}, chosen by "
+        f"`lacuna calibrate` on {last - first + 1} validation subjects (seeds {first}-{last}"
+        f"{', varied scanners' if calibration['varied'] else ''}), never the subjects "
+        "`lacuna evaluate` judges it on (900000..): "
+        f"{calibration['rule']}. Percent.\n\n" + "\n".join(lines) + "\n"
+    )
