@@ -20,6 +20,7 @@ from node.config import Destination
 from node.db.tables import AuditEvent, Delivery, Job
 from node.demo import local_settings
 from node.domain.delivery import DeliveryState
+from node.domain.jobs import JobState
 from node.results.readback import read_report_statements
 from tests.conftest import dciodvfy_errors, wait_for
 from tests.e2e.conftest import Orthanc
@@ -71,9 +72,12 @@ def test_round_trip_with_orthanc(  # type: ignore[no-untyped-def]
         assert isinstance(answer, dict) and answer["FailedInstancesCount"] == 0
 
         def delivered() -> list[Delivery] | None:
+            # The worker delivers before it marks the job done (with its findings) in its own
+            # commit, so wait for both.
             with node.database.sessions.begin() as session:
                 rows = list(session.scalars(select(Delivery)))
-            return rows if rows and all(d.state == DeliveryState.DELIVERED for d in rows) else None
+                done = session.scalar(select(Job.state)) == JobState.DONE
+            return rows if done and all(d.state == DeliveryState.DELIVERED for d in rows) else None
 
         deliveries = wait_for(delivered, timeout_s=240)
         with node.database.sessions.begin() as session:
