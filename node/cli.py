@@ -420,8 +420,8 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from models.inference import TwoStageEngine
     from models.package import verify_package
-    from training.evaluate import bootstrap_intervals, evaluate_subjects, report_markdown
-    from training.metrics import summarise
+    from training.evaluate import bootstrap_intervals, evaluate_subjects, report_markdown, size_markdown
+    from training.metrics import recall_by_size, summarise
 
     package = args.model or settings.models.default_package
     manifest = verify_package(package)
@@ -436,12 +436,15 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     if not args.json:
         print(file=sys.stderr)
     metrics, intervals = summarise(counts), bootstrap_intervals(counts)
+    by_size = recall_by_size(counts)
     if args.json:
         print(json.dumps({"model": f"{manifest.name} {manifest.version}", "seeds": [seeds[0], seeds[-1]],
-                          "metrics": metrics, "intervals": intervals}, indent=2))
+                          "metrics": metrics, "intervals": intervals,
+                          "recall_by_size": [vars(b) for b in by_size]}, indent=2))
     kind = "varied scanners and subjects" if args.varied else "the training distribution"
     table = report_markdown(metrics, intervals, f"{manifest.name} {manifest.version}, {kind}, "
                                                f"seeds {seeds[0]}-{seeds[-1]}")
+    table += "\nDetection recall by true lesion volume:\n\n" + size_markdown(by_size)
     if not args.json:
         print(table)
     if args.out:

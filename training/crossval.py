@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from models.inference import TwoStageEngine
-from training.evaluate import evaluate_subjects, percent_cell, report_markdown
-from training.metrics import SubjectCounts, bootstrap_intervals, summarise
+from training.evaluate import evaluate_subjects, percent_cell, report_markdown, size_markdown
+from training.metrics import SizeBin, SubjectCounts, bootstrap_intervals, recall_by_size, summarise
 from training.train import TRAINED_SETTINGS, TrainingPlan, make_training_subjects, train_networks
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class CrossValidation:
     per_fold: list[dict[str, float | None]]
     pooled: dict[str, float | None]
     intervals: dict[str, tuple[float, float]]
+    by_size: list[SizeBin] = field(default_factory=list)
 
 
 def run_crossval(plan: TrainingPlan, out_dir: Path, folds: int = 5) -> CrossValidation:
@@ -95,7 +96,8 @@ def run_crossval(plan: TrainingPlan, out_dir: Path, folds: int = 5) -> CrossVali
         pooled.extend(counts)
         logger.info("fold %d/%d: %s (%.0f s)", fold.number, folds, per_fold[-1],
                     time.monotonic() - started)
-    result = CrossValidation(split, per_fold, summarise(pooled), bootstrap_intervals(pooled))
+    result = CrossValidation(split, per_fold, summarise(pooled), bootstrap_intervals(pooled),
+                             recall_by_size(pooled))
     (out_dir / "crossval.md").write_text(crossval_markdown(result, plan))
     return result
 
@@ -130,4 +132,5 @@ def crossval_markdown(result: CrossValidation, plan: TrainingPlan) -> str:
         + ("primary network's lesions" if plan.secondary_from_primary else "true lesions")
         + ") and is tested on its own. Percent.\n\n"
         + "\n".join(lines) + "\n\n" + pooled
+        + "\nDetection recall by true lesion volume, pooled:\n\n" + size_markdown(result.by_size)
     )

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from models.inference import TwoStageEngine
-from training.metrics import SubjectCounts, bootstrap_intervals, count_subject, summarise
+from training.metrics import SizeBin, SubjectCounts, bootstrap_intervals, count_subject, summarise
 from training.phantom import (
     Contrast,
     axial_geometry,
@@ -78,7 +78,8 @@ def evaluate_subjects(
     counts = []
     for done, seed in enumerate(seeds, start=1):
         subject = subject_inputs(seed, varied)
-        counts.append(count_subject(subject.truth, segment_subject(engine, subject)))
+        voxel_mm3 = subject.pixel_spacing_mm[0] * subject.pixel_spacing_mm[1] * subject.slice_spacing_mm
+        counts.append(count_subject(subject.truth, segment_subject(engine, subject), voxel_mm3))
         if progress is not None:
             progress(done, len(seeds))
     return counts
@@ -156,5 +157,18 @@ def report_markdown(metrics: dict[str, float | None],
     return "\n".join(lines) + "\n"
 
 
+def size_markdown(bins: Sequence[SizeBin]) -> str:
+    """A markdown table of detection recall by true lesion volume
+    (:func:`training.metrics.recall_by_size`)."""
+    lines = ["| true lesion volume (mm3) | true lesions | detection recall (IoU > 0.6) | "
+             "detection recall (any overlap) |", "| --- | --- | --- | --- |"]
+    for b in bins:
+        span = f"{b.low_mm3:g}-{b.high_mm3:g}" if b.high_mm3 is not None else f">= {b.low_mm3:g}"
+        lines.append(f"| {span} | {b.lesions} | {percent_cell(b.recall_iou06)} | "
+                     f"{percent_cell(b.recall_any)} |")
+    return "\n".join(lines) + "\n"
+
+
 __all__ = ["PAPER", "TARGETS", "SubjectInputs", "bootstrap_intervals", "calibrate_lesion_threshold",
-           "evaluate_engine", "evaluate_subjects", "percent_cell", "report_markdown", "subject_inputs"]
+           "evaluate_engine", "evaluate_subjects", "percent_cell", "report_markdown", "size_markdown",
+           "subject_inputs"]

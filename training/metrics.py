@@ -4,6 +4,7 @@
 * Per-lesion detection: 3D connected components (26-connectivity) of truth and prediction are
   paired one to one, highest IoU first. A prediction is a true positive at IoU > 0.6 (the
   paper's rule) and, separately, at any overlap. Precision, recall and F1 for both.
+* Detection recall by true lesion volume (:func:`recall_by_size`): where the misses are.
 * Classification of the lesions paired at any overlap: precision and recall per class (FCI,
   LACI). Precision alone rewards finding few lesions, so recall is always reported beside it.
 
@@ -32,6 +33,25 @@ class LesionPair:
 
 
 @dataclass(frozen=True)
+class TrueLesion:
+    """A true lesion's volume (mm3) and the IoU of the prediction paired with it (0: none)."""
+
+    volume_mm3: float
+    iou: float
+
+
+@dataclass(frozen=True)
+class SizeBin:
+    """Detection recall (percent) of the true lesions whose volume lies in [low, high) mm3."""
+
+    low_mm3: float
+    high_mm3: float | None  # None: no upper bound
+    lesions: int
+    recall_iou06: float | None
+    recall_any: float | None
+
+
+@dataclass(frozen=True)
 class SubjectCounts:
     """What one subject contributes to every metric (voxel and lesion counts)."""
 
@@ -41,6 +61,7 @@ class SubjectCounts:
     true_lesions: int
     predicted_lesions: int
     pairs: tuple[LesionPair, ...] = field(default_factory=tuple)
+    true_lesion_outcomes: tuple[TrueLesion, ...] = field(default_factory=tuple)
 
 
 def _components(labels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -54,9 +75,11 @@ def _majority(labels: np.ndarray, mask: np.ndarray) -> int:
     return int(np.bincount(values).argmax()) if values.size else 0
 
 
-def count_subject(truth: np.ndarray, predicted: np.ndarray) -> SubjectCounts:
+def count_subject(truth: np.ndarray, predicted: np.ndarray,
+                  voxel_volume_mm3: float = 1.0) -> SubjectCounts:
     """Counts for one subject. ``truth`` and ``predicted`` hold 0 (background), 1 (FCI) and
-    2 (LACI) on one grid; any other positive value counts as a lesion of no class."""
+    2 (LACI) on one grid; any other positive value counts as a lesion of no class.
+    ``voxel_volume_mm3`` only scales the true lesions' volumes in ``true_lesion_outcomes``."""
     if truth.shape != predicted.shape:
         raise ValueError(f"truth {truth.shape} and prediction {predicted.shape} differ in shape")
     true_components, true_count = _components(truth)
@@ -77,11 +100,13 @@ def count_subject(truth: np.ndarray, predicted: np.ndarray) -> SubjectCounts:
     used_true: set[int] = set()
     used_predicted: set[int] = set()
     pairs = []
+    paired_iou: dict[int, float] = {}
     for iou, t, p in candidates:  # one to one, best IoU first
         if t in used_true or p in used_predicted:
             continue
         used_true.add(t)
         used_predicted.add(p)
+        paired_iou[t] = float(iou)
         pairs.append(LesionPair(float(iou), _majority(truth, true_components == t),
                                 _majority(predicted, predicted_components == p)))
     return SubjectCounts(
@@ -91,6 +116,9 @@ def count_subject(truth: np.ndarray, predicted: np.ndarray) -> SubjectCounts:
         true_lesions=true_count,
         predicted_lesions=predicted_count,
         pairs=tuple(pairs),
+        true_lesion_outcomes=tuple(
+            TrueLesion(float(true_sizes[t]) * voxel_volume_mm3, paired_iou.get(t, 0.0))
+            for t in range(1, true_count + 1)),
     )
 
 
@@ -134,6 +162,22 @@ def summarise(subjects: Sequence[SubjectCounts]) -> dict[str, float | None]:
     # The paper's single "classification precision": correct classes among classified lesions.
     metrics["classification_precision"] = _percent(correct, classified)
     return metrics
+
+
+def recall_by_size(subjects: Sequence[SubjectCounts],
+                   edges_mm3: Sequence[float] = (30.0, 100.0, 500.0)) -> list[SizeBin]:
+    """Detection recall at IoU > 0.6 and at any overlap of the true lesions pooled over
+    ``subjects``, in volume bins split at ``edges_mm3`` (ascending)."""
+    outcomes = [lesion for s in subjects for lesion in s.true_lesion_outcomes]
+    bounds: list[tuple[float, float | None]] = list(zip([0.0, *edges_mm3], [*edges_mm3, None],
+                                                        strict=True))
+    bins = []
+    for low, high in bounds:
+        inside = [o for o in outcomes if o.volume_mm3 >= low and (high is None or o.volume_mm3 < high)]
+        bins.append(SizeBin(low, high, len(inside),
+                            _percent(sum(1 for o in inside if o.iou > PAPER_IOU), len(inside)),
+                            _percent(sum(1 for o in inside if o.iou > 0), len(inside))))
+    return bins
 
 
 def bootstrap_intervals(

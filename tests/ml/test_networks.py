@@ -79,6 +79,9 @@ def test_shipped_model_finds_and_classifies_lesions_on_unseen_subjects(
     low, high = answer["intervals"]["dice"]
     assert low <= metrics["dice"] <= high
     assert "| Dice of lesion area |" in table.read_text()
+    by_size = answer["recall_by_size"]  # every true lesion lands in exactly one volume bin
+    assert sum(b["lesions"] for b in by_size) == metrics["true_lesions"]
+    assert "| true lesion volume (mm3) |" in table.read_text()
 
 
 def test_without_t1_every_lesion_is_unclassified(engine: TwoStageEngine) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.metrics import bootstrap_intervals, count_subject, summarise
+from training.evaluate import size_markdown
+from training.metrics import bootstrap_intervals, count_subject, recall_by_size, summarise
 
 
 def volume() -> np.ndarray:
@@ -54,6 +55,24 @@ def test_pairs_are_one_to_one_and_classes_are_scored_both_ways() -> None:
     assert metrics["classification_recall_LACI"] == 0.0
     assert metrics["classification_precision_LACI"] is None  # never predicted
     assert metrics["classification_precision"] == 50.0
+
+
+def test_recall_by_size_puts_each_true_lesion_in_its_volume_bin() -> None:
+    truth, predicted = volume(), volume()
+    truth[1, 0:2, 0:2] = 1  # 4 voxels of 2 mm3: 8 mm3, found loosely (IoU 4/9)
+    predicted[1, 0:3, 0:3] = 1
+    truth[1, 10:12, 10:12] = 2  # 8 mm3, missed
+    truth[2, 20:30, 20:30] = 1  # 100 voxels: 200 mm3, found exactly
+    predicted[2, 20:30, 20:30] = 1
+    counts = count_subject(truth, predicted, voxel_volume_mm3=2.0)
+    assert sorted(o.volume_mm3 for o in counts.true_lesion_outcomes) == [8.0, 8.0, 200.0]
+    small, middle, medium, large = recall_by_size([counts], edges_mm3=(30.0, 100.0, 500.0))
+    assert (small.lesions, small.recall_iou06, small.recall_any) == (2, 0.0, 50.0)
+    assert middle.lesions == 0 and middle.recall_iou06 is None
+    assert (medium.low_mm3, medium.high_mm3, medium.recall_iou06) == (100.0, 500.0, 100.0)
+    assert large.high_mm3 is None and large.lesions == 0
+    table = size_markdown([small, large])
+    assert "| 0-30 | 2 | 0.00 | 50.00 |" in table and "| >= 500 | 0 | - | - |" in table
 
 
 def test_nothing_to_find_and_nothing_found() -> None:
