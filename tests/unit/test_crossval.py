@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from training.crossval import subject_folds
+from training.crossval import CrossValidation, crossval_markdown, subject_folds
+from training.metrics import bootstrap_intervals, count_subject, recall_by_size, summarise
 from training.train import RECIPES, TrainingPlan, lesion_fraction, recipe_plan
 
 
@@ -22,6 +24,23 @@ def test_every_subject_is_tested_once_and_never_trained_on_in_its_fold() -> None
         assert sorted(fold.test + fold.training) == seeds
     assert subject_folds(seeds, 5, seed=1) == folds  # seeded
     assert subject_folds(seeds, 5, seed=2) != folds
+
+
+def test_the_report_has_every_fold_the_pooled_table_and_recall_by_size() -> None:
+    truth = np.zeros((2, 16, 16), np.uint8)
+    truth[0, 2:4, 2:4] = 1
+    truth[1, 8:14, 8:14] = 2
+    found, missed = truth.copy(), truth.copy()
+    missed[0] = 0  # the small lesion
+    counts = [count_subject(truth, found, 4.0), count_subject(truth, missed, 4.0)]
+    folds = subject_folds([1, 2], 2, seed=1)
+    result = CrossValidation(folds, [summarise(counts[:1]), summarise(counts[1:])], summarise(counts),
+                             bootstrap_intervals(counts, resamples=20), recall_by_size(counts))
+    report = crossval_markdown(result, TrainingPlan(subjects=2))
+    assert "# 2-fold cross-validation by subject" in report
+    assert "| 1 | 1 | 100.00 |" in report and "| mean +- sd | 2 |" in report
+    assert "| detection recall (IoU > 0.6) | 75.00 |" in report
+    assert "| 0-30 | 2 | 50.00 | 50.00 |" in report and "| 100-500 | 2 | 100.00 | 100.00 |" in report
 
 
 @pytest.mark.parametrize("seeds, folds, message", [
