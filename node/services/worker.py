@@ -69,23 +69,35 @@ class Worker:
         self.owner = owner or default_worker_id()
         self._clock = clock
         self._current: ClaimedJob | None = None  # the job this worker is running, if any
+        # A claim and its registration as _current happen under this lock, so a shutdown's
+        # release_current never falls between them (the claim is committed, and audited,
+        # before _current is set); after a release the worker claims nothing more.
+        self._claim_lock = threading.Lock()
+        self._released = False
 
     def run_once(self) -> RunReport | None:
-        """Process the next claimable job, if any; returns its report (None when idle)."""
-        claimed = self._claim()
-        if claimed is None:
-            return None
-        self._current = claimed
+        """Process the next claimable job, if any; returns its report (None when idle, and
+        always after :meth:`release_current`)."""
+        with self._claim_lock:
+            if self._released:
+                return None
+            claimed = self._claim()
+            if claimed is None:
+                return None
+            self._current = claimed
         try:
             return self._run(claimed)
         finally:
             self._current = None
 
     def release_current(self, reason: str) -> int | None:
-        """Give the running job back to the queue (shutdown): it becomes claimable at once and
-        its next attempt reuses whatever results this one stored. Returns its id, or None when
-        there was nothing to release. Safe to call from another thread than the one running."""
-        claimed = self._current
+        """Give the running job back to the queue (shutdown) and claim nothing more: the job
+        becomes claimable at once and its next attempt reuses whatever results this one stored.
+        Returns its id, or None when there was nothing to release. Safe to call from another
+        thread than the one running."""
+        with self._claim_lock:  # waits for a claim in progress to be registered
+            self._released = True
+            claimed = self._current
         if claimed is None:
             return None
         with self._sessions.begin() as session:

@@ -301,3 +301,6 @@ def test_release_gives_the_running_job_back(sessions) -> None:  # type: ignore[n
                                        .order_by(AuditEvent.id)))
     assert actions == ["job.started", "job.released", "job.lease_lost"]
     assert worker.release_current("again") is None  # nothing running
+    with sessions.begin() as session:
+        assert session.get(Job, job_id).state == JobState.QUEUED
+    assert worker.run_once() is None  # a released worker claims nothing more, not even its job
