@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +27,16 @@ from node.logs import configure_logging
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG, EXIT_REFUSED = 0, 1, 2, 3, 4
 logger = logging.getLogger("lacuna")
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--recipe`` and the flags that add to it (read back by :func:`_recipe_flags`)."""
+    parser.add_argument("--recipe", choices=["lacuna", "paper"], default="lacuna",
+                        help="lacuna: the shipped model's; paper: Liu et al.'s (flags below add to it)")
+    parser.add_argument("--pretrain-epochs", type=int, default=0,
+                        help="the paper's schedule: N epochs on lesion-rich crops, then all slices")
+    parser.add_argument("--per-lesion", action="store_true",
+                        help="draw lesion-rich crops per lesion, not per lesion voxel")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train both networks on synthetic data (CPU)")
     train.add_argument("--out", type=Path, required=True, help="folder for the model package")
-    train.add_argument("--recipe", choices=["lacuna", "paper"], default="lacuna",
-                       help="lacuna: the shipped model's; paper: Liu et al.'s (flags below add to it)")
     train.add_argument("--subjects", type=int, default=40)
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--epochs", type=int, default=5, help="primary network epochs")
@@ -67,10 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also train on your labelled studies: MR series + DICOM SEG under DIR")
     train.add_argument("--secondary-from-primary", action="store_true",
                        help="train the secondary network on the primary network's lesions (the paper)")
-    train.add_argument("--pretrain-epochs", type=int, default=0,
-                       help="the paper's schedule: N epochs on lesion-rich crops, then all slices")
-    train.add_argument("--per-lesion", action="store_true",
-                       help="draw lesion-rich crops per lesion, not per lesion voxel")
+    _add_recipe_arguments(train)
 
     ablation = commands.add_parser(
         "ablation", help="the paper's Table 1 measured here: train and evaluate every variant")
@@ -88,16 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     crossval = commands.add_parser(
         "crossval", help="k-fold cross-validation split by subject: train and test every fold")
     crossval.add_argument("--out", type=Path, required=True, help="folder for crossval.md")
-    crossval.add_argument("--recipe", choices=["lacuna", "paper"], default="lacuna")
     crossval.add_argument("--subjects", type=int, default=40)
     crossval.add_argument("--folds", type=int, default=5)
     crossval.add_argument("--epochs", type=int, default=5, help="primary network epochs")
     crossval.add_argument("--crops", type=int, default=1600, help="primary crops per epoch")
     crossval.add_argument("--secondary-epochs", type=int, default=12)
-    crossval.add_argument("--pretrain-epochs", type=int, default=0,
-                          help="the paper's schedule: N epochs on lesion-rich crops, then all slices")
-    crossval.add_argument("--per-lesion", action="store_true",
-                          help="draw lesion-rich crops per lesion, not per lesion voxel")
+    _add_recipe_arguments(crossval)
     crossval.add_argument("--varied", action="store_true")
     crossval.add_argument("--seed", type=int, default=1)
 
@@ -392,6 +393,14 @@ def _crossval(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _subject_progress(args: argparse.Namespace, verb: str) -> Callable[[int, int], None]:
+    """A progress line on stderr ("VERB done/total subjects"), silent with ``--json``."""
+    def progress(done: int, total: int) -> None:
+        if not args.json:
+            print(f"\r{verb} {done}/{total} subjects", end="", file=sys.stderr, flush=True)
+    return progress
+
+
 def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from models.inference import TwoStageEngine
     from training.calibrate import calibrated_package
@@ -399,10 +408,7 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     package = args.model or settings.models.default_package
     seeds = list(range(args.first_seed, args.first_seed + args.subjects))
 
-    def progress(done: int, total: int) -> None:
-        if not args.json:
-            print(f"\rpredicted {done}/{total} subjects", end="", file=sys.stderr, flush=True)
-
+    progress = _subject_progress(args, "predicted")
     manifest = calibrated_package(TwoStageEngine.load(package), package, args.out, args.version,
                                   seeds, varied=args.varied, progress=progress)
     if not args.json:
@@ -428,10 +434,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     engine = TwoStageEngine.load(package)
     seeds = list(range(args.first_seed, args.first_seed + args.subjects))
 
-    def progress(done: int, total: int) -> None:
-        if not args.json:
-            print(f"\revaluated {done}/{total} subjects", end="", file=sys.stderr, flush=True)
-
+    progress = _subject_progress(args, "evaluated")
     counts = evaluate_subjects(engine, seeds, progress, varied=args.varied)
     if not args.json:
         print(file=sys.stderr)

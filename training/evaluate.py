@@ -37,6 +37,10 @@ class SubjectInputs:
     slice_spacing_mm: float
     truth: np.ndarray
 
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return self.pixel_spacing_mm[0] * self.pixel_spacing_mm[1] * self.slice_spacing_mm
+
 
 def subject_inputs(seed: int, varied: bool = False) -> SubjectInputs:
     """Render ``seed``'s subject: T2 and T1 FLAIR on one 256x256x24 geometry, or with ``varied``
@@ -78,8 +82,8 @@ def evaluate_subjects(
     counts = []
     for done, seed in enumerate(seeds, start=1):
         subject = subject_inputs(seed, varied)
-        voxel_mm3 = subject.pixel_spacing_mm[0] * subject.pixel_spacing_mm[1] * subject.slice_spacing_mm
-        counts.append(count_subject(subject.truth, segment_subject(engine, subject), voxel_mm3))
+        counts.append(count_subject(subject.truth, segment_subject(engine, subject),
+                                    subject.voxel_volume_mm3))
         if progress is not None:
             progress(done, len(seeds))
     return counts
