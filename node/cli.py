@@ -37,6 +37,9 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the paper's schedule: N epochs on lesion-rich crops, then all slices")
     parser.add_argument("--per-lesion", action="store_true",
                         help="draw lesion-rich crops per lesion, not per lesion voxel")
+    parser.add_argument("--cosine-decay", action=argparse.BooleanOptionalAction,
+                        help="primary network's learning rate falls along a cosine to 5 %% of it "
+                             "(lacuna recipe: on; paper: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train both networks on synthetic data (CPU)")
     train.add_argument("--out", type=Path, required=True, help="folder for the model package")
-    train.add_argument("--subjects", type=int, default=40)
+    train.add_argument("--subjects", type=int, default=80)
     train.add_argument("--seed", type=int, default=1)
-    train.add_argument("--epochs", type=int, default=5, help="primary network epochs")
-    train.add_argument("--version", default="0.1.0")
+    train.add_argument("--epochs", type=int, default=14, help="primary network epochs")
+    train.add_argument("--version", default="0.2.0")
     train.add_argument("--varied", action="store_true",
                        help="subjects of the richer generator, each on its own scanners")
     train.add_argument("--rotate", action="store_true",
@@ -377,7 +380,10 @@ def _recipe_flags(args: argparse.Namespace) -> dict[str, Any]:
     flags = {"rotate_lesion_crops": getattr(args, "rotate", False),
              "secondary_from_primary": getattr(args, "secondary_from_primary", False),
              "pretrain_epochs": args.pretrain_epochs, "oversample_per_lesion": args.per_lesion}
-    return {key: value for key, value in flags.items() if value}
+    chosen: dict[str, Any] = {key: value for key, value in flags.items() if value}
+    if args.cosine_decay is not None:  # given either way: it overrides the recipe's
+        chosen["cosine_decay"] = args.cosine_decay
+    return chosen
 
 
 def _crossval(args: argparse.Namespace, settings: Settings) -> int:

@@ -65,6 +65,8 @@ def test_recipes() -> None:
     assert (paper.loss, paper.learning_rate, paper.pretrain_epochs) == ("ce", 0.01, 3)
     assert paper.rotate_lesion_crops and paper.secondary_from_primary and paper.subjects == 3
     assert recipe_plan("paper", learning_rate=0.001).learning_rate == 0.001  # overrides win
+    # The shipped recipe decays the learning rate; the paper keeps RMSProp's constant.
+    assert TrainingPlan().cosine_decay and not paper.cosine_decay
     assert set(RECIPES) == {"lacuna", "paper"}
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe_plan("nope")
@@ -98,3 +100,14 @@ def test_per_lesion_oversampling_gives_a_small_lesion_as_many_crops_as_a_large_o
 
     assert crops_with_the_small_lesion(per_lesion=False) < 10  # ~4 in 3,604 draws
     assert 150 < crops_with_the_small_lesion(per_lesion=True) < 250  # about half
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ([], None), (["--cosine-decay"], True), (["--no-cosine-decay"], False)])
+def test_cosine_decay_is_overridden_only_when_given(argv: list[str], expected: bool | None) -> None:
+    from node.cli import _recipe_flags, build_parser
+
+    args = build_parser().parse_args(["train", "--out", "unused", *argv])
+    assert _recipe_flags(args).get("cosine_decay") is expected
+    plan = recipe_plan("paper", **_recipe_flags(args))
+    assert plan.cosine_decay is (expected or False)
