@@ -30,12 +30,13 @@ logger = logging.getLogger("lacuna")
 
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--recipe`` and the flags that add to it (read back by :func:`_recipe_flags`)."""
+    """``--recipe`` and the flags that override it (read back by :func:`_recipe_flags`); each
+    flag defaults to None, "not given", so the recipe's own setting stands."""
     parser.add_argument("--recipe", choices=["lacuna", "paper"], default="lacuna",
                         help="lacuna: the shipped model's; paper: Liu et al.'s (flags below add to it)")
-    parser.add_argument("--pretrain-epochs", type=int, default=0,
+    parser.add_argument("--pretrain-epochs", type=int,
                         help="the paper's schedule: N epochs on lesion-rich crops, then all slices")
-    parser.add_argument("--per-lesion", action="store_true",
+    parser.add_argument("--per-lesion", action="store_true", default=None,
                         help="draw lesion-rich crops per lesion, not per lesion voxel")
     parser.add_argument("--cosine-decay", action=argparse.BooleanOptionalAction,
                         help="primary network's learning rate falls along a cosine to 5 %% of it "
@@ -72,11 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--version", default="0.2.0")
     train.add_argument("--varied", action="store_true",
                        help="subjects of the richer generator, each on its own scanners")
-    train.add_argument("--rotate", action="store_true",
+    train.add_argument("--rotate", action="store_true", default=None,
                        help="rotate lesion-rich crops 5-10 degrees either way (the paper)")
     train.add_argument("--data", type=Path,
                        help="also train on your labelled studies: MR series + DICOM SEG under DIR")
-    train.add_argument("--secondary-from-primary", action="store_true",
+    train.add_argument("--secondary-from-primary", action="store_true", default=None,
                        help="train the secondary network on the primary network's lesions (the paper)")
     _add_recipe_arguments(train)
 
@@ -375,15 +376,17 @@ def _ablation(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+# Recipe flags: argparse destination -> TrainingPlan field.
+_RECIPE_FLAGS = {"rotate": "rotate_lesion_crops", "secondary_from_primary": "secondary_from_primary",
+                 "pretrain_epochs": "pretrain_epochs", "per_lesion": "oversample_per_lesion",
+                 "cosine_decay": "cosine_decay"}
+
+
 def _recipe_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The training flags given on the command line; they add to ``--recipe``'s settings."""
-    flags = {"rotate_lesion_crops": getattr(args, "rotate", False),
-             "secondary_from_primary": getattr(args, "secondary_from_primary", False),
-             "pretrain_epochs": args.pretrain_epochs, "oversample_per_lesion": args.per_lesion}
-    chosen: dict[str, Any] = {key: value for key, value in flags.items() if value}
-    if args.cosine_decay is not None:  # given either way: it overrides the recipe's
-        chosen["cosine_decay"] = args.cosine_decay
-    return chosen
+    """The training flags given on the command line (None: not given, or not a flag of this
+    command); they override ``--recipe``'s settings."""
+    given = {field: getattr(args, name, None) for name, field in _RECIPE_FLAGS.items()}
+    return {field: value for field, value in given.items() if value is not None}
 
 
 def _crossval(args: argparse.Namespace, settings: Settings) -> int:
