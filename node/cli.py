@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     crossval.add_argument("--seed", type=int, default=1)
 
     calibrate = commands.add_parser(
-        "calibrate", help="choose a package's lesion threshold on validation subjects; "
-                          "writes a new package version")
+        "calibrate", help="choose a package's lesion threshold and smallest lesion on "
+                          "validation subjects; writes a new package version")
     calibrate.add_argument("--model", type=Path, help="package folder (default: the bundled one)")
     calibrate.add_argument("--out", type=Path, required=True, help="folder for the new package")
     calibrate.add_argument("--version", required=True, help="the new package's version")
@@ -428,7 +428,8 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print((args.out / "MODEL_CARD.md").read_text().split("## Calibration", 1)[1].strip())
         print(f"wrote {manifest.name} {manifest.version} to {args.out}: lesion threshold "
-              f"{manifest.lesion_threshold}")
+              f"{manifest.lesion_threshold}, lesions of at least {manifest.min_lesion_voxels} "
+              "voxel(s)")
     return EXIT_OK
 
 

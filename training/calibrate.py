@@ -1,8 +1,9 @@
-"""``lacuna calibrate``: choose a package's lesion threshold on validation subjects and write it
-as a new package version (same network files, new manifest and model card).
+"""``lacuna calibrate``: choose a package's operating point (lesion threshold and smallest
+lesion kept) on validation subjects and write it as a new package version (same network files,
+new manifest and model card).
 
-A threshold is part of what a model version means: changing it changes the lesions the node
-reports, so it gets its own version, registered, verified and activated like any other.
+An operating point is part of what a model version means: changing it changes the lesions the
+node reports, so it gets its own version, registered, verified and activated like any other.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from models.inference import TwoStageEngine
 from models.package import MANIFEST_NAME, ModelManifest, verify_package
-from training.evaluate import calibrate_lesion_threshold
+from training.evaluate import OperatingPoint, calibrate_operating_point
 
 CARD_NAME = "MODEL_CARD.md"
 SWEEP_COLUMNS = (
@@ -22,6 +23,7 @@ SWEEP_COLUMNS = (
     ("detection_precision_iou06", "detection precision (IoU > 0.6)"),
     ("detection_recall_iou06", "detection recall (IoU > 0.6)"),
     ("detection_f1_iou06", "detection F1 (IoU > 0.6)"),
+    ("detection_recall_any", "detection recall (any overlap)"),
     ("classification_precision", "classification precision"),
 )
 
@@ -30,24 +32,30 @@ def calibrated_package(
     engine: TwoStageEngine, package: Path, out_dir: Path, version: str, seeds: list[int],
     varied: bool = False, progress: Callable[[int, int], None] | None = None,
 ) -> ModelManifest:
-    """Sweep the lesion threshold of ``engine`` (loaded from ``package``) on ``seeds``, then
-    write ``out_dir``: the package's files, a manifest with the chosen threshold, ``version``
-    and the sweep (``training["calibration"]``), and the card with a calibration section."""
+    """Sweep the operating point of ``engine`` (loaded from ``package``) on ``seeds``, then
+    write ``out_dir``: the package's files, a manifest with the chosen lesion threshold and
+    minimum lesion size, ``version`` and the sweep (``training["calibration"]``), and the card
+    with a calibration section."""
     source = verify_package(package)
     if version == source.version:
         raise ValueError(f"the calibrated package needs a new version, not {version}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir} is not empty")
-    chosen, swept = calibrate_lesion_threshold(engine, seeds, varied=varied, progress=progress)
+    chosen, swept = calibrate_operating_point(engine, seeds, varied=varied, progress=progress)
     calibration = {
         "from_version": source.version,
+        "from_operating_point": OperatingPoint(source.lesion_threshold,
+                                               source.min_lesion_voxels).key,
         "seeds": [seeds[0], seeds[-1]],
         "varied": varied,
         "rule": "highest detection F1 at IoU > 0.6, then Dice",
-        "lesion_threshold": chosen,
-        "swept": {f"{t:.2f}": {k: m[k] for k, _ in SWEEP_COLUMNS} for t, m in swept},
+        "lesion_threshold": chosen.lesion_threshold,
+        "min_lesion_voxels": chosen.min_lesion_voxels,
+        # "threshold/min voxels" -> metrics
+        "swept": {point.key: {k: m[k] for k, _ in SWEEP_COLUMNS} for point, m in swept},
     }
-    manifest = replace(source, version=version, lesion_threshold=chosen,
+    manifest = replace(source, version=version, lesion_threshold=chosen.lesion_threshold,
+                       min_lesion_voxels=chosen.min_lesion_voxels,
                        training={**source.training, "calibration": calibration})
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in source.files:
@@ -62,19 +70,22 @@ def calibrated_package(
 
 
 def calibration_markdown(manifest: ModelManifest,
-                         swept: list[tuple[float, dict[str, float | None]]]) -> str:
+                         swept: list[tuple[OperatingPoint, dict[str, float | None]]]) -> str:
     calibration = manifest.training["calibration"]
     first, last = calibration["seeds"]
-    lines = ["| lesion threshold | " + " | ".join(name for _, name in SWEEP_COLUMNS) + " |",
-             "|" + " --- |" * (len(SWEEP_COLUMNS) + 1)]
-    for threshold, metrics in swept:
-        mark = " (chosen)" if threshold == manifest.lesion_threshold else ""
-        lines.append(f"| {threshold:.2f}{mark} | " + " | ".join(
+    chosen = OperatingPoint(manifest.lesion_threshold, manifest.min_lesion_voxels)
+    lines = ["| lesion threshold | min. voxels | "
+             + " | ".join(name for _, name in SWEEP_COLUMNS) + " |",
+             "|" + " --- |" * (len(SWEEP_COLUMNS) + 2)]
+    for point, metrics in swept:
+        mark = " (chosen)" if point == chosen else ""
+        lines.append(f"| {point.lesion_threshold:.2f}{mark} | {point.min_lesion_voxels} | " + " | ".join(
             "-" if metrics[key] is None else f"{metrics[key]:.2f}" for key, _ in SWEEP_COLUMNS) + " |")
     return (
         "## Calibration\n"
         f"Version {manifest.version} is {manifest.name} {calibration['from_version']}'s networks "
-        f"with the lesion threshold {manifest.lesion_threshold:.2f}, chosen by "
+        f"with the lesion threshold {manifest.lesion_threshold:.2f} and lesions of at least "
+        f"{manifest.min_lesion_voxels} voxel(s), chosen by "
         f"`lacuna calibrate` on {last - first + 1} validation subjects (seeds {first}-{last}"
         f"{', varied scanners' if calibration['varied'] else ''}), never the subjects "
         "`lacuna evaluate` judges it on (900000..): "

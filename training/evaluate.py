@@ -24,6 +24,8 @@ TARGETS = {"dice": 80.0, "detection_precision_iou06": 95.0, "detection_recall_io
            "classification_precision": 95.0}
 # Lesion thresholds tried by calibration (probability of the primary network's lesion channel).
 CANDIDATE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+# Smallest lesions kept (voxels of a 3D component) tried by calibration.
+CANDIDATE_MIN_VOXELS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -89,13 +91,29 @@ def evaluate_subjects(
     return counts
 
 
-def calibrate_lesion_threshold(
+@dataclass(frozen=True)
+class OperatingPoint:
+    """How the primary network's probabilities become lesions: voxels at ``lesion_threshold``
+    or above, in 3D components of at least ``min_lesion_voxels`` voxels."""
+
+    lesion_threshold: float
+    min_lesion_voxels: int
+
+    @property
+    def key(self) -> str:
+        """``"0.50/2"``: the operating point's name in manifests and cards."""
+        return f"{self.lesion_threshold:.2f}/{self.min_lesion_voxels}"
+
+
+def calibrate_operating_point(
     engine: TwoStageEngine, seeds: list[int], thresholds: Sequence[float] = CANDIDATE_THRESHOLDS,
-    varied: bool = False, progress: Callable[[int, int], None] | None = None,
-) -> tuple[float, list[tuple[float, dict[str, float | None]]]]:
-    """The lesion threshold, among ``thresholds``, with the best detection F1 at IoU > 0.6 on
-    ``seeds`` (ties: higher Dice, then the threshold nearest 0.5), and every candidate's
-    metrics. ``seeds`` must be validation subjects, never the ones the model is judged on."""
+    min_voxels: Sequence[int] = CANDIDATE_MIN_VOXELS, varied: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[OperatingPoint, list[tuple[OperatingPoint, dict[str, float | None]]]]:
+    """The operating point, among ``thresholds`` x ``min_voxels``, with the best detection F1
+    at IoU > 0.6 on ``seeds`` (ties: higher Dice, then the threshold nearest 0.5, then the
+    minimum size nearest 2), and every candidate's metrics. ``seeds`` must be validation
+    subjects, never the ones the model is judged on."""
     subjects = []
     for done, seed in enumerate(seeds, start=1):
         subject = subject_inputs(seed, varied)
@@ -106,14 +124,19 @@ def calibrate_lesion_threshold(
     swept = []
     try:
         for threshold in thresholds:
-            engine.settings = replace(base, lesion_threshold=float(threshold))
-            metrics = summarise([count_subject(s.truth, segment_subject(engine, s, probability))
-                                 for s, probability in subjects])
-            swept.append((float(threshold), metrics))
+            for voxels in min_voxels:
+                point = OperatingPoint(float(threshold), int(voxels))
+                engine.settings = replace(base, lesion_threshold=point.lesion_threshold,
+                                          min_lesion_voxels=point.min_lesion_voxels)
+                metrics = summarise([count_subject(s.truth, segment_subject(engine, s, probability))
+                                     for s, probability in subjects])
+                swept.append((point, metrics))
     finally:
         engine.settings = base
     best = max(swept, key=lambda item: (item[1]["detection_f1_iou06"] or 0.0,
-                                        item[1]["dice"] or 0.0, -abs(item[0] - 0.5)))
+                                        item[1]["dice"] or 0.0,
+                                        -abs(item[0].lesion_threshold - 0.5),
+                                        -abs(item[0].min_lesion_voxels - 2)))
     return best[0], swept
 
 
@@ -173,6 +196,6 @@ def size_markdown(bins: Sequence[SizeBin]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["PAPER", "TARGETS", "SubjectInputs", "bootstrap_intervals", "calibrate_lesion_threshold",
-           "evaluate_engine", "evaluate_subjects", "percent_cell", "report_markdown", "size_markdown",
-           "subject_inputs"]
+__all__ = ["PAPER", "TARGETS", "OperatingPoint", "SubjectInputs", "bootstrap_intervals",
+           "calibrate_operating_point", "evaluate_engine", "evaluate_subjects", "percent_cell",
+           "report_markdown", "size_markdown", "subject_inputs"]

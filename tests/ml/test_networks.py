@@ -110,11 +110,11 @@ def test_evaluation_on_varied_scanners_goes_through_the_nodes_pairing(
     assert metrics["detection_recall_any"] >= 50 and metrics["dice"] >= 50
 
 
-def test_calibrate_writes_a_new_version_with_the_threshold_it_swept(
+def test_calibrate_writes_a_new_version_with_the_operating_point_it_swept(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     from models.package import read_manifest
-    from training.evaluate import CANDIDATE_THRESHOLDS
+    from training.evaluate import CANDIDATE_MIN_VOXELS, CANDIDATE_THRESHOLDS
 
     out = tmp_path / "calibrated"
     assert main(["--json", "calibrate", "--out", str(out), "--version", "0.1.0-cal",
@@ -124,16 +124,23 @@ def test_calibrate_writes_a_new_version_with_the_threshold_it_swept(
     source = read_manifest(default_package_dir())
     assert manifest.version == "0.1.0-cal" and manifest.files == source.files
     assert answer["seeds"] == [800_000, 800_001] and answer["from_version"] == source.version
+    assert answer["from_operating_point"] == \
+        f"{source.lesion_threshold:.2f}/{source.min_lesion_voxels}"
     swept = answer["swept"]
-    assert [float(t) for t in swept] == list(CANDIDATE_THRESHOLDS)
-    chosen = manifest.lesion_threshold
-    assert chosen in CANDIDATE_THRESHOLDS
+    assert list(swept) == [f"{t:.2f}/{v}" for t in CANDIDATE_THRESHOLDS for v in CANDIDATE_MIN_VOXELS]
+    chosen = (manifest.lesion_threshold, manifest.min_lesion_voxels)
+    assert chosen[0] in CANDIDATE_THRESHOLDS and chosen[1] in CANDIDATE_MIN_VOXELS
+    assert (answer["lesion_threshold"], answer["min_lesion_voxels"]) == chosen
     best_f1 = max(m["detection_f1_iou06"] or 0.0 for m in swept.values())
-    assert swept[f"{chosen:.2f}"]["detection_f1_iou06"] == best_f1
+    assert swept[f"{chosen[0]:.2f}/{chosen[1]}"]["detection_f1_iou06"] == best_f1
+    # A smaller minimum size never finds fewer lesions at the same threshold.
+    for t in CANDIDATE_THRESHOLDS:
+        recalls = [swept[f"{t:.2f}/{v}"]["detection_recall_any"] for v in CANDIDATE_MIN_VOXELS]
+        assert recalls == sorted(recalls, reverse=True)
     card = (out / "MODEL_CARD.md").read_text()
     assert f"# Model card: {manifest.name} 0.1.0-cal" in card and "## Calibration" in card
-    assert f"| {chosen:.2f} (chosen) |" in card
-    # The same version again is refused: a threshold change is a new model version.
+    assert f"| {chosen[0]:.2f} (chosen) | {chosen[1]} |" in card
+    # The same version again is refused: an operating point change is a new model version.
     with pytest.raises(ValueError, match="new version"):
         main(["calibrate", "--out", str(tmp_path / "again"), "--version", source.version,
               "--subjects", "1"])
