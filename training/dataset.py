@@ -94,16 +94,18 @@ def primary_crops(
     augment: bool = True,
     by_class: bool = False,
     per_lesion: bool = False,
+    intensity_jitter: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``count`` crops ``(n, size, size, 1)`` of T2 FLAIR with lesion masks: binary, or with
     ``by_class`` the class labels (1 FCI, 2 LACI).
 
     Oversampling as in the paper: ``lesion_fraction`` of the crops contain a lesion pixel; the
-    rest are anywhere in the brain (0: no oversampling). ``augment``: random flips and +-10 %
-    intensity; with ``rotate_lesion_crops`` the lesion-rich crops are also rotated 5-10 degrees
-    either way (the paper's augmentation). A lesion-rich crop is centred near a lesion voxel
-    drawn uniformly, so large lesions get most crops; ``per_lesion`` draws the lesion (3D
-    component) uniformly first, so the smallest lesions get as many as the largest.
+    rest are anywhere in the brain (0: no oversampling). ``augment``: random flips and intensity
+    scaled by 1 +- ``intensity_jitter`` (uniform); with ``rotate_lesion_crops`` the lesion-rich
+    crops are also rotated 5-10 degrees either way (the paper's augmentation). A lesion-rich
+    crop is centred near a lesion voxel drawn uniformly, so large lesions get most crops;
+    ``per_lesion`` draws the lesion (3D component) uniformly first, so the smallest lesions get
+    as many as the largest.
     """
     lesion_voxels = [np.argwhere(s.labels > 0) for s in subjects]
     lesions = [[region.coords for region in regionprops(label(s.labels > 0, connectivity=3))]
@@ -136,7 +138,7 @@ def primary_crops(
                 image, mask = image[:, ::-1], mask[:, ::-1]
             if rng.random() < 0.5:
                 image, mask = image[::-1], mask[::-1]
-            image = image * rng.uniform(0.9, 1.1)
+            image = image * rng.uniform(1 - intensity_jitter, 1 + intensity_jitter)
         images[n, ..., 0] = image
         masks[n, ..., 0] = mask
     return images, masks

@@ -85,6 +85,8 @@ class TrainingPlan:
     # The primary network's learning rate falls along a cosine from ``learning_rate`` to 5 % of
     # it over all its steps, instead of staying constant: finer boundaries in the last epochs.
     cosine_decay: bool = True
+    # augment's intensity scaling of primary crops: 1 +- this (uniform).
+    intensity_jitter: float = 0.1
 
 
 # Named recipes (``lacuna train --recipe``): this project's, which the shipped model was trained
@@ -210,7 +212,8 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
                                       lesion_fraction=lesion_fraction(plan, epoch),
                                       rotate_lesion_crops=plan.rotate_lesion_crops,
                                       augment=plan.augment, by_class=plan.task == "a",
-                                      per_lesion=plan.oversample_per_lesion)
+                                      per_lesion=plan.oversample_per_lesion,
+                                      intensity_jitter=plan.intensity_jitter)
         one_hot = np.eye(classes, dtype=np.float32)[masks[..., 0].astype(np.int64)]
         history = primary.fit(_pipeline(images, one_hot, plan.batch_size, plan.seed + epoch),
                               initial_epoch=epoch, epochs=epoch + 1, callbacks=callbacks,

@@ -102,6 +102,23 @@ def test_per_lesion_oversampling_gives_a_small_lesion_as_many_crops_as_a_large_o
     assert 150 < crops_with_the_small_lesion(per_lesion=True) < 250  # about half
 
 
+@pytest.mark.parametrize("jitter", [0.0, 0.1, 0.3])
+def test_augmentation_scales_crop_intensity_within_the_jitter(jitter: float) -> None:
+    import numpy as np
+
+    from training.dataset import SubjectArrays, primary_crops
+
+    labels = np.zeros((3, 128, 128), np.uint8)
+    labels[1, 60:64, 60:64] = 1
+    subject = SubjectArrays(t2=np.full(labels.shape, 0.5, np.float32),
+                            t1=np.zeros(labels.shape, np.float32), labels=labels)
+    images, _ = primary_crops([subject], np.random.default_rng(0), 200, size=64,
+                              augment=True, intensity_jitter=jitter)
+    scales = images.reshape(len(images), -1).mean(axis=1) / 0.5
+    assert np.all(np.abs(scales - 1.0) <= jitter + 1e-6)
+    assert scales.max() - scales.min() >= jitter  # 200 draws spread over the whole range
+
+
 @pytest.mark.parametrize(("argv", "expected"), [
     ([], None), (["--cosine-decay"], True), (["--no-cosine-decay"], False)])
 def test_cosine_decay_is_overridden_only_when_given(argv: list[str], expected: bool | None) -> None:
