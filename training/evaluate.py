@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from models.inference import TwoStageEngine
+from models.inference import LesionSegmentation, TwoStageEngine
 from training.metrics import SizeBin, SubjectCounts, bootstrap_intervals, count_subject, summarise
 from training.phantom import (
     Contrast,
@@ -65,12 +65,18 @@ def subject_inputs(seed: int, varied: bool = False) -> SubjectInputs:
 
 
 def segment_subject(engine: Any, subject: SubjectInputs,
-                    probability: np.ndarray | None = None) -> np.ndarray:
-    """The engine's label map of ``subject`` (``probability``: its primary output, if known)."""
+                    probability: np.ndarray | None = None) -> LesionSegmentation:
+    """The engine's segmentation of ``subject`` (``probability``: its primary output, if known)."""
     extra = {} if probability is None else {"probability": probability}
-    return np.asarray(engine.segment(subject.t2, subject.t1, subject.t1_available,
-                                     subject.pixel_spacing_mm, subject.slice_spacing_mm,
-                                     **extra).labels)
+    return engine.segment(subject.t2, subject.t1, subject.t1_available,
+                          subject.pixel_spacing_mm, subject.slice_spacing_mm, **extra)
+
+
+def labels_at_least(segmentation: LesionSegmentation, voxels: int) -> np.ndarray:
+    """``segmentation``'s label map with only its lesions of at least ``voxels`` voxels: what the
+    engine gives with that ``min_lesion_voxels``, since it classifies each lesion on its own."""
+    kept = [lesion.number for lesion in segmentation.lesions if lesion.voxel_count >= voxels]
+    return np.where(np.isin(segmentation.lesion_numbers, kept), segmentation.labels, 0)
 
 
 def evaluate_subjects(
@@ -84,7 +90,7 @@ def evaluate_subjects(
     counts = []
     for done, seed in enumerate(seeds, start=1):
         subject = subject_inputs(seed, varied)
-        counts.append(count_subject(subject.truth, segment_subject(engine, subject),
+        counts.append(count_subject(subject.truth, segment_subject(engine, subject).labels,
                                     subject.voxel_volume_mm3))
         if progress is not None:
             progress(done, len(seeds))
@@ -124,13 +130,16 @@ def calibrate_operating_point(
     swept = []
     try:
         for threshold in thresholds:
+            # Segment and classify once per threshold, keeping every lesion; each minimum size
+            # then only drops the smaller ones.
+            engine.settings = replace(base, lesion_threshold=float(threshold),
+                                      min_lesion_voxels=min(min_voxels))
+            segmentations = [(s.truth, segment_subject(engine, s, probability))
+                             for s, probability in subjects]
             for voxels in min_voxels:
-                point = OperatingPoint(float(threshold), int(voxels))
-                engine.settings = replace(base, lesion_threshold=point.lesion_threshold,
-                                          min_lesion_voxels=point.min_lesion_voxels)
-                metrics = summarise([count_subject(s.truth, segment_subject(engine, s, probability))
-                                     for s, probability in subjects])
-                swept.append((point, metrics))
+                metrics = summarise([count_subject(truth, labels_at_least(segmentation, voxels))
+                                     for truth, segmentation in segmentations])
+                swept.append((OperatingPoint(float(threshold), int(voxels)), metrics))
     finally:
         engine.settings = base
     best = max(swept, key=lambda item: (item[1]["detection_f1_iou06"] or 0.0,
@@ -197,5 +206,5 @@ def size_markdown(bins: Sequence[SizeBin]) -> str:
 
 
 __all__ = ["PAPER", "TARGETS", "OperatingPoint", "SubjectInputs", "bootstrap_intervals",
-           "calibrate_operating_point", "evaluate_engine", "evaluate_subjects", "percent_cell",
-           "report_markdown", "size_markdown", "subject_inputs"]
+           "calibrate_operating_point", "evaluate_engine", "evaluate_subjects", "labels_at_least",
+           "percent_cell", "report_markdown", "size_markdown", "subject_inputs"]
