@@ -1,5 +1,6 @@
 """Slice geometry in patient coordinates (DICOM LPS, mm): ordering along the slice normal,
-pairing T1 FLAIR slices with T2 FLAIR slices, and the in-plane mapping used to resample.
+pairing T1 FLAIR slices with T2 FLAIR slices, and the mapping used to resample one stack onto
+another.
 
 ``pixel_spacing`` is DICOM PixelSpacing: (between rows, between columns).
 """
@@ -91,18 +92,42 @@ def pair_slices(
     return pairs
 
 
-def in_plane_indices(target: SlicePlane, source: SlicePlane) -> np.ndarray:
-    """Where each pixel centre of ``target`` falls in ``source``'s pixel grid: an array
-    ``(2, target.rows, target.columns)`` of fractional (row, column) indices, for interpolation.
-    Points are projected onto the source plane."""
-    rows = np.arange(target.rows)[:, None, None]
-    columns = np.arange(target.columns)[None, :, None]
-    world = (
-        np.asarray(target.position)
-        + columns * target.pixel_spacing[1] * np.asarray(target.row_cosine)
-        + rows * target.pixel_spacing[0] * np.asarray(target.column_cosine)
+def pixel_centres(plane: SlicePlane) -> np.ndarray:
+    """Patient coordinates (mm) of every pixel centre of ``plane``: ``(rows, columns, 3)``."""
+    rows = np.arange(plane.rows)[:, None, None]
+    columns = np.arange(plane.columns)[None, :, None]
+    return (
+        np.asarray(plane.position)
+        + columns * plane.pixel_spacing[1] * np.asarray(plane.row_cosine)
+        + rows * plane.pixel_spacing[0] * np.asarray(plane.column_cosine)
     )
-    relative = world - np.asarray(source.position)
-    source_rows = relative @ np.asarray(source.column_cosine) / source.pixel_spacing[0]
-    source_columns = relative @ np.asarray(source.row_cosine) / source.pixel_spacing[1]
-    return np.stack([source_rows, source_columns])
+
+
+def stack_indices(target: SlicePlane, source: list[SlicePlane]) -> np.ndarray:
+    """Where each pixel centre of ``target`` falls in the ordered stack ``source``: an array
+    ``(3, target.rows, target.columns)`` of (slice, row, column) indices, for interpolation.
+
+    The slice index is that of the source slice nearest to each pixel along the source normal,
+    a whole number, so neighbouring slices are never blended; -1 where the pixel lies more than
+    half a slice spacing beyond either end of the stack. Row and column are fractional, in that
+    slice's own pixel grid. Choosing per pixel, not per slice, keeps stacks tilted against each
+    other aligned across the whole image: 2 degrees over 250 mm is 8.7 mm, more than a slice.
+    """
+    normal = source[0].normal
+    distances = np.array([p.distance_along(normal) for p in source])
+    positions = np.array([p.position for p in source], dtype=float)
+    world = pixel_centres(target)
+    along = world @ normal
+    if len(source) == 1:
+        nearest = np.zeros(along.shape, dtype=int)
+    else:
+        upper = np.clip(np.searchsorted(distances, along), 1, len(source) - 1)
+        lower = upper - 1
+        nearest = np.where(along - distances[lower] <= distances[upper] - along, lower, upper)
+    half = slice_spacing(source) / 2
+    outside = (along < distances[0] - half) | (along > distances[-1] + half)
+    relative = world - positions[nearest]
+    spacing = np.array([p.pixel_spacing for p in source], dtype=float)[nearest]
+    source_rows = relative @ np.asarray(source[0].column_cosine) / spacing[..., 0]
+    source_columns = relative @ np.asarray(source[0].row_cosine) / spacing[..., 1]
+    return np.stack([np.where(outside, -1, nearest).astype(float), source_rows, source_columns])

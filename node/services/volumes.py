@@ -1,8 +1,9 @@
 """Read a study's T2 and T1 FLAIR series from storage into volumes on the T2 FLAIR grid.
 
-T2 slices are ordered along their normal; each is paired with the nearest T1 slice in the same
-frame of reference, and that T1 slice is resampled in-plane onto the T2 pixel grid (bilinear),
-so unequal matrices, spacing or offsets are handled.
+T2 slices are ordered along their normal. A T2 slice has a T1 partner where a T1 slice of the
+same frame of reference lies within half a T2 slice spacing; its pixels then take, each, the
+T1 slice nearest to that pixel along the T1 normal, interpolated in-plane (bilinear), so unequal
+matrices, spacing, offsets and stacks slightly tilted against each other are handled.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from node.dicom import frames
 from node.domain.geometry import (
     GeometryError,
     SlicePlane,
-    in_plane_indices,
     pair_slices,
     slice_spacing,
     sort_along_normal,
+    stack_indices,
 )
 from node.errors import NotProcessable
 
@@ -176,10 +177,11 @@ def load_study_volumes(t2_paths: list[Path], t1_paths: list[Path]) -> StudyVolum
             for k, index in enumerate(pairs):
                 if index is None:
                     continue
-                coordinates = in_plane_indices(t2_planes[k], t1_planes[index])
-                t1[k] = map_coordinates(
-                    t1_series.pixels[index], coordinates, order=1, mode="constant", cval=0.0
+                coordinates = stack_indices(t2_planes[k], t1_planes)
+                resampled = map_coordinates(
+                    t1_series.pixels, coordinates, order=1, mode="constant", cval=0.0
                 )
+                t1[k] = np.where(coordinates[0] < 0, 0.0, resampled)
                 available[k] = True
             if not available.all():
                 reason = f"{int((~available).sum())} T2 FLAIR slice(s) have no T1 FLAIR partner."

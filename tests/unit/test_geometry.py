@@ -5,10 +5,10 @@ from node.domain.completeness import is_stable
 from node.domain.geometry import (
     GeometryError,
     SlicePlane,
-    in_plane_indices,
     pair_slices,
     slice_spacing,
     sort_along_normal,
+    stack_indices,
 )
 from node.domain.jobs import InvalidTransition, JobState, check_transition
 
@@ -47,14 +47,34 @@ def test_pairing_needs_the_same_frame_of_reference() -> None:
     assert pair_slices(t2, [plane("a", 0.0, frame="2.9")]) == [None]
 
 
-def test_in_plane_indices_map_between_unequal_matrices() -> None:
+def test_stack_indices_map_between_unequal_matrices() -> None:
     target = plane("t", 0.0, spacing=1.0, rows=4)
     source = plane("s", 0.0, spacing=0.5, rows=8, origin_xy=-0.5)
-    indices = in_plane_indices(target, source)
-    assert indices.shape == (2, 4, 4)
+    indices = stack_indices(target, [source])
+    assert indices.shape == (3, 4, 4)
+    assert (indices[0] == 0).all()
     # Target pixel (r, c) sits at (c, r) mm; the source's pixel (i, j) at (-0.5 + 0.5 j, ...).
-    np.testing.assert_allclose(indices[0, :, 0], [1.0, 3.0, 5.0, 7.0])
-    np.testing.assert_allclose(indices[1, 0, :], [1.0, 3.0, 5.0, 7.0])
+    np.testing.assert_allclose(indices[1, :, 0], [1.0, 3.0, 5.0, 7.0])
+    np.testing.assert_allclose(indices[2, 0, :], [1.0, 3.0, 5.0, 7.0])
+
+
+def test_stack_indices_take_the_nearest_slice_for_each_pixel_of_a_tilted_plane() -> None:
+    source = [plane(str(k), 5.0 * k, rows=20) for k in range(4)]  # z = 0, 5, 10, 15 mm
+    # Rows of the target climb 0.5 mm in z per column: 30 degrees against the source.
+    tilted = SlicePlane("t", "1.9", (0.0, 0.0, 2.2), (np.sqrt(0.75), 0.0, 0.5), (0.0, 1.0, 0.0),
+                        (1.0, 1.0), 20, 20)
+    indices = stack_indices(tilted, source)
+    z = 2.2 + 0.5 * np.arange(20)
+    np.testing.assert_array_equal(indices[0, 0], np.floor(z / 5.0 + 0.5))
+    np.testing.assert_allclose(indices[1, :, 0], np.arange(20))  # rows run along y
+    np.testing.assert_allclose(indices[2, 0], np.sqrt(0.75) * np.arange(20))
+
+
+def test_stack_indices_mark_pixels_beyond_the_stack() -> None:
+    source = [plane(str(k), 5.0 * k) for k in range(4)]  # last slice at 15 mm
+    assert (stack_indices(plane("in", 17.0), source)[0] == 3).all()
+    assert (stack_indices(plane("out", 18.0), source)[0] == -1).all()
+    assert (stack_indices(plane("before", -3.0), source)[0] == -1).all()
 
 
 def test_stable_after_the_quiet_period() -> None:
