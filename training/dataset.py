@@ -148,11 +148,14 @@ def secondary_rois(
     subjects: list[SubjectArrays], rng: np.random.Generator, jitter_px: float = 2.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """One ROI per lesion per slice (2D component), centroid jittered: ``(n, 64, 64, 1)`` and
-    ``(n,)`` with 1 for LACI and 0 for FCI."""
+    ``(n,)`` with 1 for LACI and 0 for FCI. Slices without T1 FLAIR (all zeros: no partner)
+    give none, as the engine classifies nothing there."""
     rois: list[np.ndarray] = []
     targets: list[int] = []
     for subject in subjects:
         for k in np.flatnonzero(subject.labels.reshape(len(subject.labels), -1).max(axis=1)):
+            if not subject.t1[k].any():
+                continue
             for region in regionprops(label(subject.labels[k] > 0)):
                 row, col = region.centroid
                 lesion_class = int(np.bincount(subject.labels[k][tuple(region.coords.T)]).argmax())
@@ -190,6 +193,8 @@ def secondary_rois_from_primary(
                 continue
             lesion_class = int(np.bincount(truth).argmax())
             for k in np.unique(coords[:, 0]):
+                if not subject.t1[k].any():  # no T1 FLAIR partner: the engine skips it too
+                    continue
                 in_slice = coords[coords[:, 0] == k]
                 roi = extract_roi(subject.t1[k], in_slice[:, 1].mean(), in_slice[:, 2].mean())
                 if rng.random() < 0.5:

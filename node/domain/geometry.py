@@ -73,8 +73,11 @@ def pair_slices(
     t2: list[SlicePlane], t1: list[SlicePlane], tolerance_mm: float | None = None
 ) -> list[int | None]:
     """For each T2 FLAIR slice (ordered), the index of the T1 FLAIR slice (ordered) nearest
-    along the T2 normal, or None where none lies within ``tolerance_mm`` (default half the T2
-    slice spacing), the frames of reference differ or the planes are not parallel."""
+    along the T2 normal, or None where none lies within ``tolerance_mm``, the frames of
+    reference differ or the planes are not parallel. The default tolerance is half the larger
+    of the two slice spacings: every T2 slice within the T1 stack has a partner, also when T1
+    slices lie farther apart than T2 slices (3 mm T2 against 6 mm T1 left every other T2 slice
+    without one at half the T2 spacing)."""
     if not t2 or not t1:
         return [None] * len(t2)
     if t1[0].frame_of_reference_uid != t2[0].frame_of_reference_uid:
@@ -82,7 +85,8 @@ def pair_slices(
     normal = t2[0].normal
     if abs(abs(float(np.dot(normal, t1[0].normal))) - 1.0) > ORIENTATION_TOLERANCE:
         return [None] * len(t2)
-    tolerance = tolerance_mm if tolerance_mm is not None else slice_spacing(t2) / 2
+    tolerance = (tolerance_mm if tolerance_mm is not None
+                 else max(slice_spacing(t2), slice_spacing(t1)) / 2)
     t1_distances = np.array([p.distance_along(normal) for p in t1])
     pairs: list[int | None] = []
     for plane in t2:

@@ -1,9 +1,10 @@
 """Read a study's T2 and T1 FLAIR series from storage into volumes on the T2 FLAIR grid.
 
 T2 slices are ordered along their normal. A T2 slice has a T1 partner where a T1 slice of the
-same frame of reference lies within half a T2 slice spacing; its pixels then take, each, the
-T1 slice nearest to that pixel along the T1 normal, interpolated in-plane (bilinear), so unequal
-matrices, spacing, offsets and stacks slightly tilted against each other are handled.
+same frame of reference lies within half a slice spacing (the larger of the two series'
+spacings, see :func:`pair_slices`); its pixels then take, each, the T1 slice nearest to that
+pixel along the T1 normal, interpolated in-plane (bilinear), so unequal matrices, spacing,
+offsets and stacks slightly tilted against each other are handled.
 """
 
 from __future__ import annotations

@@ -119,6 +119,25 @@ def test_augmentation_scales_crop_intensity_within_the_jitter(jitter: float) -> 
     assert scales.max() - scales.min() >= jitter  # 200 draws spread over the whole range
 
 
+def test_secondary_rois_skip_slices_without_t1_flair() -> None:
+    import numpy as np
+
+    from training.dataset import SubjectArrays, secondary_rois, secondary_rois_from_primary
+
+    labels = np.zeros((3, 128, 128), np.uint8)
+    labels[0:2, 60:64, 60:64] = 2  # a LACI lesion on slices 0 and 1
+    t1 = np.full(labels.shape, 0.5, np.float32)
+    t1[1] = 0.0  # slice 1 has no T1 FLAIR partner
+    subject = SubjectArrays(t2=labels.astype(np.float32), t1=t1, labels=labels)
+
+    rois, targets = secondary_rois([subject], np.random.default_rng(0))
+    assert len(rois) == 3 and targets.tolist() == [1.0] * 3  # 3 jittered ROIs of slice 0 only
+    assert np.allclose(rois, 0.5 ** 1.5)  # none of them from the empty slice
+    rois, _ = secondary_rois_from_primary([subject], lambda t2: t2[..., 0] / 2,
+                                          np.random.default_rng(0))
+    assert len(rois) == 1
+
+
 @pytest.mark.parametrize(("argv", "expected"), [
     ([], None), (["--cosine-decay"], True), (["--no-cosine-decay"], False)])
 def test_cosine_decay_is_overridden_only_when_given(argv: list[str], expected: bool | None) -> None:

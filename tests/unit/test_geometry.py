@@ -42,6 +42,13 @@ def test_pairing_tolerates_offsets_and_leaves_gaps_unpaired() -> None:
     assert pair_slices(t2, t1) == [0, None, 1, 2]
 
 
+def test_pairing_reaches_half_the_wider_spacing_when_t1_slices_lie_farther_apart() -> None:
+    t2 = [plane(str(k), 3.0 * k) for k in range(5)]  # 0, 3, 6, 9, 12 mm
+    t1 = [plane(str(k), 6.0 * k) for k in range(3)]  # 0, 6, 12 mm
+    assert pair_slices(t2, t1) == [0, 0, 1, 1, 2]  # ties go to the first
+    assert pair_slices(t2, t1, tolerance_mm=1.5) == [0, None, 1, None, 2]
+
+
 def test_pairing_needs_the_same_frame_of_reference() -> None:
     t2 = [plane("1", 0.0)]
     assert pair_slices(t2, [plane("a", 0.0, frame="2.9")]) == [None]
