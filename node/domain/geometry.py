@@ -12,6 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines
+# T1 FLAIR stacks tilted against the T2 FLAIR stack by up to this are paired and resampled
+# per pixel. On 12 validation subjects the bundled model's classification precision was
+# 95.56-100 % at every tilt from 0 to 15 degrees (docs/recipes.md); 10 keeps a margin.
+MAX_PAIRING_TILT_DEG = 10.0
 
 
 class GeometryError(ValueError):
@@ -33,6 +37,15 @@ class SlicePlane:
     @property
     def normal(self) -> np.ndarray:
         return np.cross(np.asarray(self.row_cosine), np.asarray(self.column_cosine))
+
+    @property
+    def centre(self) -> np.ndarray:
+        """Patient coordinates (mm) of the middle of the image."""
+        return (
+            np.asarray(self.position)
+            + (self.columns - 1) / 2 * self.pixel_spacing[1] * np.asarray(self.row_cosine)
+            + (self.rows - 1) / 2 * self.pixel_spacing[0] * np.asarray(self.column_cosine)
+        )
 
     def distance_along(self, normal: np.ndarray) -> float:
         return float(np.dot(np.asarray(self.position), normal))
@@ -69,28 +82,44 @@ def slice_spacing(ordered: list[SlicePlane]) -> float:
     return float(np.median(np.diff([p.distance_along(normal) for p in ordered])))
 
 
+def tilt_deg(a: SlicePlane, b: SlicePlane) -> float:
+    """Angle between the two planes (degrees, 0-90)."""
+    cosine = min(abs(float(np.dot(a.normal, b.normal))), 1.0)
+    return float(np.degrees(np.arccos(cosine)))
+
+
+def pairing_problem(t2: list[SlicePlane], t1: list[SlicePlane]) -> str | None:
+    """Why no T2 FLAIR slice can have a T1 FLAIR partner, or None if some may."""
+    if not t2 or not t1:
+        return "a series has no slices."
+    if t1[0].frame_of_reference_uid != t2[0].frame_of_reference_uid:
+        return "T1 and T2 FLAIR are in different frames of reference."
+    tilt = tilt_deg(t2[0], t1[0])
+    if tilt > MAX_PAIRING_TILT_DEG:
+        return (f"T1 FLAIR is tilted {tilt:.1f} degrees against T2 FLAIR "
+                f"(at most {MAX_PAIRING_TILT_DEG:g} are paired).")
+    return None
+
+
 def pair_slices(
     t2: list[SlicePlane], t1: list[SlicePlane], tolerance_mm: float | None = None
 ) -> list[int | None]:
-    """For each T2 FLAIR slice (ordered), the index of the T1 FLAIR slice (ordered) nearest
-    along the T2 normal, or None where none lies within ``tolerance_mm``, the frames of
-    reference differ or the planes are not parallel. The default tolerance is half the larger
-    of the two slice spacings: every T2 slice within the T1 stack has a partner, also when T1
-    slices lie farther apart than T2 slices (3 mm T2 against 6 mm T1 left every other T2 slice
-    without one at half the T2 spacing)."""
-    if not t2 or not t1:
-        return [None] * len(t2)
-    if t1[0].frame_of_reference_uid != t2[0].frame_of_reference_uid:
-        return [None] * len(t2)
-    normal = t2[0].normal
-    if abs(abs(float(np.dot(normal, t1[0].normal))) - 1.0) > ORIENTATION_TOLERANCE:
+    """For each T2 FLAIR slice (ordered), the index of the T1 FLAIR slice (ordered) nearest to
+    the middle of the T2 image along the T1 normal, or None where none lies within
+    ``tolerance_mm`` or :func:`pairing_problem` finds one. The default tolerance is half the
+    larger of the two slice spacings: every T2 slice within the T1 stack has a partner, also
+    when T1 slices lie farther apart than T2 slices (3 mm T2 against 6 mm T1 left every other
+    T2 slice without one at half the T2 spacing). Measured at the middle of the image, not at
+    its first pixel, because stacks may be tilted against each other."""
+    if pairing_problem(t2, t1) is not None:
         return [None] * len(t2)
     tolerance = (tolerance_mm if tolerance_mm is not None
                  else max(slice_spacing(t2), slice_spacing(t1)) / 2)
+    normal = t1[0].normal
     t1_distances = np.array([p.distance_along(normal) for p in t1])
     pairs: list[int | None] = []
     for plane in t2:
-        gaps = np.abs(t1_distances - plane.distance_along(normal))
+        gaps = np.abs(t1_distances - float(plane.centre @ normal))
         nearest = int(np.argmin(gaps))
         pairs.append(nearest if gaps[nearest] <= tolerance else None)
     return pairs

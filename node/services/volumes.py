@@ -1,10 +1,10 @@
 """Read a study's T2 and T1 FLAIR series from storage into volumes on the T2 FLAIR grid.
 
 T2 slices are ordered along their normal. A T2 slice has a T1 partner where a T1 slice of the
-same frame of reference lies within half a slice spacing (the larger of the two series'
-spacings, see :func:`pair_slices`); its pixels then take, each, the T1 slice nearest to that
-pixel along the T1 normal, interpolated in-plane (bilinear), so unequal matrices, spacing,
-offsets and stacks slightly tilted against each other are handled.
+same frame of reference, tilted by at most 10 degrees, lies within half a slice spacing (see
+:func:`pair_slices`); its pixels then take, each, the T1 slice nearest to that pixel along the
+T1 normal, interpolated in-plane (bilinear), so unequal matrices, spacing, offsets and stacks
+tilted against each other are handled.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from node.domain.geometry import (
     GeometryError,
     SlicePlane,
     pair_slices,
+    pairing_problem,
     slice_spacing,
     sort_along_normal,
     stack_indices,
@@ -172,7 +173,8 @@ def load_study_volumes(t2_paths: list[Path], t1_paths: list[Path]) -> StudyVolum
             reason = f"T1 FLAIR series cannot be stacked ({error})."
         pairs = pair_slices(t2_planes, t1_planes)
         if t1_planes and not any(index is not None for index in pairs):
-            reason = "no T1 FLAIR slice matches a T2 FLAIR slice in position and frame of reference."
+            reason = pairing_problem(t2_planes, t1_planes) or (
+                "no T1 FLAIR slice lies within half a slice of a T2 FLAIR slice.")
         if any(index is not None for index in pairs):
             t1 = np.zeros_like(t2)
             for k, index in enumerate(pairs):

@@ -53,6 +53,17 @@ def test_t1_stack_tilted_against_t2_is_resampled_per_pixel(tmp_path: Path) -> No
     assert np.corrcoef(volumes.t1[brain], direct[brain])[0, 1] > 0.9
 
 
+def test_t1_stack_tilted_beyond_the_limit_is_not_paired_and_the_reason_says_so(
+    tmp_path: Path,
+) -> None:
+    study = write_study(tmp_path, seed=7, t2_geometry=axial_geometry(),
+                        t1_geometry=axial_geometry(tilt_deg=12.0))
+    volumes = load_study_volumes(study.series[Contrast.T2_FLAIR], study.series[Contrast.T1_FLAIR])
+    assert volumes.t1 is None and not volumes.t1_available.any()
+    assert volumes.t1_missing_reason == (
+        "T1 FLAIR is tilted 12.0 degrees against T2 FLAIR (at most 10 are paired).")
+
+
 def test_t2_only_study_has_no_t1_and_says_why(tmp_path: Path) -> None:
     study = write_study(tmp_path, seed=8, include_t1=False)
     volumes = load_study_volumes(study.series[Contrast.T2_FLAIR], [])

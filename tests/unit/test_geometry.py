@@ -6,6 +6,7 @@ from node.domain.geometry import (
     GeometryError,
     SlicePlane,
     pair_slices,
+    pairing_problem,
     slice_spacing,
     sort_along_normal,
     stack_indices,
@@ -49,9 +50,37 @@ def test_pairing_reaches_half_the_wider_spacing_when_t1_slices_lie_farther_apart
     assert pair_slices(t2, t1, tolerance_mm=1.5) == [0, None, 1, None, 2]
 
 
+def tilted_plane(uid: str, z: float, degrees: float, rows: int = 100) -> SlicePlane:
+    """A 1 mm ``rows`` x ``rows`` image tilted about the x axis, its middle at (0, 0, z)."""
+    t = np.radians(degrees)
+    column = (0.0, float(np.cos(t)), float(np.sin(t)))
+    half = (rows - 1) / 2
+    position = (-half, -half * column[1], z - half * column[2])
+    return SlicePlane(uid, "1.9", position, (1.0, 0.0, 0.0), column, (1.0, 1.0), rows, rows)
+
+
+def test_pairing_measures_tilted_stacks_at_the_middle_of_the_image() -> None:
+    t2 = [tilted_plane(str(k), 5.0 * k, 0.0, rows=200) for k in range(4)]
+    t1 = [tilted_plane(str(k), 5.0 * k + 1.0, 4.0, rows=200) for k in range(4)]
+    # At the first pixel, 100 mm from the middle, the 4 degrees move the T1 slice 6.9 mm:
+    # measured there, T2 slice k would pair with T1 slice k + 1.
+    assert pair_slices(t2, t1) == [0, 1, 2, 3]
+    assert pairing_problem(t2, t1) is None
+
+
+def test_pairing_refuses_stacks_tilted_more_than_the_limit_and_says_so() -> None:
+    t2 = [tilted_plane(str(k), 5.0 * k, 0.0) for k in range(4)]
+    t1 = [tilted_plane(str(k), 5.0 * k, 12.0) for k in range(4)]
+    assert pair_slices(t2, t1) == [None] * 4
+    assert pairing_problem(t2, t1) == (
+        "T1 FLAIR is tilted 12.0 degrees against T2 FLAIR (at most 10 are paired).")
+
+
 def test_pairing_needs_the_same_frame_of_reference() -> None:
     t2 = [plane("1", 0.0)]
     assert pair_slices(t2, [plane("a", 0.0, frame="2.9")]) == [None]
+    assert pairing_problem(t2, [plane("a", 0.0, frame="2.9")]) == (
+        "T1 and T2 FLAIR are in different frames of reference.")
 
 
 def test_stack_indices_map_between_unequal_matrices() -> None:
