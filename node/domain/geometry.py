@@ -142,7 +142,8 @@ def stack_indices(target: SlicePlane, source: list[SlicePlane]) -> np.ndarray:
 
     The slice index is that of the source slice nearest to each pixel along the source normal,
     a whole number, so neighbouring slices are never blended; -1 where the pixel lies more than
-    half a slice spacing beyond either end of the stack. Row and column are fractional, in that
+    half a slice spacing beyond either end of the stack (a stack of one slice has no spacing:
+    its pairing decides). Row and column are fractional, in that
     slice's own pixel grid. Choosing per pixel, not per slice, keeps stacks tilted against each
     other aligned across the whole image: 2 degrees over 250 mm is 8.7 mm, more than a slice.
     """
@@ -157,7 +158,7 @@ def stack_indices(target: SlicePlane, source: list[SlicePlane]) -> np.ndarray:
         upper = np.clip(np.searchsorted(distances, along), 1, len(source) - 1)
         lower = upper - 1
         nearest = np.where(along - distances[lower] <= distances[upper] - along, lower, upper)
-    half = slice_spacing(source) / 2
+    half = slice_spacing(source) / 2 if len(source) > 1 else np.inf
     outside = (along < distances[0] - half) | (along > distances[-1] + half)
     relative = world - positions[nearest]
     spacing = np.array([p.pixel_spacing for p in source], dtype=float)[nearest]

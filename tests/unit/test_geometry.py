@@ -111,6 +111,7 @@ def test_stack_indices_mark_pixels_beyond_the_stack() -> None:
     assert (stack_indices(plane("in", 17.0), source)[0] == 3).all()
     assert (stack_indices(plane("out", 18.0), source)[0] == -1).all()
     assert (stack_indices(plane("before", -3.0), source)[0] == -1).all()
+    assert (stack_indices(plane("near", 2.0), [source[0]])[0] == 0).all()  # one slice: no spacing
 
 
 def test_stable_after_the_quiet_period() -> None:
