@@ -41,10 +41,15 @@ class SlicePlane:
     @property
     def centre(self) -> np.ndarray:
         """Patient coordinates (mm) of the middle of the image."""
+        return self.point((self.rows - 1) / 2, (self.columns - 1) / 2)
+
+    def point(self, row: float | np.ndarray, column: float | np.ndarray) -> np.ndarray:
+        """Patient coordinates (mm) of (fractional) pixel ``(row, column)``; arrays broadcast
+        to ``(..., 3)``."""
         return (
             np.asarray(self.position)
-            + (self.columns - 1) / 2 * self.pixel_spacing[1] * np.asarray(self.row_cosine)
-            + (self.rows - 1) / 2 * self.pixel_spacing[0] * np.asarray(self.column_cosine)
+            + np.asarray(column)[..., None] * self.pixel_spacing[1] * np.asarray(self.row_cosine)
+            + np.asarray(row)[..., None] * self.pixel_spacing[0] * np.asarray(self.column_cosine)
         )
 
     def distance_along(self, normal: np.ndarray) -> float:
@@ -127,13 +132,7 @@ def pair_slices(
 
 def pixel_centres(plane: SlicePlane) -> np.ndarray:
     """Patient coordinates (mm) of every pixel centre of ``plane``: ``(rows, columns, 3)``."""
-    rows = np.arange(plane.rows)[:, None, None]
-    columns = np.arange(plane.columns)[None, :, None]
-    return (
-        np.asarray(plane.position)
-        + columns * plane.pixel_spacing[1] * np.asarray(plane.row_cosine)
-        + rows * plane.pixel_spacing[0] * np.asarray(plane.column_cosine)
-    )
+    return plane.point(np.arange(plane.rows)[:, None], np.arange(plane.columns)[None, :])
 
 
 def stack_indices(target: SlicePlane, source: list[SlicePlane]) -> np.ndarray:
