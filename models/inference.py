@@ -18,7 +18,13 @@ import numpy as np
 from skimage.measure import label, regionprops
 
 from models.package import PRIMARY_FILE, SECONDARY_FILE, ModelManifest, verify_package
-from models.preprocessing import extract_roi, from_model_grid, normalise_volume, to_model_grid
+from models.preprocessing import (
+    extract_roi,
+    from_model_grid,
+    normalise_volume,
+    slice_context,
+    to_model_grid,
+)
 from models.runtime import import_tensorflow
 
 logger = logging.getLogger(__name__)
@@ -98,6 +104,7 @@ class TwoStageEngine:
         self._secondary = secondary
         self.settings = settings
         self.mixed_precision = mixed_precision
+        self.context_slices = primary_context_slices(primary)
         self._primary_call = _compiled(primary)
         self._secondary_call = _compiled(secondary)
 
@@ -133,13 +140,15 @@ class TwoStageEngine:
         """Run both networks once on zeros of a typical study's size. The first call at a new
         largest batch costs seconds (TensorFlow's CPU kernels and buffers are set up then);
         this moves that cost from the first study to model loading."""
-        _predict(self._primary_call, np.zeros((slices, *self.settings.input_matrix, 1), np.float32))
+        _predict(self._primary_call,
+                 np.zeros((slices, *self.settings.input_matrix, self.context_slices), np.float32))
         self.classify_rois(np.zeros((4 * slices, 64, 64), np.float32))
 
     def predict_lesion_probability(self, t2: np.ndarray) -> np.ndarray:
         """Primary network over all slices in one batched call; returns (slices, rows, cols)."""
         normalised = normalise_volume(t2)
-        batch = to_model_grid(normalised, self.settings.input_matrix)[..., np.newaxis]
+        batch = slice_context(to_model_grid(normalised, self.settings.input_matrix),
+                              self.context_slices)
         probability = _predict(self._primary_call, batch)[..., 1]
         return np.clip(from_model_grid(probability, t2.shape[1:]), 0.0, 1.0)
 
@@ -242,6 +251,12 @@ class TwoStageEngine:
                 )
             )
         return LesionSegmentation(labels=labels, lesion_numbers=numbers, lesions=tuple(lesions))
+
+
+def primary_context_slices(primary: Any) -> int:
+    """How many adjacent T2 FLAIR slices the primary network takes (its input's channels): 1
+    for the paper's network; the network file says, so no manifest field can contradict it."""
+    return int(primary.input_shape[-1])
 
 
 def mixed_precision_copy(model: Any) -> Any:

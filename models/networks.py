@@ -26,18 +26,20 @@ def _conv_bn_relu(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasT
 
 
 def build_primary_network(
-    input_shape: tuple[int | None, int | None, int] = (None, None, 1),
     base_filters: int = 16,
     num_classes: int = 2,
+    context_slices: int = 1,
 ) -> keras.Model:
     """U-Net of the paper's Fig. 3.
 
-    Input ``(rows, cols, 1)`` normalised T2 FLAIR; rows and cols must be multiples of 16.
-    Output ``(rows, cols, num_classes)`` softmax; channel 1 is the lesion probability.
+    Input ``(rows, cols, context_slices)`` normalised T2 FLAIR (see
+    :func:`models.preprocessing.slice_context`; the paper's network takes 1); rows and cols must
+    be multiples of 16. Output ``(rows, cols, num_classes)`` softmax; channel 1 is the lesion
+    probability.
     """
     if base_filters < 1:
         raise ValueError(f"base_filters must be positive, got {base_filters}")
-    inputs = keras.Input(shape=input_shape, name="t2_flair")
+    inputs = keras.Input(shape=(None, None, context_slices), name="t2_flair")
     x = inputs
 
     # Encoding path: two conv+BN+ReLU per level, 2x2 max-pooling between levels.

@@ -38,6 +38,19 @@ def to_model_grid(volume: np.ndarray, matrix: tuple[int, int], order: int = 1) -
     ).astype(np.float32)
 
 
+def slice_context(volume: np.ndarray, channels: int = 1) -> np.ndarray:
+    """The primary network's input: ``(slices, rows, cols)`` becomes ``(slices, rows, cols,
+    channels)``, channel ``j`` of slice ``k`` holding slice ``k + j - channels // 2`` (zeros past
+    either end of the stack). ``channels`` is odd: 1 is the slice alone, 3 adds each neighbour,
+    which tells how far a lesion reaches through the slab (its partial volume)."""
+    if channels < 1 or channels % 2 == 0:
+        raise ValueError(f"context channels must be odd and positive, got {channels}")
+    half = channels // 2
+    padded = np.pad(np.asarray(volume, dtype=np.float32), ((half, half), (0, 0), (0, 0)))
+    slices = volume.shape[0]
+    return np.stack([padded[j : j + slices] for j in range(channels)], axis=-1)
+
+
 def from_model_grid(volume: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.ndarray:
     """Inverse of :func:`to_model_grid`: back to ``(slices, *shape)``."""
     return to_model_grid(volume, shape, order=order)

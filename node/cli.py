@@ -41,6 +41,9 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cosine-decay", action=argparse.BooleanOptionalAction,
                         help="primary network's learning rate falls along a cosine to 5 %% of it "
                              "(lacuna recipe: on; paper: off)")
+    parser.add_argument("--context-slices", type=int, choices=[1, 3, 5],
+                        help="T2 FLAIR slices the primary network sees at once: the slice and "
+                             "its neighbours (both recipes: 1; docs/recipes.md measures 3)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,7 +384,7 @@ def _ablation(args: argparse.Namespace, settings: Settings) -> int:
 # Recipe flags: argparse destination -> TrainingPlan field.
 _RECIPE_FLAGS = {"rotate": "rotate_lesion_crops", "secondary_from_primary": "secondary_from_primary",
                  "pretrain_epochs": "pretrain_epochs", "per_lesion": "oversample_per_lesion",
-                 "cosine_decay": "cosine_decay"}
+                 "cosine_decay": "cosine_decay", "context_slices": "context_slices"}
 
 
 def _recipe_flags(args: argparse.Namespace) -> dict[str, Any]:

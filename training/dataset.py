@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.measure import label, regionprops
 
-from models.preprocessing import extract_roi, normalise_volume, to_model_grid
+from models.preprocessing import extract_roi, normalise_volume, slice_context, to_model_grid
 from node.services.volumes import StudyVolumes
 from training.phantom import Contrast, axial_geometry, make_phantom, render_series, scanner_geometries
 
@@ -95,9 +95,12 @@ def primary_crops(
     by_class: bool = False,
     per_lesion: bool = False,
     intensity_jitter: float = 0.1,
+    context_slices: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` crops ``(n, size, size, 1)`` of T2 FLAIR with lesion masks: binary, or with
-    ``by_class`` the class labels (1 FCI, 2 LACI).
+    """``count`` crops ``(n, size, size, context_slices)`` of T2 FLAIR (the slice and its
+    neighbours, as :func:`models.preprocessing.slice_context` gives them) with lesion masks
+    ``(n, size, size, 1)`` of the middle slice: binary, or with ``by_class`` the class labels
+    (1 FCI, 2 LACI).
 
     Oversampling as in the paper: ``lesion_fraction`` of the crops contain a lesion pixel; the
     rest are anywhere in the brain (0: no oversampling). ``augment``: random flips and intensity
@@ -111,7 +114,8 @@ def primary_crops(
     lesions = [[region.coords for region in regionprops(label(s.labels > 0, connectivity=3))]
                for s in subjects] if per_lesion else []
     brain_slices = [np.flatnonzero(s.t2.reshape(len(s.t2), -1).max(axis=1) > 0.2) for s in subjects]
-    images = np.zeros((count, size, size, 1), dtype=np.float32)
+    half = context_slices // 2
+    images = np.zeros((count, size, size, context_slices), dtype=np.float32)
     masks = np.zeros((count, size, size, 1), dtype=np.float32)
     for n in range(count):
         index = int(rng.integers(len(subjects)))
@@ -128,7 +132,10 @@ def primary_crops(
             k = int(rng.choice(brain_slices[index]))
             r0 = int(rng.integers(0, rows - size + 1))
             c0 = int(rng.integers(0, cols - size + 1))
-        image = subject.t2[k, r0 : r0 + size, c0 : c0 + size]
+        # Slice k's context from the few slices around it, not from the whole subject's
+        # (a copy of every volume, context_slices times over).
+        image = slice_context(subject.t2[max(k - half, 0) : k + half + 1], context_slices)[
+            min(k, half), r0 : r0 + size, c0 : c0 + size]
         crop = subject.labels[k, r0 : r0 + size, c0 : c0 + size]
         mask = (crop if by_class else crop > 0).astype(np.float32)
         if augment:
@@ -139,7 +146,7 @@ def primary_crops(
             if rng.random() < 0.5:
                 image, mask = image[::-1], mask[::-1]
             image = image * rng.uniform(1 - intensity_jitter, 1 + intensity_jitter)
-        images[n, ..., 0] = image
+        images[n] = image
         masks[n, ..., 0] = mask
     return images, masks
 
@@ -174,17 +181,18 @@ def secondary_rois(
 
 def secondary_rois_from_primary(
     subjects: list[SubjectArrays], predict: Callable[[np.ndarray], np.ndarray],
-    rng: np.random.Generator, threshold: float = 0.5,
+    rng: np.random.Generator, threshold: float = 0.5, context_slices: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """ROIs where the trained primary network finds lesions, as inference takes them (the
     paper trains the secondary network this way): one per predicted 3D component per slice,
     at its in-slice centroid, labelled with the true class under it; predicted components
-    that cover no true lesion are left out. ``predict`` maps ``(n, rows, cols, 1)`` T2 FLAIR
-    to lesion probability ``(n, rows, cols)``."""
+    that cover no true lesion are left out. ``predict`` maps ``(n, rows, cols, channels)``
+    T2 FLAIR (:func:`models.preprocessing.slice_context`) to lesion probability ``(n, rows,
+    cols)``."""
     rois: list[np.ndarray] = []
     targets: list[int] = []
     for subject in subjects:
-        probability = predict(subject.t2[..., np.newaxis])
+        probability = predict(slice_context(subject.t2, context_slices))
         for region in regionprops(label(probability >= threshold, connectivity=2)):
             coords = region.coords
             truth = subject.labels[tuple(coords.T)]

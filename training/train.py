@@ -87,6 +87,10 @@ class TrainingPlan:
     cosine_decay: bool = True
     # augment's intensity scaling of primary crops: 1 +- this (uniform).
     intensity_jitter: float = 0.1
+    # T2 FLAIR slices the primary network sees at once (odd): 1 is the paper's single slice; 3
+    # adds both neighbours, which show how far a lesion reaches through the slab (its partial
+    # volume). Measured, not adopted: docs/recipes.md, "Three slices in".
+    context_slices: int = 1
 
 
 # Named recipes (``lacuna train --recipe``): this project's, which the shipped model was trained
@@ -198,7 +202,8 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
     if plan.loss not in LOSSES:
         raise ValueError(f"unknown loss {plan.loss!r}; known: {', '.join(LOSSES)}")
     classes = 3 if plan.task == "a" else 2
-    primary = build_primary_network(base_filters=plan.base_filters, num_classes=classes)
+    primary = build_primary_network(base_filters=plan.base_filters, num_classes=classes,
+                                    context_slices=plan.context_slices)
     primary.compile(
         optimizer=keras.optimizers.RMSprop(primary_learning_rate(plan), rho=0.9),
         loss=LOSSES[plan.loss],
@@ -213,7 +218,8 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
                                       rotate_lesion_crops=plan.rotate_lesion_crops,
                                       augment=plan.augment, by_class=plan.task == "a",
                                       per_lesion=plan.oversample_per_lesion,
-                                      intensity_jitter=plan.intensity_jitter)
+                                      intensity_jitter=plan.intensity_jitter,
+                                      context_slices=plan.context_slices)
         one_hot = np.eye(classes, dtype=np.float32)[masks[..., 0].astype(np.int64)]
         history = primary.fit(_pipeline(images, one_hot, plan.batch_size, plan.seed + epoch),
                               initial_epoch=epoch, epochs=epoch + 1, callbacks=callbacks,
@@ -233,7 +239,8 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
         def predict(batch: np.ndarray) -> np.ndarray:
             return np.asarray(primary.predict(batch, batch_size=8, verbose=0))[..., 1]
 
-        rois, targets = secondary_rois_from_primary(subjects, predict, rng)
+        rois, targets = secondary_rois_from_primary(subjects, predict, rng,
+                                                    context_slices=plan.context_slices)
     else:
         rois, targets = secondary_rois(subjects, rng)
     secondary = build_secondary_network()
@@ -302,7 +309,8 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
     # Fresh, uncompiled networks with the trained weights: the package holds what inference
     # needs, neither optimizer state nor the training loss.
     for model, fresh, name in (
-        (primary, build_primary_network(base_filters=plan.base_filters), PRIMARY_FILE),
+        (primary, build_primary_network(base_filters=plan.base_filters,
+                                        context_slices=plan.context_slices), PRIMARY_FILE),
         (secondary, build_secondary_network(), SECONDARY_FILE),
     ):
         fresh.set_weights(model.get_weights())
@@ -351,13 +359,16 @@ def model_card(manifest: ModelManifest, plan: TrainingPlan, metrics: dict[str, f
     validation metrics with bootstrap intervals, and its limits."""
     table = report_markdown(metrics, intervals, "Validation (held-out synthetic subjects)")
     recipe = ", ".join(f"{key} {value}" for key, value in manifest.training.items())
+    context = ("" if plan.context_slices == 1 else
+               f" (each slice with its {plan.context_slices - 1} nearest neighbours as channels; "
+               "the paper's network sees one slice)")
     return f"""# Model card: {manifest.name} {manifest.version}
 
 **Not for clinical use.** {manifest.intended_use}
 
 ## What it does
-The two networks of Liu et al. (BMC Med Inform Decis Mak 2021): a U-Net on T2 FLAIR segments
-lesion areas; a small CNN classifies each lesion as FCI or LACI from a 32x32 T1 FLAIR ROI at
+The two networks of Liu et al. (BMC Med Inform Decis Mak 2021): a U-Net on T2 FLAIR{context}
+segments lesion areas; a small CNN classifies each lesion as FCI or LACI from a 32x32 T1 FLAIR ROI at
 its centroid, upsampled to 64x64, gamma 1.5; its verdict corrects the label map.
 
 ## Training data

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.inference import LesionClass, TwoStageEngine
+from models.inference import InferenceSettings, LesionClass, TwoStageEngine
 from models.networks import build_primary_network, build_secondary_network
 from models.package import default_package_dir, verify_package
-from models.preprocessing import ROI_GAMMA, extract_roi, normalise_volume
+from models.preprocessing import ROI_GAMMA, extract_roi, normalise_volume, slice_context
 from node.cli import EXIT_OK, main
 from training.phantom import Contrast, axial_geometry, make_phantom, render_series
 
@@ -26,6 +26,38 @@ def test_primary_network_shapes() -> None:
     assert len(encoder_convolutions) == 10  # the paper's encoding path
     with pytest.raises(ValueError, match="base_filters"):
         build_primary_network(base_filters=0)
+
+
+def test_slice_context_stacks_each_slice_with_its_neighbours_and_zeros_past_the_ends() -> None:
+    volume = np.arange(1, 5, dtype=np.float32)[:, None, None] * np.ones((4, 2, 3), np.float32)
+    alone = slice_context(volume)
+    assert alone.shape == (4, 2, 3, 1)
+    np.testing.assert_array_equal(alone[..., 0], volume)
+    context = slice_context(volume, 3)
+    assert context.shape == (4, 2, 3, 3)
+    assert context[:, 0, 0].tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 0]]
+    with pytest.raises(ValueError, match="odd"):
+        slice_context(volume, 2)
+
+
+def test_engine_feeds_a_context_network_each_slice_with_its_neighbours() -> None:
+    """A primary network built for 3 slices gets them: its first convolution sees only the
+    slice after each one (weights 0 except that channel), so a bright slice k + 1 lights up
+    slice k's prediction and nothing else."""
+    primary = build_primary_network(base_filters=4, context_slices=3)
+    engine = TwoStageEngine(primary, build_secondary_network(), InferenceSettings(
+        input_matrix=(64, 64), lesion_threshold=0.5, laci_threshold=0.5, min_lesion_voxels=1))
+    assert engine.context_slices == 3
+    first = primary.get_layer("enc0a_conv")
+    kernel = np.zeros(first.kernel.shape, np.float32)
+    kernel[1, 1, 2, :] = 1.0  # centre tap of the next slice's channel only
+    first.kernel.assign(kernel)
+    t2 = np.zeros((4, 64, 64), np.float32)
+    t2[2, 16:48, 16:48] = 1000.0
+    probability = engine.predict_lesion_probability(t2)
+    changed = [float(np.abs(probability[k] - probability[3]).max()) for k in range(4)]
+    assert changed[1] > 1e-3  # slice 1 sees slice 2 as its next neighbour
+    assert changed[0] == changed[2] == 0.0  # neither sees slice 2 as the next one
 
 
 def test_secondary_network_shapes() -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from models.inference import TwoStageEngine
 from models.package import verify_package
 from training.train import TrainingPlan, train_package
 
@@ -16,7 +17,8 @@ def test_tiny_training_run_writes_a_verifiable_package(tmp_path: Path, recipe: s
     extras = recipe != "first"
     plan = TrainingPlan(subjects=2, validation_subjects=1, primary_crops_per_epoch=32,
                         primary_epochs=1, secondary_epochs=1, base_filters=4, version="tiny",
-                        varied=extras, rotate_lesion_crops=extras, secondary_from_primary=extras)
+                        varied=extras, rotate_lesion_crops=extras, secondary_from_primary=extras,
+                        context_slices=3 if extras else 1)
     manifest = train_package(plan, tmp_path / "package")
     assert verify_package(tmp_path / "package") == manifest
     assert "dice" in manifest.metrics
@@ -25,6 +27,8 @@ def test_tiny_training_run_writes_a_verifiable_package(tmp_path: Path, recipe: s
     card = (tmp_path / "package" / "MODEL_CARD.md").read_text()
     assert "**Not for clinical use.**" in card and "| Dice of lesion area |" in card
     assert "95 % interval" in card and manifest.trained_on in card
+    assert ("each slice with its 2 nearest neighbours" in card) == extras
+    assert TwoStageEngine.load(tmp_path / "package").context_slices == plan.context_slices
     package = tmp_path / "package"
     assert [p.name for p in (package / "checkpoints").iterdir()] == sorted(
         ["primary-epoch-001.weights.h5", "secondary.weights.h5"])

@@ -67,6 +67,8 @@ def test_recipes() -> None:
     assert recipe_plan("paper", learning_rate=0.001).learning_rate == 0.001  # overrides win
     # The shipped recipe decays the learning rate; the paper keeps RMSProp's constant.
     assert TrainingPlan().cosine_decay and not paper.cosine_decay
+    # Both recipes show the primary network one slice (neighbours: --context-slices).
+    assert TrainingPlan().context_slices == paper.context_slices == 1
     assert set(RECIPES) == {"lacuna", "paper"}
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe_plan("nope")
@@ -100,6 +102,34 @@ def test_per_lesion_oversampling_gives_a_small_lesion_as_many_crops_as_a_large_o
 
     assert crops_with_the_small_lesion(per_lesion=False) < 10  # ~4 in 3,604 draws
     assert 150 < crops_with_the_small_lesion(per_lesion=True) < 250  # about half
+
+
+def test_context_crops_hold_the_slice_and_its_neighbours_and_the_same_draws() -> None:
+    """With 3 context slices a crop's middle channel is the crop a 1-slice plan draws from the
+    same random stream; the others are the slices either side, zeros past the stack's ends."""
+    import numpy as np
+
+    from training.dataset import SubjectArrays, primary_crops
+
+    labels = np.zeros((4, 128, 128), np.uint8)
+    labels[[0, 1, 3], 60:64, 60:64] = 1  # lesions on both end slices
+    t2 = np.arange(1, 5, dtype=np.float32)[:, None, None] * np.ones(labels.shape, np.float32) / 4
+    subject = SubjectArrays(t2=t2, t1=np.zeros(labels.shape, np.float32), labels=labels)
+    alone, masks = primary_crops([subject], np.random.default_rng(0), 200, size=64)
+    context, context_masks = primary_crops([subject], np.random.default_rng(0), 200, size=64,
+                                           context_slices=3)
+    assert alone.shape == (200, 64, 64, 1) and context.shape == (200, 64, 64, 3)
+    np.testing.assert_array_equal(context[..., 1:2], alone)
+    np.testing.assert_array_equal(context_masks, masks)
+    # Slice k holds (k + 1) / 4 times the intensity scaling; recover k and check the neighbours.
+    for crop in context:
+        scale_k = crop[32, 32, 1]
+        below, above = crop[32, 32, 0], crop[32, 32, 2]
+        ratios = [round(float(value / scale_k), 4) for value in (below, above)]
+        assert ratios in ([0.0, 2.0], [0.5, 1.5], [round(2 / 3, 4), round(4 / 3, 4)],
+                          [0.75, 0.0])  # slices 0, 1, 2, 3
+    ends = {tuple(round(float(crop[32, 32, c]), 6) == 0.0 for c in (0, 2)) for crop in context}
+    assert ends == {(True, False), (False, False), (False, True)}
 
 
 @pytest.mark.parametrize("jitter", [0.0, 0.1, 0.3])
