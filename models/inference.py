@@ -22,7 +22,7 @@ from models.preprocessing import (
     extract_roi,
     from_model_grid,
     normalise_volume,
-    slice_context,
+    primary_input,
     to_model_grid,
 )
 from models.runtime import import_tensorflow
@@ -146,9 +146,7 @@ class TwoStageEngine:
 
     def predict_lesion_probability(self, t2: np.ndarray) -> np.ndarray:
         """Primary network over all slices in one batched call; returns (slices, rows, cols)."""
-        normalised = normalise_volume(t2)
-        batch = slice_context(to_model_grid(normalised, self.settings.input_matrix),
-                              self.context_slices)
+        batch = primary_input(t2, self.settings.input_matrix, self.context_slices)
         probability = _predict(self._primary_call, batch)[..., 1]
         return np.clip(from_model_grid(probability, t2.shape[1:]), 0.0, 1.0)
 

@@ -51,6 +51,12 @@ def slice_context(volume: np.ndarray, channels: int = 1) -> np.ndarray:
     return np.stack([padded[j : j + slices] for j in range(channels)], axis=-1)
 
 
+def primary_input(t2: np.ndarray, matrix: tuple[int, int], context_slices: int) -> np.ndarray:
+    """A T2 FLAIR volume ``(slices, rows, cols)`` as the primary network takes it: normalised,
+    on the model grid, each slice with its neighbours: ``(slices, *matrix, context_slices)``."""
+    return slice_context(to_model_grid(normalise_volume(t2), matrix), context_slices)
+
+
 def from_model_grid(volume: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.ndarray:
     """Inverse of :func:`to_model_grid`: back to ``(slices, *shape)``."""
     return to_model_grid(volume, shape, order=order)

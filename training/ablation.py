@@ -28,7 +28,7 @@ from models.inference import (
     TwoStageEngine,
     primary_context_slices,
 )
-from models.preprocessing import from_model_grid, normalise_volume, slice_context, to_model_grid
+from models.preprocessing import from_model_grid, primary_input
 from training.evaluate import evaluate_subjects, percent_cell
 from training.metrics import summarise
 from training.train import TRAINED_SETTINGS, TrainingPlan, make_training_subjects, train_networks
@@ -72,8 +72,7 @@ class PrimaryOnlyEngine:
 
     def segment(self, t2: np.ndarray, t1: np.ndarray | None, t1_available: np.ndarray | None,
                 pixel_spacing_mm: tuple[float, float], slice_spacing_mm: float) -> LesionSegmentation:
-        batch = slice_context(to_model_grid(normalise_volume(t2), self.settings.input_matrix),
-                              primary_context_slices(self._primary))
+        batch = primary_input(t2, self.settings.input_matrix, primary_context_slices(self._primary))
         output = np.asarray(self._primary(batch, training=False))
         probability = np.stack([np.clip(from_model_grid(output[..., c], t2.shape[1:]), 0, 1)
                                 for c in range(output.shape[-1])], axis=-1)

@@ -181,18 +181,17 @@ def secondary_rois(
 
 def secondary_rois_from_primary(
     subjects: list[SubjectArrays], predict: Callable[[np.ndarray], np.ndarray],
-    rng: np.random.Generator, threshold: float = 0.5, context_slices: int = 1,
+    rng: np.random.Generator, threshold: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """ROIs where the trained primary network finds lesions, as inference takes them (the
     paper trains the secondary network this way): one per predicted 3D component per slice,
     at its in-slice centroid, labelled with the true class under it; predicted components
-    that cover no true lesion are left out. ``predict`` maps ``(n, rows, cols, channels)``
-    T2 FLAIR (:func:`models.preprocessing.slice_context`) to lesion probability ``(n, rows,
-    cols)``."""
+    that cover no true lesion are left out. ``predict`` maps a subject's T2 FLAIR ``(n, rows,
+    cols)`` on the model grid to lesion probability of the same shape."""
     rois: list[np.ndarray] = []
     targets: list[int] = []
     for subject in subjects:
-        probability = predict(slice_context(subject.t2, context_slices))
+        probability = predict(subject.t2)
         for region in regionprops(label(probability >= threshold, connectivity=2)):
             coords = region.coords
             truth = subject.labels[tuple(coords.T)]

@@ -19,6 +19,7 @@ from models.package import (
     ModelManifest,
     sha256_file,
 )
+from models.preprocessing import slice_context
 from training.dataset import (
     SubjectArrays,
     make_subject_arrays,
@@ -236,11 +237,11 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
         return primary, None
 
     if plan.secondary_from_primary:
-        def predict(batch: np.ndarray) -> np.ndarray:
+        def predict(t2: np.ndarray) -> np.ndarray:
+            batch = slice_context(t2, plan.context_slices)
             return np.asarray(primary.predict(batch, batch_size=8, verbose=0))[..., 1]
 
-        rois, targets = secondary_rois_from_primary(subjects, predict, rng,
-                                                    context_slices=plan.context_slices)
+        rois, targets = secondary_rois_from_primary(subjects, predict, rng)
     else:
         rois, targets = secondary_rois(subjects, rng)
     secondary = build_secondary_network()
@@ -368,8 +369,8 @@ def model_card(manifest: ModelManifest, plan: TrainingPlan, metrics: dict[str, f
 
 ## What it does
 The two networks of Liu et al. (BMC Med Inform Decis Mak 2021): a U-Net on T2 FLAIR{context}
-segments lesion areas; a small CNN classifies each lesion as FCI or LACI from a 32x32 T1 FLAIR ROI at
-its centroid, upsampled to 64x64, gamma 1.5; its verdict corrects the label map.
+segments lesion areas; a small CNN classifies each lesion as FCI or LACI from a 32x32 T1 FLAIR
+ROI at its centroid, upsampled to 64x64, gamma 1.5; its verdict corrects the label map.
 
 ## Training data
 {manifest.trained_on}. No patient data unless `--data` named a hospital's own studies.

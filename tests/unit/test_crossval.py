@@ -163,7 +163,7 @@ def test_secondary_rois_skip_slices_without_t1_flair() -> None:
     rois, targets = secondary_rois([subject], np.random.default_rng(0))
     assert len(rois) == 3 and targets.tolist() == [1.0] * 3  # 3 jittered ROIs of slice 0 only
     assert np.allclose(rois, 0.5 ** 1.5)  # none of them from the empty slice
-    rois, _ = secondary_rois_from_primary([subject], lambda t2: t2[..., 0] / 2,
+    rois, _ = secondary_rois_from_primary([subject], lambda t2: t2 / 2,
                                           np.random.default_rng(0))
     assert len(rois) == 1
 
