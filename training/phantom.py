@@ -346,6 +346,17 @@ def _lesion_fraction(
     return fraction / samples
 
 
+def lesion_voxels(fraction: np.ndarray) -> np.ndarray:
+    """The voxels the ground truth marks for one lesion, given each voxel's fraction inside it:
+    those at least half inside; for a lesion with no such voxel, its most-covered ones. A
+    lesion of 2.5-3.5 mm centred off a slice centre has every voxel under 3 of 5 through-slice
+    samples, yet shows as a bright dot: a reader marks it, so the truth does too."""
+    peak = float(fraction.max(initial=0.0))
+    if peak >= 0.5 or peak == 0.0:
+        return fraction >= 0.5
+    return fraction == peak
+
+
 def _bounding_box(
     geometry: StackGeometry, centre: np.ndarray, radius: float
 ) -> tuple[slice, slice, slice] | None:
@@ -375,8 +386,8 @@ def _bounding_box(
 def render_series(
     phantom: Phantom, geometry: StackGeometry, contrast: Contrast, seed_offset: int = 0
 ) -> SeriesImage:
-    """Pixels and ground-truth labels of one series. Labels mark voxels at least half inside a
-    lesion."""
+    """Pixels and ground-truth labels of one series. Labels mark each lesion's voxels as
+    ``lesion_voxels`` says."""
     rng = np.random.default_rng(phantom.seed * 1000 + 17 + seed_offset)
     anatomy = phantom.anatomy
     world = geometry.world()
@@ -391,7 +402,7 @@ def render_series(
     wm_level = signal["wm"] * anatomy.signal_scale["wm"]
     for lesion in phantom.lesions:
         fraction = _lesion_fraction(lesion, geometry)
-        labels[fraction >= 0.5] = LESION_LABELS[lesion.lesion_class]
+        labels[lesion_voxels(fraction)] = LESION_LABELS[lesion.lesion_class]
         if contrast is Contrast.T2_FLAIR:
             brightness = signal["lesion"] * float(rng.uniform(0.9, 1.15))
             image = image * (1 - fraction) + fraction * brightness

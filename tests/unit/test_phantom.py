@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.phantom import PhantomLesion, _lesion_fraction, axial_geometry, scanner_geometries
+from training.phantom import (
+    PhantomLesion,
+    _lesion_fraction,
+    axial_geometry,
+    lesion_voxels,
+    scanner_geometries,
+)
 
 
 def test_scanner_geometries_span_the_protocols_we_expect() -> None:
@@ -42,3 +48,22 @@ def test_irregular_lesions_are_not_ellipsoids() -> None:
     centre = (geometry.columns - 1) / 2
     assert columns.max() - centre > centre - columns.min() + 3
     assert irregular.sum() != sphere.sum()
+
+
+def test_truth_marks_a_small_lesion_off_a_slice_centre_at_its_most_covered_voxels() -> None:
+    geometry = axial_geometry(matrix=64, fov_mm=57.5, slices=5, slice_spacing=5.0,
+                              centre=(0.0, 0.0, 0.0))
+    axes = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    # 2.4 mm across, 0.5 mm off the middle slice's centre: 2 of 5 through-slice samples inside.
+    small = _lesion_fraction(PhantomLesion(1, "FCI", (0.0, 0.0, 0.5), (1.2, 1.2, 1.0), axes), geometry)
+    assert small.max() == np.float32(0.4)
+    marked = lesion_voxels(small)
+    assert marked.sum() >= 1
+    assert np.array_equal(marked, small == small.max())
+    # A lesion with voxels at least half inside keeps exactly those, not its 0.4 rim.
+    large = _lesion_fraction(PhantomLesion(2, "LACI", (0.0, 0.0, 0.5), (4.0, 4.0, 3.0), axes), geometry)
+    assert np.array_equal(lesion_voxels(large), large >= 0.5)
+    assert (large == np.float32(0.4)).any()
+    # Off the stack: nothing to mark.
+    outside = _lesion_fraction(PhantomLesion(3, "FCI", (0.0, 0.0, 80.0), (1.2, 1.2, 1.0), axes), geometry)
+    assert not lesion_voxels(outside).any()
