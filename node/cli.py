@@ -41,6 +41,10 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cosine-decay", action=argparse.BooleanOptionalAction,
                         help="primary network's learning rate falls along a cosine to 5 %% of it "
                              "(lacuna recipe: on; paper: off)")
+    parser.add_argument("--loss", choices=["dice+ce", "crop-dice+ce", "ce"],
+                        help="primary network's loss: cross-entropy plus soft Dice of each crop "
+                             "(lacuna) or over each batch (before 0.4.0), or cross-entropy "
+                             "alone (paper)")
     parser.add_argument("--context-slices", type=int, choices=[1, 3, 5],
                         help="T2 FLAIR slices the primary network sees at once: the slice and "
                              "its neighbours (both recipes: 1; docs/recipes.md measures 3)")
@@ -73,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--subjects", type=int, default=80)
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--epochs", type=int, default=14, help="primary network epochs")
-    train.add_argument("--version", default="0.2.0")
+    train.add_argument("--version", default="0.3.0")
     train.add_argument("--varied", action="store_true",
                        help="subjects of the richer generator, each on its own scanners")
     train.add_argument("--rotate", action="store_true", default=None,
@@ -384,7 +388,7 @@ def _ablation(args: argparse.Namespace, settings: Settings) -> int:
 # Recipe flags: argparse destination -> TrainingPlan field.
 _RECIPE_FLAGS = {"rotate": "rotate_lesion_crops", "secondary_from_primary": "secondary_from_primary",
                  "pretrain_epochs": "pretrain_epochs", "per_lesion": "oversample_per_lesion",
-                 "cosine_decay": "cosine_decay", "context_slices": "context_slices"}
+                 "cosine_decay": "cosine_decay", "context_slices": "context_slices", "loss": "loss"}
 
 
 def _recipe_flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -55,7 +55,7 @@ class TrainingPlan:
     batch_size: int = 16
     learning_rate: float = 1e-3
     name: str = "lacuna-synthetic"
-    version: str = "0.2.0"
+    version: str = "0.3.0"
     # Beyond the first recipe: subjects of the richer generator on their own scanners; the
     # paper's 5-10 degree rotation of lesion-rich crops; the secondary network trained on ROIs
     # where the trained primary network finds lesions (the paper's way) instead of true ones.
@@ -77,9 +77,9 @@ class TrainingPlan:
     # The paper's oversampling schedule: this many first epochs on lesion-rich crops only, then
     # the rest on crops drawn from all brain slices. 0: 70 % lesion-rich crops every epoch.
     pretrain_epochs: int = 0
-    # "dice+ce": cross-entropy plus soft Dice on the lesion channel; "ce": the paper's
-    # cross-entropy alone.
-    loss: str = "dice+ce"
+    # "dice+ce": cross-entropy plus soft Dice on the lesion channel over each batch;
+    # "crop-dice+ce": the Dice of each crop, averaged; "ce": the paper's cross-entropy alone.
+    loss: str = "crop-dice+ce"
     # Lesion-rich crops drawn per lesion rather than per lesion voxel (small lesions as often
     # as large ones).
     oversample_per_lesion: bool = False
@@ -119,21 +119,31 @@ def _cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
     return keras.ops.mean(keras.losses.categorical_crossentropy(y_true, y_pred))
 
 
-def _dice_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
-    """Cross-entropy (the paper's loss) plus soft Dice on the lesion channel, which keeps tiny
-    lesions from drowning in background pixels."""
+def _dice_cross_entropy(y_true, y_pred, per_crop: bool = False):  # type: ignore[no-untyped-def]
+    """Cross-entropy (the paper's loss) plus soft Dice on the lesion channels, which keeps tiny
+    lesions from drowning in background pixels. The Dice is over the whole batch, or with
+    ``per_crop`` each crop's own (smoothed by one voxel) averaged: then three extra voxels
+    around a one-voxel lesion cost as much as around a large one's whole outline."""
     import keras
 
     ops = keras.ops
     cross_entropy = ops.mean(keras.losses.categorical_crossentropy(y_true, y_pred))
-    intersection = ops.sum(y_true[..., 1:] * y_pred[..., 1:])  # every lesion channel
-    denominator = ops.sum(y_true[..., 1:]) + ops.sum(y_pred[..., 1:])
+    axes = (1, 2, 3) if per_crop else None
+    intersection = ops.sum(y_true[..., 1:] * y_pred[..., 1:], axis=axes)  # every lesion channel
+    denominator = ops.sum(y_true[..., 1:], axis=axes) + ops.sum(y_pred[..., 1:], axis=axes)
     dice = (2.0 * intersection + 1.0) / (denominator + 1.0)
-    return cross_entropy + (1.0 - dice)
+    return cross_entropy + (1.0 - ops.mean(dice))
 
 
-# The primary network's losses by TrainingPlan.loss.
-LOSSES = {"ce": _cross_entropy, "dice+ce": _dice_cross_entropy}
+def _crop_dice_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
+    return _dice_cross_entropy(y_true, y_pred, per_crop=True)
+
+
+# The primary network's losses by TrainingPlan.loss, and how a model card names them.
+LOSSES = {"ce": _cross_entropy, "dice+ce": _dice_cross_entropy,
+          "crop-dice+ce": _crop_dice_cross_entropy}
+LOSS_NAMES = {"ce": "cross-entropy", "dice+ce": "cross-entropy + soft Dice over each batch",
+              "crop-dice+ce": "cross-entropy + soft Dice of each crop"}
 
 
 def _pipeline(inputs: np.ndarray, targets: np.ndarray, batch_size: int, seed: int) -> Any:
@@ -337,7 +347,7 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
         metrics={key: value for key, value in metrics.items() if value is not None},
         training={
             "seconds": round(time.monotonic() - started),
-            "primary": ("U-Net, " + ("cross-entropy" if plan.loss == "ce" else "cross-entropy + soft Dice")
+            "primary": ("U-Net, " + LOSS_NAMES[plan.loss]
                         + f", RMSProp (learning rate {plan.learning_rate}"
                         + (" with cosine decay to 5 %" if plan.cosine_decay else "") + ", rho 0.9), "
                         + ("lesion-rich pre-training then all slices" if plan.pretrain_epochs

@@ -64,7 +64,7 @@ def test_study_in_seg_and_sr_out(  # type: ignore[no-untyped-def]
         deliveries = list(session.scalars(select(Delivery)))
         assert {d.state for d in deliveries} == {"delivered"} and len(deliveries) == 2
         started = session.scalar(select(AuditEvent).where(AuditEvent.action == "job.started"))
-        assert started is not None and started.model_version == "lacuna-synthetic 0.2.1"
+        assert started is not None and started.model_version == "lacuna-synthetic 0.4.0"
         actions = list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
     assert actions.count("instance.received") == 48
     for action in ("association.accepted", "job.queued", "job.started", "job.finished"):

@@ -1,11 +1,12 @@
-"""Parts of the training recipe on tiny Keras models: precise BatchNorm and the learning rate."""
+"""Parts of the training recipe on tiny Keras models: precise BatchNorm, the learning rate and
+the primary network's losses."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 
-from training.train import TrainingPlan, precise_batch_norm, primary_learning_rate
+from training.train import LOSSES, TrainingPlan, precise_batch_norm, primary_learning_rate
 
 
 def test_precise_batch_norm_sets_the_moving_statistics_to_the_average_over_the_batches() -> None:
@@ -37,3 +38,29 @@ def test_primary_learning_rate_is_constant_or_a_cosine_over_every_step() -> None
     assert float(schedule(0)) == np.float32(0.002)
     assert np.isclose(float(schedule(21 // 2)), 0.002 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 10 / 21))))
     assert np.isclose(float(schedule(21)), 0.002 * 0.05)
+
+
+def _one_hot(mask: np.ndarray) -> np.ndarray:
+    return np.eye(2, dtype=np.float32)[mask.astype(np.int64)]
+
+
+def test_crop_dice_charges_extra_voxels_around_a_tiny_lesion_beside_a_large_one() -> None:
+    truth = np.zeros((2, 16, 16), dtype=np.uint8)
+    truth[0, 2:14, 2:14] = 1  # a large lesion in one crop
+    truth[1, 8, 8] = 1  # a one-voxel lesion in the other
+    exact = truth.copy()
+    grown = truth.copy()
+    grown[1, 7:10, 8] = grown[1, 8, 7:10] = 1  # four extra voxels around the small one
+
+    def dice_term(name: str, predicted: np.ndarray, true: np.ndarray = truth) -> float:
+        y_true, y_pred = _one_hot(true), _one_hot(predicted)
+        return float(LOSSES[name](y_true, y_pred)) - float(LOSSES["ce"](y_true, y_pred))
+
+    assert dice_term("dice+ce", exact) == dice_term("crop-dice+ce", exact) == 0.0
+    # Over the batch: 1 - (2 * 145 + 1) / (145 + 149 + 1), four voxels beside 145.
+    assert np.isclose(dice_term("dice+ce", grown), 1 - 291 / 295, atol=1e-6)
+    # Per crop: the small crop's Dice falls to (2 + 1) / (1 + 5 + 1), the mean by half of that.
+    assert np.isclose(dice_term("crop-dice+ce", grown), (1 - 3 / 7) / 2, atol=1e-6)
+    # A crop with no lesion, predicted empty, has Dice 1 (the smoothing voxel), not 0.
+    empty = np.zeros_like(truth)
+    assert np.isclose(dice_term("crop-dice+ce", empty, empty), 0.0, atol=1e-6)

@@ -9,7 +9,7 @@ import pytest
 
 from training.crossval import CrossValidation, crossval_markdown, subject_folds
 from training.metrics import bootstrap_intervals, count_subject, recall_by_size, summarise
-from training.train import RECIPES, TrainingPlan, lesion_fraction, recipe_plan
+from training.train import LOSS_NAMES, LOSSES, RECIPES, TrainingPlan, lesion_fraction, recipe_plan
 
 
 def test_every_subject_is_tested_once_and_never_trained_on_in_its_fold() -> None:
@@ -69,6 +69,9 @@ def test_recipes() -> None:
     assert TrainingPlan().cosine_decay and not paper.cosine_decay
     # Both recipes show the primary network one slice (neighbours: --context-slices).
     assert TrainingPlan().context_slices == paper.context_slices == 1
+    # The shipped recipe's soft Dice is each crop's (since 0.4.0); every loss has a card name.
+    assert TrainingPlan().loss == "crop-dice+ce"
+    assert set(LOSS_NAMES) == set(LOSSES)
     assert set(RECIPES) == {"lacuna", "paper"}
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe_plan("nope")
@@ -177,3 +180,12 @@ def test_cosine_decay_is_overridden_only_when_given(argv: list[str], expected: b
     assert _recipe_flags(args).get("cosine_decay") is expected
     plan = recipe_plan("paper", **_recipe_flags(args))
     assert plan.cosine_decay is (expected or False)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ([], "ce"), (["--loss", "crop-dice+ce"], "crop-dice+ce"), (["--loss", "dice+ce"], "dice+ce")])
+def test_loss_flag_overrides_the_recipes_loss(argv: list[str], expected: str) -> None:
+    from node.cli import _recipe_flags, build_parser
+
+    args = build_parser().parse_args(["crossval", "--out", "unused", *argv])
+    assert recipe_plan("paper", **_recipe_flags(args)).loss == expected
