@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from models.package import PackageError
 from node.config import Settings, load_settings
 from node.errors import ConfigError, JobError, LacunaError, ModelError
 from node.logs import configure_logging
@@ -237,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:  # found at start-up, e.g. a metrics port already taken
         print(f"lacuna: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    except (ModelError, JobError) as error:
+    except (ModelError, JobError, PackageError) as error:
         print(f"lacuna: {error}", file=sys.stderr)
         return EXIT_REFUSED
     except LookupError as error:
@@ -421,10 +422,15 @@ def _subject_progress(args: argparse.Namespace, verb: str) -> Callable[[int, int
 
 def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from models.inference import TwoStageEngine
-    from training.calibrate import calibrated_package
+    from models.package import read_manifest
+    from training.calibrate import calibrated_package, calibration_problem
 
     package = args.model or settings.models.default_package
     seeds = list(range(args.first_seed, args.first_seed + args.subjects))
+    problem = calibration_problem(read_manifest(package), args.out, args.version)
+    if problem is not None:  # before minutes of loading and sweeping
+        print(f"lacuna: {problem}", file=sys.stderr)
+        return EXIT_USAGE
 
     progress = _subject_progress(args, "predicted")
     manifest = calibrated_package(TwoStageEngine.load(package), package, args.out, args.version,

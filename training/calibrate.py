@@ -28,6 +28,16 @@ SWEEP_COLUMNS = (
 )
 
 
+def calibration_problem(source: ModelManifest, out_dir: Path, version: str) -> str | None:
+    """Why ``source`` cannot be written to ``out_dir`` as ``version``, or None if it can:
+    checked before anything is loaded or swept."""
+    if version == source.version:
+        return f"the calibrated package needs a new version, not {version}"
+    if out_dir.exists() and any(out_dir.iterdir()):
+        return f"{out_dir} is not empty"
+    return None
+
+
 def calibrated_package(
     engine: TwoStageEngine, package: Path, out_dir: Path, version: str, seeds: list[int],
     varied: bool = False, progress: Callable[[int, int], None] | None = None,
@@ -37,10 +47,9 @@ def calibrated_package(
     minimum lesion size, ``version`` and the sweep (``training["calibration"]``), and the card
     with a calibration section."""
     source = verify_package(package)
-    if version == source.version:
-        raise ValueError(f"the calibrated package needs a new version, not {version}")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ValueError(f"{out_dir} is not empty")
+    problem = calibration_problem(source, out_dir, version)
+    if problem is not None:
+        raise ValueError(problem)
     chosen, swept = calibrate_operating_point(engine, seeds, varied=varied, progress=progress)
     calibration = {
         "from_version": source.version,

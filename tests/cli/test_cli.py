@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from models.package import default_package_dir
-from node.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, main
+from node.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, main
 
 
 @pytest.fixture
@@ -59,6 +59,23 @@ def test_register_refuses_a_folder_without_manifest(
     configured: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["models", "register", str(configured)]) == EXIT_REFUSED
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_a_wrong_target_before_loading_anything(
+    configured: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = json.loads((default_package_dir() / "manifest.json").read_text())["version"]
+    out = configured / "calibrated"
+    assert main(["calibrate", "--out", str(out), "--version", source]) == EXIT_USAGE
+    assert f"needs a new version, not {source}" in capsys.readouterr().err
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    assert main(["calibrate", "--out", str(out), "--version", "9.9.9"]) == EXIT_USAGE
+    assert "is not empty" in capsys.readouterr().err
+    # A folder that is no package: refused with the reason, not a traceback.
+    assert main(["calibrate", "--model", str(configured), "--out", str(configured / "x"),
+                 "--version", "9.9.9"]) == EXIT_REFUSED
     assert "no manifest.json" in capsys.readouterr().err
 
 
