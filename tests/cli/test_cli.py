@@ -63,8 +63,14 @@ def test_register_refuses_a_folder_without_manifest(
 
 
 def test_calibrate_refuses_a_wrong_target_before_loading_anything(
-    configured: Path, capsys: pytest.CaptureFixture[str]
+    configured: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from models.inference import TwoStageEngine
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the target was checked")
+
+    monkeypatch.setattr(TwoStageEngine, "load", no_load)
     source = json.loads((default_package_dir() / "manifest.json").read_text())["version"]
     out = configured / "calibrated"
     assert main(["calibrate", "--out", str(out), "--version", source]) == EXIT_USAGE

@@ -143,9 +143,10 @@ def test_evaluation_on_varied_scanners_goes_through_the_nodes_pairing(
 
 
 def test_calibrate_writes_a_new_version_with_the_operating_point_it_swept(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], engine: TwoStageEngine,
 ) -> None:
     from models.package import read_manifest
+    from training.calibrate import calibrated_package
     from training.evaluate import CANDIDATE_MIN_VOXELS, CANDIDATE_THRESHOLDS
 
     out = tmp_path / "calibrated"
@@ -172,10 +173,11 @@ def test_calibrate_writes_a_new_version_with_the_operating_point_it_swept(
     card = (out / "MODEL_CARD.md").read_text()
     assert f"# Model card: {manifest.name} 0.1.0-cal" in card and "## Calibration" in card
     assert f"| {chosen[0]:.2f} (chosen) | {chosen[1]} |" in card
-    # The same version again is refused: an operating point change is a new model version.
+    # The same version again is refused: an operating point change is a new model version
+    # (the command's exit code: tests/cli/test_cli.py).
     with pytest.raises(ValueError, match="new version"):
-        main(["calibrate", "--out", str(tmp_path / "again"), "--version", source.version,
-              "--subjects", "1"])
+        calibrated_package(engine, default_package_dir(), tmp_path / "again", source.version,
+                           [800_000])
 
 
 def test_mixed_precision_engine_finds_the_same_lesions(engine: TwoStageEngine) -> None:
