@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -25,6 +25,9 @@ from models.package import PackageError
 from node.config import Settings, load_settings
 from node.errors import ConfigError, JobError, LacunaError, ModelError
 from node.logs import configure_logging
+
+if TYPE_CHECKING:  # training (and its scientific stack) loads only when a command needs it
+    from training.train import TrainingPlan
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG, EXIT_REFUSED = 0, 1, 2, 3, 4
 logger = logging.getLogger("lacuna")
@@ -92,8 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     ablation = commands.add_parser(
         "ablation", help="the paper's Table 1 measured here: train and evaluate every variant")
     ablation.add_argument("--out", type=Path, required=True, help="folder for ablation.md/.png")
-    ablation.add_argument("--recipe", choices=["lacuna", "paper"], default="lacuna",
-                          help="the base every row varies (loss, learning rate, schedules)")
     ablation.add_argument("--subjects", type=int, default=40)
     ablation.add_argument("--validation", type=int, default=10, help="held-out subjects")
     ablation.add_argument("--epochs", type=int, default=5, help="primary network epochs")
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--secondary-epochs", type=int, default=12)
     ablation.add_argument("--varied", action="store_true")
     ablation.add_argument("--seed", type=int, default=1)
+    _add_recipe_arguments(ablation)  # the base every row varies (loss, schedules, input slices)
 
     crossval = commands.add_parser(
         "crossval", help="k-fold cross-validation split by subject: train and test every fold")
@@ -372,15 +374,22 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _ablation(args: argparse.Namespace, settings: Settings) -> int:
-    from training.ablation import run_ablation
+def _ablation_plan(args: argparse.Namespace) -> TrainingPlan:
+    """The plan every ablation row varies: ``--recipe`` and its flags, with the paper's
+    rotation of lesion-rich crops (the rows' augmentation)."""
     from training.train import recipe_plan
 
-    plan = recipe_plan(args.recipe, subjects=args.subjects, validation_subjects=args.validation,
-                       seed=args.seed, primary_epochs=args.epochs,
-                       primary_crops_per_epoch=args.crops, secondary_epochs=args.secondary_epochs,
-                       varied=args.varied, rotate_lesion_crops=True)
-    run_ablation(plan, args.out)
+    return recipe_plan(args.recipe, **{
+        **_recipe_flags(args), "subjects": args.subjects, "validation_subjects": args.validation,
+        "seed": args.seed, "primary_epochs": args.epochs, "primary_crops_per_epoch": args.crops,
+        "secondary_epochs": args.secondary_epochs, "varied": args.varied,
+        "rotate_lesion_crops": True})
+
+
+def _ablation(args: argparse.Namespace, settings: Settings) -> int:
+    from training.ablation import run_ablation
+
+    run_ablation(_ablation_plan(args), args.out)
     print((args.out / "ablation.md").read_text())
     print(f"chart: {args.out / 'ablation.png'}")
     return EXIT_OK

@@ -33,6 +33,8 @@ def calibration_problem(source: ModelManifest, out_dir: Path, version: str) -> s
     checked before anything is loaded or swept."""
     if version == source.version:
         return f"the calibrated package needs a new version, not {version}"
+    if out_dir.exists() and not out_dir.is_dir():
+        return f"{out_dir} is a file, not a folder"
     if out_dir.exists() and any(out_dir.iterdir()):
         return f"{out_dir} is not empty"
     return None

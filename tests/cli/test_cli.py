@@ -79,6 +79,8 @@ def test_calibrate_refuses_a_wrong_target_before_loading_anything(
     (out / "manifest.json").write_text("{}")
     assert main(["calibrate", "--out", str(out), "--version", "9.9.9"]) == EXIT_USAGE
     assert "is not empty" in capsys.readouterr().err
+    assert main(["calibrate", "--out", str(out / "manifest.json"), "--version", "9.9.9"]) == EXIT_USAGE
+    assert "is a file, not a folder" in capsys.readouterr().err
     # A folder that is no package: refused with the reason, not a traceback.
     assert main(["calibrate", "--model", str(configured), "--out", str(configured / "x"),
                  "--version", "9.9.9"]) == EXIT_REFUSED

@@ -189,3 +189,16 @@ def test_loss_flag_overrides_the_recipes_loss(argv: list[str], expected: str) ->
 
     args = build_parser().parse_args(["crossval", "--out", "unused", *argv])
     assert recipe_plan("paper", **_recipe_flags(args)).loss == expected
+
+
+def test_ablation_rows_vary_the_recipe_and_flags_given() -> None:
+    from node.cli import _ablation_plan, build_parser
+
+    args = build_parser().parse_args(["ablation", "--out", "unused", "--recipe", "paper",
+                                      "--loss", "crop-dice+ce", "--context-slices", "3",
+                                      "--epochs", "2"])
+    plan = _ablation_plan(args)
+    assert (plan.loss, plan.context_slices, plan.primary_epochs) == ("crop-dice+ce", 3, 2)
+    assert plan.learning_rate == 0.01 and plan.rotate_lesion_crops  # the paper's, as the rows' base
+    default = _ablation_plan(build_parser().parse_args(["ablation", "--out", "unused"]))
+    assert (default.loss, default.context_slices) == (recipe_plan("lacuna").loss, 1)
