@@ -265,16 +265,24 @@ def mixed_precision_copy(model: Any) -> Any:
     import keras
 
     config = model.get_config()
+    _mixed_precision_config(config)
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _mixed_precision_config(config: dict[str, Any]) -> None:
+    """Set ``mixed_float16`` on every layer of a functional model's config but its inputs and
+    outputs; a nested model (an ensemble's member) gets the same rule inside."""
     output_layers = config["output_layers"]  # [name, node, tensor], or a list of them
     if output_layers and isinstance(output_layers[0], str):
         output_layers = [output_layers]
     outputs = {name for name, *_ in output_layers}
     for layer in config["layers"]:
-        if layer["class_name"] != "InputLayer" and layer["config"]["name"] not in outputs:
+        if layer["class_name"] == "Functional":
+            _mixed_precision_config(layer["config"])
+        elif layer["class_name"] != "InputLayer" and layer["config"]["name"] not in outputs:
             layer["config"]["dtype"] = "mixed_float16"
-    copy = keras.Model.from_config(config)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def in_plane_diameter_mm(coords: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> float:

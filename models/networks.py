@@ -8,6 +8,8 @@ lacunar infarction (LACI) on a T1 FLAIR ROI. Only stock Keras layers are used, s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 from keras import layers
 
@@ -94,3 +96,21 @@ def build_secondary_network(
     x = layers.Dropout(dropout_rate, name="fc2_dropout")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="laci_probability")(x)
     return keras.Model(inputs, outputs, name="secondary_network")
+
+
+def average_networks(networks: Sequence[keras.Model], name: str) -> keras.Model:
+    """An ensemble as one network: each member of ``networks`` kept whole (a nested model
+    ``member_N``) on the same input, their outputs averaged. Members must take the same input
+    and give the same output; the result saves and loads as any ``.keras`` network."""
+    if len(networks) < 2:
+        raise ValueError(f"an ensemble needs at least 2 networks, got {len(networks)}")
+    first = networks[0]
+    for network in networks[1:]:
+        if (network.input_shape, network.output_shape) != (first.input_shape, first.output_shape):
+            raise ValueError(f"networks differ: input {network.input_shape} -> output "
+                             f"{network.output_shape}, not {first.input_shape} -> {first.output_shape}")
+    inputs = keras.Input(shape=first.input_shape[1:], name=first.layers[0].name)
+    members = [keras.Model(network.input, network.output, name=f"member_{number}")
+               for number, network in enumerate(networks, start=1)]
+    mean = layers.Average(name="mean")([member(inputs) for member in members])
+    return keras.Model(inputs, mean, name=name)

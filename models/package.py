@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
+CARD_NAME = "MODEL_CARD.md"  # the model card beside the manifest: for people, not checked
 PRIMARY_FILE = "primary.keras"
 SECONDARY_FILE = "secondary.keras"
 SYNTHETIC_DATA_WARNING = (
@@ -86,6 +87,16 @@ def verify_package(package_dir: Path) -> ModelManifest:
         if actual != expected:
             raise PackageError(f"{name}: sha256 {actual} does not match manifest {expected}")
     return manifest
+
+
+def output_folder_problem(out_dir: Path) -> str | None:
+    """Why a new package cannot be written to ``out_dir`` (a file, or a folder with files in
+    it), or None: nothing is ever written over."""
+    if out_dir.exists() and not out_dir.is_dir():
+        return f"{out_dir} is a file, not a folder"
+    if out_dir.exists() and any(out_dir.iterdir()):
+        return f"{out_dir} is not empty"
+    return None
 
 
 def default_package_dir() -> Path:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from models.package import PackageError
+from models.package import CARD_NAME, PackageError
 from node.config import Settings, load_settings
 from node.errors import ConfigError, JobError, LacunaError, ModelError
 from node.logs import configure_logging
@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="validation subjects to sweep on (80: about 6 min on 2 cores; "
                                 "with fewer, one lesion more or less decides)")
     calibrate.add_argument("--varied", action="store_true")
+
+    ensemble = commands.add_parser(
+        "ensemble", help="average several packages' networks (e.g. crossval's folds) into one "
+                         "package; calibrate it next")
+    ensemble.add_argument("--model", type=Path, action="append", required=True,
+                          help="a member package folder; give it once per member (2 or more)")
+    ensemble.add_argument("--out", type=Path, required=True, help="folder for the new package")
+    ensemble.add_argument("--version", required=True, help="the new package's version")
 
     evaluate = commands.add_parser(
         "evaluate", help="metrics of a model package on held-out synthetic subjects")
@@ -450,10 +458,31 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps({"model": f"{manifest.name} {manifest.version}", **calibration}, indent=2))
     else:
-        print((args.out / "MODEL_CARD.md").read_text().split("## Calibration", 1)[1].strip())
+        print((args.out / CARD_NAME).read_text().split("## Calibration", 1)[1].strip())
         print(f"wrote {manifest.name} {manifest.version} to {args.out}: lesion threshold "
               f"{manifest.lesion_threshold}, lesions of at least {manifest.min_lesion_voxels} "
               "voxel(s)")
+    return EXIT_OK
+
+
+def _ensemble(args: argparse.Namespace, settings: Settings) -> int:
+    from models.package import read_manifest
+    from training.ensemble import ensemble_package, ensemble_problem
+
+    problem = ensemble_problem([read_manifest(member) for member in args.model], args.out,
+                               args.version)
+    if problem is not None:  # before any network is loaded
+        print(f"lacuna: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    manifest = ensemble_package(args.model, args.out, args.version)
+    members = [m["version"] for m in manifest.training["ensemble"]["members"]]
+    if args.json:
+        print(json.dumps({"model": f"{manifest.name} {manifest.version}", "members": members,
+                          "files": manifest.files}, indent=2))
+    else:
+        print(f"wrote {manifest.name} {manifest.version} to {args.out}: the mean of "
+              f"{', '.join(members)}; its operating point is {members[0]}'s until "
+              "`lacuna calibrate` chooses one")
     return EXIT_OK
 
 
@@ -841,7 +870,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 COMMANDS = {
     "serve": _serve, "scp": _serve, "worker": _serve, "db": _db, "synth": _synth,
     "train": _train, "evaluate": _evaluate, "ablation": _ablation, "crossval": _crossval,
-    "calibrate": _calibrate, "demo": _demo,
+    "calibrate": _calibrate, "ensemble": _ensemble, "demo": _demo,
     "models": _models, "jobs": _jobs, "audit": _audit,
     "destinations": _destinations, "deliveries": _deliveries, "render": _render,
 }

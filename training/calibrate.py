@@ -14,10 +14,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from models.inference import TwoStageEngine
-from models.package import MANIFEST_NAME, ModelManifest, verify_package
+from models.package import (
+    CARD_NAME,
+    MANIFEST_NAME,
+    ModelManifest,
+    output_folder_problem,
+    verify_package,
+)
 from training.evaluate import OperatingPoint, calibrate_operating_point
 
-CARD_NAME = "MODEL_CARD.md"
 SWEEP_COLUMNS = (
     ("dice", "Dice"),
     ("detection_precision_iou06", "detection precision (IoU > 0.6)"),
@@ -33,11 +38,7 @@ def calibration_problem(source: ModelManifest, out_dir: Path, version: str) -> s
     checked before anything is loaded or swept."""
     if version == source.version:
         return f"the calibrated package needs a new version, not {version}"
-    if out_dir.exists() and not out_dir.is_dir():
-        return f"{out_dir} is a file, not a folder"
-    if out_dir.exists() and any(out_dir.iterdir()):
-        return f"{out_dir} is not empty"
-    return None
+    return output_folder_problem(out_dir)
 
 
 def calibrated_package(

@@ -3,7 +3,8 @@
 Every subject is tested exactly once, by the fold whose model never saw any slice of it. Each
 fold trains both networks from the same seed on the other folds' subjects; the report gives
 each fold's figures, their mean and spread, and the metrics pooled over every held-out subject
-with bootstrap intervals over subjects.
+with bootstrap intervals over subjects. Each fold's networks are kept as a package
+(``fold-N/package``, version ``VERSION+foldN``): `lacuna ensemble` averages them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import numpy as np
 from models.inference import TwoStageEngine
 from training.evaluate import evaluate_subjects, percent_cell, report_markdown, size_markdown
 from training.metrics import SizeBin, SubjectCounts, bootstrap_intervals, recall_by_size, summarise
-from training.train import TRAINED_SETTINGS, TrainingPlan, make_training_subjects, train_networks
+from training.train import (
+    TRAINED_SETTINGS,
+    TrainingPlan,
+    make_training_subjects,
+    train_networks,
+    training_data_description,
+    write_package,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +78,8 @@ class CrossValidation:
 
 def run_crossval(plan: TrainingPlan, out_dir: Path, folds: int = 5) -> CrossValidation:
     """Train and test every fold on ``plan.subjects`` synthetic subjects; write
-    ``crossval.md`` in ``out_dir`` (fold checkpoints and logs go in ``fold-N``)."""
+    ``crossval.md`` in ``out_dir`` (each fold's checkpoints, logs and package go in
+    ``fold-N``)."""
     import keras
 
     if plan.data_dir is not None:
@@ -94,6 +103,15 @@ def run_crossval(plan: TrainingPlan, out_dir: Path, folds: int = 5) -> CrossVali
                                    varied=plan.varied)
         per_fold.append(summarise(counts))
         pooled.extend(counts)
+        # Each fold's networks as a package: members for `lacuna ensemble`, or to inspect.
+        write_package(
+            out_dir / f"fold-{fold.number}" / "package", plan, primary, secondary,
+            version=f"{plan.version}+fold{fold.number}",
+            trained_on=(f"{len(fold.training)} synthetic subjects (cross-validation fold "
+                        f"{fold.number} of {folds}: seeds {seeds[0]}-{seeds[-1]} but its "
+                        f"{len(fold.test)} test subjects) " + training_data_description(plan)),
+            metrics=per_fold[-1], intervals=bootstrap_intervals(counts),
+            seconds=round(time.monotonic() - started))
         logger.info("fold %d/%d: %s (%.0f s)", fold.number, folds, per_fold[-1],
                     time.monotonic() - started)
     result = CrossValidation(split, per_fold, summarise(pooled), bootstrap_intervals(pooled),

@@ -13,6 +13,7 @@ import numpy as np
 
 from models.inference import InferenceSettings
 from models.package import (
+    CARD_NAME,
     PRIMARY_FILE,
     SECONDARY_FILE,
     SYNTHETIC_DATA_WARNING,
@@ -295,7 +296,6 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
     import keras
 
     from models.inference import TwoStageEngine
-    from models.networks import build_primary_network, build_secondary_network
 
     if not plan.two_stage or plan.task != "b":
         raise ValueError("a package is the two-stage network on task b (the ablation trains the rest)")
@@ -309,13 +309,39 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
     primary, secondary = train_networks(plan, subjects, rng, out_dir, started)
     assert secondary is not None  # two_stage, checked above
 
-    settings = TRAINED_SETTINGS
-    validation = evaluate_subjects(TwoStageEngine(primary, secondary, settings),
+    validation = evaluate_subjects(TwoStageEngine(primary, secondary, TRAINED_SETTINGS),
                                    seeds[plan.subjects :], varied=plan.varied)
     metrics = summarise(validation)
-    intervals = bootstrap_intervals(validation) if validation else {}
     logger.info("validation metrics %s", metrics)
+    trained_on = (
+        f"{plan.subjects} synthetic subjects (seeds {seeds[0]}-{seeds[plan.subjects - 1]}) "
+        + training_data_description(plan)
+        + (f"; and {labelled} labelled studies (DICOM SEG ground truth) from "
+           f"{plan.data_dir}" if plan.data_dir is not None else "")
+    )
+    return write_package(out_dir, plan, primary, secondary, version=plan.version,
+                         trained_on=trained_on, metrics=metrics,
+                         intervals=bootstrap_intervals(validation) if validation else {},
+                         seconds=round(time.monotonic() - started))
 
+
+def training_data_description(plan: TrainingPlan) -> str:
+    """What the synthetic subjects of ``plan`` are, after their count and seeds."""
+    return "from MNI152 2009 tissue maps; " + (
+        "varied scanners: 0.45-1 mm in-plane, 3-6 mm slices, tilted stacks, T1 FLAIR on its own "
+        "geometry; irregular lesions" if plan.varied
+        else "T2/T1 FLAIR 256x256x24, 0.9 mm, 5 mm slices")
+
+
+def write_package(out_dir: Path, plan: TrainingPlan, primary: Any, secondary: Any, *,
+                  version: str, trained_on: str, metrics: dict[str, float | None],
+                  intervals: dict[str, tuple[float, float]], seconds: int) -> ModelManifest:
+    """Write trained networks as a package in ``out_dir``: both ``.keras`` files, the
+    manifest (``TRAINED_SETTINGS``' operating point, ``metrics`` from validation subjects) and
+    the model card."""
+    from models.networks import build_primary_network, build_secondary_network
+
+    settings = TRAINED_SETTINGS
     out_dir.mkdir(parents=True, exist_ok=True)
     # Fresh, uncompiled networks with the trained weights: the package holds what inference
     # needs, neither optimizer state nor the training loss.
@@ -328,25 +354,17 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
         fresh.save(out_dir / name)
     manifest = ModelManifest(
         name=plan.name,
-        version=plan.version,
+        version=version,
         files={name: sha256_file(out_dir / name) for name in (PRIMARY_FILE, SECONDARY_FILE)},
         input_matrix=settings.input_matrix,
         lesion_threshold=settings.lesion_threshold,
         laci_threshold=settings.laci_threshold,
         min_lesion_voxels=settings.min_lesion_voxels,
-        trained_on=(
-            f"{plan.subjects} synthetic subjects (seeds {seeds[0]}-{seeds[plan.subjects - 1]}) "
-            "from MNI152 2009 tissue maps; " + (
-                "varied scanners: 0.45-1 mm in-plane, 3-6 mm slices, tilted stacks, T1 FLAIR "
-                "on its own geometry; irregular lesions" if plan.varied
-                else "T2/T1 FLAIR 256x256x24, 0.9 mm, 5 mm slices")
-            + (f"; and {labelled} labelled studies (DICOM SEG ground truth) from "
-               f"{plan.data_dir}" if plan.data_dir is not None else "")
-        ),
+        trained_on=trained_on,
         intended_use=SYNTHETIC_DATA_WARNING,
         metrics={key: value for key, value in metrics.items() if value is not None},
         training={
-            "seconds": round(time.monotonic() - started),
+            "seconds": seconds,
             "primary": ("U-Net, " + LOSS_NAMES[plan.loss]
                         + f", RMSProp (learning rate {plan.learning_rate}"
                         + (" with cosine decay to 5 %" if plan.cosine_decay else "") + ", rho 0.9), "
@@ -360,7 +378,7 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
         },
     )
     (out_dir / "manifest.json").write_text(manifest.to_json())
-    (out_dir / "MODEL_CARD.md").write_text(model_card(manifest, plan, metrics, intervals))
+    (out_dir / CARD_NAME).write_text(model_card(manifest, plan, metrics, intervals))
     return manifest
 
 

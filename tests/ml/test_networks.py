@@ -201,3 +201,91 @@ def test_mixed_precision_engine_finds_the_same_lesions(engine: TwoStageEngine) -
         [lesion.lesion_class for lesion in full.lesions]
     both = np.logical_and(full.labels > 0, half.labels > 0).sum()
     assert 2 * both / ((full.labels > 0).sum() + (half.labels > 0).sum()) > 0.98
+
+
+def test_average_networks_gives_the_members_mean_and_saves_as_one_network(tmp_path: Path) -> None:
+    import keras
+
+    from models.inference import mixed_precision_copy
+    from models.networks import average_networks
+
+    keras.utils.set_random_seed(3)
+    members = [build_primary_network(base_filters=4) for _ in range(3)]
+    ensemble = average_networks(members, "primary_ensemble")
+    batch = np.random.default_rng(0).random((2, 32, 48, 1)).astype(np.float32)
+    expected = np.mean([np.asarray(m(batch, training=False)) for m in members], axis=0)
+    np.testing.assert_allclose(np.asarray(ensemble(batch, training=False)), expected, atol=1e-6)
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.saving.load_model(tmp_path / "ensemble.keras", compile=False)
+    np.testing.assert_allclose(np.asarray(loaded(batch, training=False)), expected, atol=1e-6)
+    # A GPU worker's float16 copy reaches into every member; probabilities stay float32.
+    mixed = mixed_precision_copy(loaded)
+    member = mixed.get_layer("member_1")
+    assert member.get_layer("enc0a_conv").dtype_policy.name == "mixed_float16"
+    assert member.get_layer("lesion_probability").dtype_policy.name == "float32"
+    np.testing.assert_allclose(np.asarray(mixed(batch, training=False)), expected, atol=2e-2)
+    with pytest.raises(ValueError, match="at least 2"):
+        average_networks(members[:1], "one")
+    with pytest.raises(ValueError, match="networks differ"):
+        average_networks([members[0], build_primary_network(base_filters=4, context_slices=3)], "x")
+
+
+def _perturbed_copy(source: Path, out: Path, version: str) -> Path:
+    """``source`` with other weights in both networks' last hidden layers, as a new version."""
+    import shutil
+    from dataclasses import replace
+
+    import keras
+
+    from models.package import MANIFEST_NAME, read_manifest, sha256_file
+
+    shutil.copytree(source, out)
+    for name, layer in (("primary.keras", "head_1x1"), ("secondary.keras", "fc1")):
+        network = keras.saving.load_model(out / name, compile=False)
+        weights = network.get_layer(layer).get_weights()
+        weights[0] = weights[0] * np.random.default_rng(1).uniform(0.5, 1.5, weights[0].shape)
+        network.get_layer(layer).set_weights(weights)
+        network.save(out / name)
+    manifest = read_manifest(out)
+    files = {name: sha256_file(out / name) for name in manifest.files}
+    (out / MANIFEST_NAME).write_text(replace(manifest, version=version, files=files).to_json())
+    return out
+
+
+def test_ensemble_package_runs_as_the_mean_of_its_members(
+    engine: TwoStageEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundled = default_package_dir()
+    other = _perturbed_copy(bundled, tmp_path / "other", "0.0.1-perturbed")
+    version = verify_package(bundled).version
+    # Refused before anything loads: one member, a member twice, a member's version.
+    for members, out_version in (([bundled], "9.0.0"), ([bundled, bundled], "9.0.0"),
+                                 ([bundled, other], version)):
+        argv = [arg for member in members for arg in ("--model", str(member))]
+        assert main(["ensemble", *argv, "--out", str(tmp_path / "refused"),
+                     "--version", out_version]) == 2
+    out = tmp_path / "ensemble"
+    assert main(["--json", "ensemble", "--model", str(bundled), "--model", str(other),
+                 "--out", str(out), "--version", "9.0.0"]) == EXIT_OK
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["model"].endswith(" 9.0.0") and answer["members"] == [version, "0.0.1-perturbed"]
+    manifest = verify_package(out)
+    assert [m["version"] for m in manifest.training["ensemble"]["members"]] == \
+        [version, "0.0.1-perturbed"]
+    assert manifest.lesion_threshold == engine.settings.lesion_threshold  # the first member's
+    assert "not for clinical use" in manifest.intended_use
+    assert "## Members" in (out / "MODEL_CARD.md").read_text()
+
+    ensemble = TwoStageEngine.load(out)
+    perturbed = TwoStageEngine.load(other)
+    geometry = axial_geometry()
+    phantom = make_phantom(900_004, geometry, lesion_count=4)
+    t2 = render_series(phantom, geometry, Contrast.T2_FLAIR).pixels.astype(np.float32)
+    first, second = engine.predict_lesion_probability(t2), perturbed.predict_lesion_probability(t2)
+    assert np.abs(first - second).max() > 0.01  # the members differ
+    mean = (first + second) / 2
+    np.testing.assert_allclose(ensemble.predict_lesion_probability(t2), mean, atol=1e-5)
+    rois = np.random.default_rng(2).random((5, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(
+        ensemble.classify_rois(rois),
+        (engine.classify_rois(rois) + perturbed.classify_rois(rois)) / 2, atol=1e-5)

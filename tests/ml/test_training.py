@@ -85,3 +85,15 @@ def test_crossval_trains_every_fold_and_tests_every_subject_once(tmp_path: Path)
     assert "# 3-fold cross-validation by subject" in report and "| mean +- sd | 3 |" in report
     assert "1 of them lesion-rich pre-training" in report and "drawn per lesion" in report
     assert {p.name for p in (tmp_path / "cv").iterdir()} == {"crossval.md", "fold-1", "fold-2", "fold-3"}
+    # Each fold's networks as a package, scored on that fold's test subject.
+    packages = [tmp_path / "cv" / f"fold-{n}" / "package" for n in (1, 2, 3)]
+    manifests = [verify_package(package) for package in packages]
+    assert [m.version for m in manifests] == [f"{plan.version}+fold{n}" for n in (1, 2, 3)]
+    assert "2 synthetic subjects (cross-validation fold 1 of 3" in manifests[0].trained_on
+    assert manifests[0].metrics["dice"] == result.per_fold[0]["dice"]
+    # ... which `lacuna ensemble` averages into one package that runs like any other.
+    from training.ensemble import ensemble_package
+
+    ensemble = ensemble_package(packages, tmp_path / "ensemble", "tiny-ensemble")
+    assert verify_package(tmp_path / "ensemble") == ensemble
+    assert TwoStageEngine.load(tmp_path / "ensemble").context_slices == 1
