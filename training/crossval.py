@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +105,8 @@ def run_crossval(plan: TrainingPlan, out_dir: Path, folds: int = 5) -> CrossVali
         pooled.extend(counts)
         # Each fold's networks as a package: members for `lacuna ensemble`, or to inspect.
         write_package(
-            out_dir / f"fold-{fold.number}" / "package", plan, primary, secondary,
-            version=f"{plan.version}+fold{fold.number}",
+            out_dir / f"fold-{fold.number}" / "package",
+            replace(plan, version=f"{plan.version}+fold{fold.number}"), primary, secondary,
             trained_on=(f"{len(fold.training)} synthetic subjects (cross-validation fold "
                         f"{fold.number} of {folds}: seeds {seeds[0]}-{seeds[-1]} but its "
                         f"{len(fold.test)} test subjects) " + training_data_description(plan)),

@@ -319,8 +319,7 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
         + (f"; and {labelled} labelled studies (DICOM SEG ground truth) from "
            f"{plan.data_dir}" if plan.data_dir is not None else "")
     )
-    return write_package(out_dir, plan, primary, secondary, version=plan.version,
-                         trained_on=trained_on, metrics=metrics,
+    return write_package(out_dir, plan, primary, secondary, trained_on=trained_on, metrics=metrics,
                          intervals=bootstrap_intervals(validation) if validation else {},
                          seconds=round(time.monotonic() - started))
 
@@ -334,11 +333,11 @@ def training_data_description(plan: TrainingPlan) -> str:
 
 
 def write_package(out_dir: Path, plan: TrainingPlan, primary: Any, secondary: Any, *,
-                  version: str, trained_on: str, metrics: dict[str, float | None],
+                  trained_on: str, metrics: dict[str, float | None],
                   intervals: dict[str, tuple[float, float]], seconds: int) -> ModelManifest:
     """Write trained networks as a package in ``out_dir``: both ``.keras`` files, the
-    manifest (``TRAINED_SETTINGS``' operating point, ``metrics`` from validation subjects) and
-    the model card."""
+    manifest (``plan``'s name and version, ``TRAINED_SETTINGS``' operating point, ``metrics``
+    from validation subjects) and the model card."""
     from models.networks import build_primary_network, build_secondary_network
 
     settings = TRAINED_SETTINGS
@@ -354,7 +353,7 @@ def write_package(out_dir: Path, plan: TrainingPlan, primary: Any, secondary: An
         fresh.save(out_dir / name)
     manifest = ModelManifest(
         name=plan.name,
-        version=version,
+        version=plan.version,
         files={name: sha256_file(out_dir / name) for name in (PRIMARY_FILE, SECONDARY_FILE)},
         input_matrix=settings.input_matrix,
         lesion_threshold=settings.lesion_threshold,
