@@ -47,8 +47,9 @@ def calibrated_package(
 ) -> ModelManifest:
     """Sweep the operating point of ``engine`` (loaded from ``package``) on ``seeds``, then
     write ``out_dir``: the package's files, a manifest with the chosen lesion threshold and
-    minimum lesion size, ``version`` and the sweep (``training["calibration"]``), and the card
-    with a calibration section."""
+    minimum lesion size, ``version``, the sweep (``training["calibration"]``) and as its
+    ``metrics`` the chosen point's on ``seeds`` (the source's own, measured at its operating
+    point, are kept as ``from_metrics``), and the card with a calibration section."""
     source = verify_package(package)
     problem = calibration_problem(source, out_dir, version)
     if problem is not None:
@@ -58,6 +59,7 @@ def calibrated_package(
         "from_version": source.version,
         "from_operating_point": OperatingPoint(source.lesion_threshold,
                                                source.min_lesion_voxels).key,
+        "from_metrics": source.metrics,
         "seeds": [seeds[0], seeds[-1]],
         "varied": varied,
         "rule": "highest detection F1 at IoU > 0.6, then Dice",
@@ -66,8 +68,11 @@ def calibrated_package(
         # "threshold/min voxels" -> metrics
         "swept": {point.key: {k: m[k] for k, _ in SWEEP_COLUMNS} for point, m in swept},
     }
+    # The package's metrics describe its own operating point: the chosen one's, on validation.
+    chosen_metrics = next(metrics for point, metrics in swept if point == chosen)
     manifest = replace(source, version=version, lesion_threshold=chosen.lesion_threshold,
                        min_lesion_voxels=chosen.min_lesion_voxels,
+                       metrics={k: v for k, v in chosen_metrics.items() if v is not None},
                        training={**source.training, "calibration": calibration})
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in source.files:

@@ -166,6 +166,10 @@ def test_calibrate_writes_a_new_version_with_the_operating_point_it_swept(
     assert (answer["lesion_threshold"], answer["min_lesion_voxels"]) == chosen
     best_f1 = max(m["detection_f1_iou06"] or 0.0 for m in swept.values())
     assert swept[f"{chosen[0]:.2f}/{chosen[1]}"]["detection_f1_iou06"] == best_f1
+    # The new version's metrics are its own operating point's on the validation subjects
+    # (an ensemble has none of its own to carry over); the source's are kept beside them.
+    assert manifest.metrics["detection_f1_iou06"] == best_f1 and manifest.metrics["subjects"] == 2
+    assert answer["from_metrics"] == source.metrics
     # A smaller minimum size never finds fewer lesions at the same threshold.
     for t in CANDIDATE_THRESHOLDS:
         recalls = [swept[f"{t:.2f}/{v}"]["detection_recall_any"] for v in CANDIDATE_MIN_VOXELS]
