@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--subjects", type=int, default=80)
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--epochs", type=int, default=14, help="primary network epochs")
-    train.add_argument("--version", default="0.3.0")
+    train.add_argument("--version", help="the package's version (default: the training plan's)")
     train.add_argument("--varied", action="store_true",
                        help="subjects of the richer generator, each on its own scanners")
     train.add_argument("--rotate", action="store_true", default=None,
@@ -370,14 +370,22 @@ def _synth(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from training.train import recipe_plan, train_package
+def _train_plan(args: argparse.Namespace) -> TrainingPlan:
+    """``lacuna train``'s plan: ``--recipe``, then the flags given (``--version`` included:
+    without it, the plan's own default)."""
+    from training.train import recipe_plan
 
-    plan = recipe_plan(
+    version = {} if args.version is None else {"version": args.version}
+    return recipe_plan(
         args.recipe, subjects=args.subjects, seed=args.seed, primary_epochs=args.epochs,
-        version=args.version, varied=args.varied, data_dir=args.data, progress=sys.stderr.isatty(),
-        **_recipe_flags(args))
-    manifest = train_package(plan, args.out)
+        varied=args.varied, data_dir=args.data, progress=sys.stderr.isatty(),
+        **version, **_recipe_flags(args))
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from training.train import train_package
+
+    manifest = train_package(_train_plan(args), args.out)
     print(f"wrote {manifest.name} {manifest.version} to {args.out}: {manifest.metrics}")
     return EXIT_OK
 

@@ -183,6 +183,16 @@ def test_cosine_decay_is_overridden_only_when_given(argv: list[str], expected: b
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
+    ([], TrainingPlan().version), (["--version", "9.1.0"], "9.1.0")])
+def test_train_version_is_the_plans_unless_given(argv: list[str], expected: str) -> None:
+    from node.cli import _train_plan, build_parser
+
+    args = build_parser().parse_args(["train", "--out", "unused", "--seed", "4", *argv])
+    plan = _train_plan(args)
+    assert plan.version == expected and plan.seed == 4
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
     ([], "ce"), (["--loss", "crop-dice+ce"], "crop-dice+ce"), (["--loss", "dice+ce"], "dice+ce")])
 def test_loss_flag_overrides_the_recipes_loss(argv: list[str], expected: str) -> None:
     from node.cli import _recipe_flags, build_parser
