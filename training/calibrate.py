@@ -106,5 +106,7 @@ def calibration_markdown(manifest: ModelManifest,
         f"`lacuna calibrate` on {last - first + 1} validation subjects (seeds {first}-{last}"
         f"{', varied scanners' if calibration['varied'] else ''}), never the subjects "
         "`lacuna evaluate` judges it on (900000..): "
-        f"{calibration['rule']}. Percent.\n\n" + "\n".join(lines) + "\n"
+        f"{calibration['rule']}. Percent. The manifest's metrics are the chosen row's "
+        "(the source's are kept as `training.calibration.from_metrics`).\n\n"
+        + "\n".join(lines) + "\n"
     )

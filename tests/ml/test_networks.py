@@ -177,6 +177,7 @@ def test_calibrate_writes_a_new_version_with_the_operating_point_it_swept(
     card = (out / "MODEL_CARD.md").read_text()
     assert f"# Model card: {manifest.name} 0.1.0-cal" in card and "## Calibration" in card
     assert f"| {chosen[0]:.2f} (chosen) | {chosen[1]} |" in card
+    assert "The manifest's metrics are the chosen row's" in card
     # The same version again is refused: an operating point change is a new model version
     # (the command's exit code: tests/cli/test_cli.py).
     with pytest.raises(ValueError, match="new version"):
