@@ -26,6 +26,12 @@ class PackageError(ValueError):
     """A model package is missing, malformed or does not match its manifest."""
 
 
+def measured_metrics(metrics: dict[str, float | None]) -> dict[str, float]:
+    """``metrics`` as a manifest stores them: only the figures measured (None, e.g. a class's
+    precision on subjects without that class, is left out)."""
+    return {key: value for key, value in metrics.items() if value is not None}
+
+
 @dataclass(frozen=True)
 class ModelManifest:
     """What ``manifest.json`` holds. Thresholds are probabilities in [0, 1]."""

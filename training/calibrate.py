@@ -18,6 +18,7 @@ from models.package import (
     CARD_NAME,
     MANIFEST_NAME,
     ModelManifest,
+    measured_metrics,
     output_folder_problem,
     verify_package,
 )
@@ -69,10 +70,10 @@ def calibrated_package(
         "swept": {point.key: {k: m[k] for k, _ in SWEEP_COLUMNS} for point, m in swept},
     }
     # The package's metrics describe its own operating point: the chosen one's, on validation.
-    chosen_metrics = next(metrics for point, metrics in swept if point == chosen)
+    chosen_metrics = dict(swept)[chosen]
     manifest = replace(source, version=version, lesion_threshold=chosen.lesion_threshold,
                        min_lesion_voxels=chosen.min_lesion_voxels,
-                       metrics={k: v for k, v in chosen_metrics.items() if v is not None},
+                       metrics=measured_metrics(chosen_metrics),
                        training={**source.training, "calibration": calibration})
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in source.files:

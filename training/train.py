@@ -18,6 +18,7 @@ from models.package import (
     SECONDARY_FILE,
     SYNTHETIC_DATA_WARNING,
     ModelManifest,
+    measured_metrics,
     sha256_file,
 )
 from models.preprocessing import slice_context
@@ -361,7 +362,7 @@ def write_package(out_dir: Path, plan: TrainingPlan, primary: Any, secondary: An
         min_lesion_voxels=settings.min_lesion_voxels,
         trained_on=trained_on,
         intended_use=SYNTHETIC_DATA_WARNING,
-        metrics={key: value for key, value in metrics.items() if value is not None},
+        metrics=measured_metrics(metrics),
         training={
             "seconds": seconds,
             "primary": ("U-Net, " + LOSS_NAMES[plan.loss]
