@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
+from models.package import default_package_dir, read_manifest
 from node.app import EmbeddedNode
 from node.db.tables import AuditEvent, Delivery, Instance, Job
 from node.domain.jobs import JobState
@@ -64,7 +65,8 @@ def test_study_in_seg_and_sr_out(  # type: ignore[no-untyped-def]
         deliveries = list(session.scalars(select(Delivery)))
         assert {d.state for d in deliveries} == {"delivered"} and len(deliveries) == 2
         started = session.scalar(select(AuditEvent).where(AuditEvent.action == "job.started"))
-        assert started is not None and started.model_version == "lacuna-synthetic 0.4.0"
+        bundled = read_manifest(default_package_dir())
+        assert started is not None and started.model_version == f"{bundled.name} {bundled.version}"
         actions = list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
     assert actions.count("instance.received") == 48
     for action in ("association.accepted", "job.queued", "job.started", "job.finished"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from training.phantom import (
+    TRUTH_FRACTION,
     PhantomLesion,
     _lesion_fraction,
     axial_geometry,
@@ -50,20 +51,30 @@ def test_irregular_lesions_are_not_ellipsoids() -> None:
     assert irregular.sum() != sphere.sum()
 
 
-def test_truth_marks_a_small_lesion_off_a_slice_centre_at_its_most_covered_voxels() -> None:
+def test_truth_marks_two_small_dots_that_look_alike_alike() -> None:
     geometry = axial_geometry(matrix=64, fov_mm=57.5, slices=5, slice_spacing=5.0,
                               centre=(0.0, 0.0, 0.0))
     axes = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
-    # 2.4 mm across, 0.5 mm off the middle slice's centre: 2 of 5 through-slice samples inside.
-    small = _lesion_fraction(PhantomLesion(1, "FCI", (0.0, 0.0, 0.5), (1.2, 1.2, 1.0), axes), geometry)
-    assert small.max() == np.float32(0.4)
-    marked = lesion_voxels(small)
-    assert marked.sum() >= 1
-    assert np.array_equal(marked, small == small.max())
-    # A lesion with voxels at least half inside keeps exactly those, not its 0.4 rim.
-    large = _lesion_fraction(PhantomLesion(2, "LACI", (0.0, 0.0, 0.5), (4.0, 4.0, 3.0), axes), geometry)
-    assert np.array_equal(lesion_voxels(large), large >= 0.5)
-    assert (large == np.float32(0.4)).any()
+    half = geometry.pixel_spacing[0] / 2  # a voxel centre in-plane
+    # A flat dot: 2 of 5 through-slice samples inside in each of its 5 voxels.
+    flat = _lesion_fraction(PhantomLesion(1, "FCI", (half, half, 0.5), (1.2, 1.2, 1.0), axes), geometry)
+    assert sorted(np.unique(flat)) == [0.0, np.float32(0.4)]
+    # A peaked dot: one voxel 3 of 5 inside, a ring of 4 at 2 of 5, corners at 1 of 5.
+    peaked = _lesion_fraction(PhantomLesion(2, "FCI", (half, half, 0.25), (1.3, 1.3, 1.3), axes),
+                              geometry)
+    assert peaked.max() == np.float32(0.6) and (peaked == np.float32(0.4)).sum() == 4
+    # Under "half inside" these were marked as 5 voxels and as 1; a reader marks both dots.
+    assert lesion_voxels(flat).sum() == lesion_voxels(peaked).sum() == 5
+    assert np.array_equal(lesion_voxels(peaked), peaked >= TRUTH_FRACTION)
+    # A large lesion: every voxel at least 2 of 5 inside, its 0.4 rim too, not its 0.2 one.
+    large = _lesion_fraction(PhantomLesion(3, "LACI", (0.0, 0.0, 0.5), (4.0, 4.0, 3.0), axes), geometry)
+    assert (large == np.float32(0.4)).any() and (large == np.float32(0.2)).any()
+    assert np.array_equal(lesion_voxels(large), large >= TRUTH_FRACTION)
+    # A lesion only grazing the slices is marked at its most-covered voxels.
+    grazing = _lesion_fraction(PhantomLesion(4, "FCI", (half, half, 2.0), (1.3, 1.3, 0.6), axes),
+                               geometry)
+    assert grazing.max() == np.float32(0.2)
+    assert np.array_equal(lesion_voxels(grazing), grazing == grazing.max())
     # Off the stack: nothing to mark.
-    outside = _lesion_fraction(PhantomLesion(3, "FCI", (0.0, 0.0, 80.0), (1.2, 1.2, 1.0), axes), geometry)
+    outside = _lesion_fraction(PhantomLesion(5, "FCI", (0.0, 0.0, 80.0), (1.2, 1.2, 1.0), axes), geometry)
     assert not lesion_voxels(outside).any()
