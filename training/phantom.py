@@ -322,6 +322,7 @@ def scanner_geometries(rng: np.random.Generator) -> tuple[StackGeometry, StackGe
 
 # A voxel is lesion when at least this fraction of it is inside the lesion: 2 of the 5
 # through-slice samples, where partial volume still shows it as a dot (see lesion_voxels).
+# 2/5 in float32 rounds up (0.40000001), so it compares >= this float64 0.4.
 TRUTH_FRACTION = 0.4
 
 
@@ -354,7 +355,7 @@ def _lesion_fraction(
 def lesion_voxels(fraction: np.ndarray) -> np.ndarray:
     """The voxels the ground truth marks for one lesion, given each voxel's fraction inside it:
     those at least ``TRUTH_FRACTION`` inside, every lesion alike; a lesion with no such voxel
-    (none so far in any seed) is marked at its most-covered ones.
+    (none in the validation and held-out seeds) is marked at its most-covered ones.
 
     One local rule, so that two dots that look alike are labelled alike: with "half inside"
     (0.5, before 2026-12-01) a 5-7 voxel dot at 0.4 was marked whole by the fallback while a
