@@ -1,8 +1,11 @@
 """Inference speed of the shipped model on this machine's CPU (or GPU when TensorFlow sees one).
 
-Prints, for a 24-slice study at 256x256 and at 512x512 (the model grid is 256x256):
-* the whole engine (normalise, resize, primary network over all slices in one call, connected
-  components, secondary network over all ROIs in one call, label correction) in slices/s;
+Prints, for a 24-slice study at 256x256 (0.9 mm) and at 512x512 (0.45 mm):
+* the whole engine (normalise, resample, primary network, connected components, secondary
+  network over all ROIs in one call, label correction) in slices/s and ms per study, two ways
+  in the same run with the same networks: tiled on the fixed 0.5 mm grid (256x256 tiles,
+  32 pixels shared; the shipped package's way since 0.6) and every slice resized to the
+  256x256 matrix (the way before it, which shrinks a 512 matrix to half);
 * the primary network alone on the 24-slice batch, called three ways: eagerly, as a
   ``tf.function`` and as an XLA-compiled ``tf.function``, in slices/s and achieved GFLOP/s;
 * a float32 matrix-multiply peak measured in the same run, and the ratio to it;
@@ -18,6 +21,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -89,6 +93,9 @@ def main() -> None:
     print(f"devices {devices}; float32 matmul peak {peak:.1f} GFLOP/s (2048x2048)")
 
     print(f"\nwhole engine (both networks, pre- and post-processing), {SLICES} slices:")
+    shipped = engine.settings
+    paths = {"tiled, 0.5 mm grid": replace(shipped, grid_spacing_mm=shipped.grid_spacing_mm or 0.5),
+             "whole slice, 256x256": replace(shipped, grid_spacing_mm=None)}
     for matrix in (256, 512):
         t2, t1, spacing, slice_spacing = study(matrix)
         available = np.ones(SLICES, bool)
@@ -97,9 +104,13 @@ def main() -> None:
                     slice_spacing: float = slice_spacing, available: np.ndarray = available) -> Any:
             return engine.segment(t2, t1, available, spacing, slice_spacing)
 
-        seconds = median_seconds(segment, args.repeats)
-        print(f"  {matrix}x{matrix}: {SLICES / seconds:6.1f} slices/s ({seconds:.2f} s per study, "
-              f"{len(segment().lesions)} lesions)")
+        for name, settings in paths.items():
+            engine.settings = settings
+            grid = settings.grid_shape(t2.shape[1:], spacing)
+            seconds = median_seconds(segment, args.repeats)
+            print(f"  {matrix}x{matrix} {name:<22} (network grid {grid[0]}x{grid[1]}): "
+                  f"{SLICES / seconds:6.1f} slices/s, {1000 * seconds:6.0f} ms per study")
+        engine.settings = shipped
     engine_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  peak resident memory after the engine runs: {engine_peak:.0f} MiB\n")
     primary_flops = forward_flops(engine._primary, (1, *grid, 1))

@@ -19,10 +19,13 @@ from skimage.measure import label, regionprops
 
 from models.package import PRIMARY_FILE, SECONDARY_FILE, ModelManifest, verify_package
 from models.preprocessing import (
+    blend_tiles,
     extract_roi,
     from_model_grid,
     normalise_volume,
     primary_input,
+    spacing_grid_shape,
+    tiles_of,
     to_model_grid,
 )
 from models.runtime import import_tensorflow
@@ -30,6 +33,11 @@ from models.runtime import import_tensorflow
 logger = logging.getLogger(__name__)
 
 WARM_UP_SLICES = 24  # a typical 2D FLAIR study
+# Tiled inference on a fixed-spacing grid: neighbouring tiles share this many pixels, blended
+# (models.preprocessing.tile_weights); tiles go through the network this many at a time, which
+# bounds memory at any matrix.
+TILE_OVERLAP = 32
+TILES_PER_CALL = 16
 
 
 class LesionClass(StrEnum):
@@ -79,10 +87,19 @@ class LesionSegmentation:
 
 @dataclass(frozen=True)
 class InferenceSettings:
+    """How a package's networks are run. With ``grid_spacing_mm`` None every slice is resized
+    to ``input_matrix`` (packages before 0.6); otherwise slices are resampled to square pixels
+    of ``grid_spacing_mm`` (their own field of view, no shrinking of fine matrices) and the
+    primary network runs on overlapping ``input_matrix`` tiles. ``laci_temperature`` divides
+    the secondary network's logit (temperature scaling, fitted on validation subjects), which
+    changes its certainty but never its verdict at ``laci_threshold`` 0.5."""
+
     input_matrix: tuple[int, int]
     lesion_threshold: float
     laci_threshold: float
     min_lesion_voxels: int
+    grid_spacing_mm: float | None = None
+    laci_temperature: float = 1.0
 
     @classmethod
     def from_manifest(cls, manifest: ModelManifest) -> InferenceSettings:
@@ -91,7 +108,25 @@ class InferenceSettings:
             lesion_threshold=manifest.lesion_threshold,
             laci_threshold=manifest.laci_threshold,
             min_lesion_voxels=manifest.min_lesion_voxels,
+            grid_spacing_mm=manifest.grid_spacing_mm,
+            laci_temperature=manifest.laci_temperature,
         )
+
+    def grid_shape(self, shape: tuple[int, int],
+                   pixel_spacing_mm: tuple[float, float] | None) -> tuple[int, int]:
+        """The in-plane matrix a slice of ``shape`` at ``pixel_spacing_mm`` is processed on."""
+        if self.grid_spacing_mm is None:
+            return self.input_matrix
+        if pixel_spacing_mm is None:
+            raise ValueError("a fixed-spacing model needs the slices' pixel spacing")
+        return spacing_grid_shape(shape, pixel_spacing_mm, self.grid_spacing_mm)
+
+
+def temperature_scaled(probability: float, temperature: float) -> float:
+    """``sigmoid(logit(probability) / temperature)``: a probability with its logit divided by
+    ``temperature`` (> 1 softens it towards 0.5, < 1 sharpens it)."""
+    p = min(max(probability, 1e-7), 1 - 1e-7)
+    return float(1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature)))
 
 
 class TwoStageEngine:
@@ -140,14 +175,28 @@ class TwoStageEngine:
         """Run both networks once on zeros of a typical study's size. The first call at a new
         largest batch costs seconds (TensorFlow's CPU kernels and buffers are set up then);
         this moves that cost from the first study to model loading."""
+        batch = TILES_PER_CALL if self.settings.grid_spacing_mm is not None else slices
         _predict(self._primary_call,
-                 np.zeros((slices, *self.settings.input_matrix, self.context_slices), np.float32))
+                 np.zeros((batch, *self.settings.input_matrix, self.context_slices), np.float32))
         self.classify_rois(np.zeros((4 * slices, 64, 64), np.float32))
 
-    def predict_lesion_probability(self, t2: np.ndarray) -> np.ndarray:
-        """Primary network over all slices in one batched call; returns (slices, rows, cols)."""
-        batch = primary_input(t2, self.settings.input_matrix, self.context_slices)
-        probability = _predict(self._primary_call, batch)[..., 1]
+    def predict_lesion_probability(
+        self, t2: np.ndarray, pixel_spacing_mm: tuple[float, float] | None = None
+    ) -> np.ndarray:
+        """The primary network's lesion probability, ``(slices, rows, cols)`` like ``t2``:
+        every slice resized to the model matrix in one batched call, or (a fixed-spacing
+        package) resampled to its grid and run in overlapping tiles, then back to ``t2``'s
+        grid. ``pixel_spacing_mm`` (between rows, between columns) is needed by the latter."""
+        shape = self.settings.grid_shape(t2.shape[1:], pixel_spacing_mm)
+        batch = primary_input(t2, shape, self.context_slices)
+        if self.settings.grid_spacing_mm is None:
+            probability = _predict(self._primary_call, batch)[..., 1]
+        else:
+            tiles, places = tiles_of(batch, self.settings.input_matrix[0], TILE_OVERLAP)
+            outputs = np.concatenate(
+                [_predict(self._primary_call, tiles[start : start + TILES_PER_CALL])[..., 1]
+                 for start in range(0, len(tiles), TILES_PER_CALL)])
+            probability = blend_tiles(outputs, places, batch.shape[:3], TILE_OVERLAP)
         return np.clip(from_model_grid(probability, t2.shape[1:]), 0.0, 1.0)
 
     def classify_rois(self, rois: np.ndarray) -> np.ndarray:
@@ -174,7 +223,7 @@ class TwoStageEngine:
         if t1 is not None and t1.shape != t2.shape:
             raise ValueError(f"T1 FLAIR shape {t1.shape} differs from T2 FLAIR {t2.shape}")
         if probability is None:
-            probability = self.predict_lesion_probability(t2)
+            probability = self.predict_lesion_probability(t2, pixel_spacing_mm)
         elif probability.shape != t2.shape:
             raise ValueError(f"probability {probability.shape} differs from T2 FLAIR {t2.shape}")
         components = label(probability >= self.settings.lesion_threshold, connectivity=2)
@@ -194,12 +243,11 @@ class TwoStageEngine:
         rois: list[np.ndarray] = []
         roi_owner: list[tuple[int, int]] = []  # (region index, pixel count on that slice)
         if t1 is not None and available.any():
+            grid = self.settings.grid_shape(t2.shape[1:], pixel_spacing_mm)
             t1_model = to_model_grid(
-                normalise_volume(np.where(available[:, None, None], t1, 0.0)),
-                self.settings.input_matrix,
-            )
-            row_scale = self.settings.input_matrix[0] / t2.shape[1]
-            col_scale = self.settings.input_matrix[1] / t2.shape[2]
+                normalise_volume(np.where(available[:, None, None], t1, 0.0)), grid)
+            row_scale = grid[0] / t2.shape[1]
+            col_scale = grid[1] / t2.shape[2]
             for index, region in enumerate(regions):
                 for slice_index in np.unique(region.coords[:, 0]):
                     if not available[slice_index]:
@@ -227,7 +275,8 @@ class TwoStageEngine:
             p_laci: float | None = None
             lesion_class = LesionClass.UNCLASSIFIED
             if weights[index] > 0:
-                p_laci = float(weighted[index] / weights[index])
+                p_laci = temperature_scaled(float(weighted[index] / weights[index]),
+                                            self.settings.laci_temperature)
                 lesion_class = (
                     LesionClass.LACI if p_laci >= self.settings.laci_threshold else LesionClass.FCI
                 )

@@ -45,6 +45,11 @@ class ModelManifest:
     min_lesion_voxels: int
     trained_on: str
     intended_use: str = SYNTHETIC_DATA_WARNING
+    # Square pixels (mm) the primary network runs on, in input_matrix tiles; None: every slice
+    # resized to input_matrix (packages before 0.6).
+    grid_spacing_mm: float | None = None
+    # The secondary network's logit is divided by this (temperature scaling; 1: as trained).
+    laci_temperature: float = 1.0
     metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -64,6 +69,10 @@ class ModelManifest:
                 raise PackageError(f"{MANIFEST_NAME} does not list {required}")
         if any(size % 16 for size in manifest.input_matrix):
             raise PackageError(f"input_matrix {manifest.input_matrix} must be multiples of 16")
+        if manifest.grid_spacing_mm is not None and not manifest.grid_spacing_mm > 0:
+            raise PackageError(f"grid_spacing_mm must be positive, not {manifest.grid_spacing_mm}")
+        if not manifest.laci_temperature > 0:
+            raise PackageError(f"laci_temperature must be positive, not {manifest.laci_temperature}")
         return manifest
 
 

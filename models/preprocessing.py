@@ -62,6 +62,70 @@ def from_model_grid(volume: np.ndarray, shape: tuple[int, int], order: int = 1) 
     return to_model_grid(volume, shape, order=order)
 
 
+def spacing_grid_shape(shape: tuple[int, int], pixel_spacing_mm: tuple[float, float],
+                       grid_spacing_mm: float) -> tuple[int, int]:
+    """The in-plane matrix of a slice ``shape`` (rows, cols) at ``pixel_spacing_mm`` (between
+    rows, between columns) once resampled to square pixels of ``grid_spacing_mm``: the same
+    field of view at the network's own scale, whatever the scanner's matrix."""
+    return (max(int(round(shape[0] * pixel_spacing_mm[0] / grid_spacing_mm)), 1),
+            max(int(round(shape[1] * pixel_spacing_mm[1] / grid_spacing_mm)), 1))
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` pixels covering ``length`` pixels, neighbours sharing
+    at least ``overlap``; the last tile ends at ``length``. One tile (start 0) when the image
+    is no larger than a tile (it is zero-padded)."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    return [*starts, length - tile]
+
+
+def tile_weights(tile: int, overlap: int) -> np.ndarray:
+    """``(tile, tile)`` blending weights: 1 in the middle, falling along a raised cosine over
+    ``overlap`` pixels towards each edge (never 0), so that a pixel seen by several tiles
+    takes most from the tile where it sits furthest from the border (where a U-Net sees its
+    whole context)."""
+    ramp = np.ones(tile, dtype=np.float32)
+    if overlap > 0:
+        edge = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 1) / (overlap + 1))
+        ramp[:overlap] = edge
+        ramp[-overlap:] = edge[::-1]
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def tiles_of(batch: np.ndarray, tile: int, overlap: int
+             ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """Cut ``(slices, rows, cols, channels)`` into overlapping ``tile`` squares (zero-padded
+    where the image is smaller): ``(n, tile, tile, channels)`` and each tile's
+    (slice, row start, col start)."""
+    slices, rows, cols, channels = batch.shape
+    padded = np.zeros((slices, max(rows, tile), max(cols, tile), channels), np.float32)
+    padded[:, :rows, :cols] = batch
+    places = [(k, r, c) for k in range(slices)
+              for r in tile_starts(rows, tile, overlap) for c in tile_starts(cols, tile, overlap)]
+    tiles = np.stack([padded[k, r : r + tile, c : c + tile] for k, r, c in places]) \
+        if places else np.zeros((0, tile, tile, channels), np.float32)
+    return tiles, places
+
+
+def blend_tiles(outputs: np.ndarray, places: list[tuple[int, int, int]],
+                shape: tuple[int, int, int], overlap: int) -> np.ndarray:
+    """Inverse of :func:`tiles_of` for per-pixel outputs ``(n, tile, tile)``: the
+    :func:`tile_weights`-weighted mean of every tile covering a pixel, ``shape`` (slices,
+    rows, cols)."""
+    slices, rows, cols = shape
+    tile = outputs.shape[1]
+    total = np.zeros((slices, max(rows, tile), max(cols, tile)), np.float32)
+    weight = np.zeros_like(total)
+    window = tile_weights(tile, overlap)
+    for output, (k, r, c) in zip(outputs, places, strict=True):
+        total[k, r : r + tile, c : c + tile] += output * window
+        weight[k, r : r + tile, c : c + tile] += window
+    return (total / np.maximum(weight, 1e-6))[:, :rows, :cols]
+
+
 def extract_roi(t1_slice: np.ndarray, centre_row: float, centre_col: float) -> np.ndarray:
     """The secondary network's input for one lesion component.
 

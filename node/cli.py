@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="folder for the model package")
     train.add_argument("--subjects", type=int, default=80)
     train.add_argument("--seed", type=int, default=1)
-    train.add_argument("--epochs", type=int, default=14, help="primary network epochs")
+    train.add_argument("--epochs", type=int,
+                       help="primary network epochs (default: the training plan's)")
     train.add_argument("--version", help="the package's version (default: the training plan's)")
     train.add_argument("--varied", action="store_true",
                        help="subjects of the richer generator, each on its own scanners")
@@ -127,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--subjects", type=int, default=80,
                            help="validation subjects to sweep on (80: about 6 min on 2 cores; "
                                 "with fewer, one lesion more or less decides)")
-    calibrate.add_argument("--varied", action="store_true")
+    calibrate.add_argument("--generator", choices=("standard", "varied", "realistic"),
+                           help="validation subjects' generator (default: the one the package "
+                                "was trained on; never the independent test generator)")
+    calibrate.add_argument("--varied", action="store_true", help="the same as --generator varied")
 
     ensemble = commands.add_parser(
         "ensemble", help="average several packages' networks (e.g. crossval's folds) into one "
@@ -140,11 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="metrics of a model package on held-out synthetic subjects")
     evaluate.add_argument("--model", type=Path, help="package folder (default: the bundled one)")
-    evaluate.add_argument("--first-seed", type=int, default=900_000,
-                          help="subjects FIRST.. (training uses seed*10000+n; keep them apart)")
+    evaluate.add_argument("--first-seed", type=int,
+                          help="subjects FIRST.. (default: 700000 for the independent "
+                               "generator, else 900000; training uses seed*10000+n)")
     evaluate.add_argument("--subjects", type=int, default=20)
-    evaluate.add_argument("--varied", action="store_true",
-                          help="subjects from the richer generator, each on its own scanners")
+    evaluate.add_argument("--generator", default="independent",
+                          choices=("standard", "varied", "realistic", "independent"),
+                          help="where the subjects come from (default: the independent test "
+                               "generator, which no model is trained or calibrated on; even "
+                               "seeds 256x256, odd 512x512)")
+    evaluate.add_argument("--varied", action="store_true", help="the same as --generator varied")
     evaluate.add_argument("--out", type=Path, help="also write the markdown table here")
 
     demo = commands.add_parser("demo", help="round trip: synthetic study in, SEG + SR out")
@@ -375,11 +384,12 @@ def _train_plan(args: argparse.Namespace) -> TrainingPlan:
     without it, the plan's own default)."""
     from training.train import recipe_plan
 
-    version = {} if args.version is None else {"version": args.version}
+    given = {key: value for key, value in (("version", args.version),
+                                           ("primary_epochs", args.epochs)) if value is not None}
     return recipe_plan(
-        args.recipe, subjects=args.subjects, seed=args.seed, primary_epochs=args.epochs,
+        args.recipe, subjects=args.subjects, seed=args.seed,
         varied=args.varied, data_dir=args.data, progress=sys.stderr.isatty(),
-        **version, **_recipe_flags(args))
+        **given, **_recipe_flags(args))
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
@@ -458,8 +468,9 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_USAGE
 
     progress = _subject_progress(args, "predicted")
+    generator = "varied" if args.varied else args.generator or _trained_generator(package)
     manifest = calibrated_package(TwoStageEngine.load(package), package, args.out, args.version,
-                                  seeds, varied=args.varied, progress=progress)
+                                  seeds, generator=generator, progress=progress)
     if not args.json:
         print(file=sys.stderr)
     calibration = manifest.training["calibration"]
@@ -494,30 +505,84 @@ def _ensemble(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _trained_generator(package: Path) -> str:
+    """The generator a package's networks were trained on, from its manifest."""
+    from models.package import read_manifest
+
+    training = read_manifest(package).training
+    if training.get("varied"):
+        return "varied"
+    return "realistic" if training.get("realistic") else "standard"
+
+
+# What `lacuna evaluate` says each generator is.
+_GENERATOR_NAMES = {
+    "standard": "the first generator (one geometry)",
+    "varied": "the richer generator on varied scanners",
+    "realistic": "the realistic training generator (a training-distribution figure)",
+    "independent": "the independent test generator (no model is trained or calibrated on it)",
+}
+
+
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from models.inference import TwoStageEngine
     from models.package import verify_package
-    from training.evaluate import bootstrap_intervals, evaluate_subjects, report_markdown, size_markdown
-    from training.metrics import recall_by_size, summarise
+    from training.evaluate import (
+        breakdown_markdown,
+        evaluate_subjects,
+        froc_markdown,
+        reliability_markdown,
+        report_markdown,
+        size_markdown,
+    )
+    from training.metrics import (
+        SubjectCounts,
+        bootstrap_intervals,
+        breakdown,
+        froc,
+        recall_by_size,
+        reliability,
+        summarise,
+    )
 
     package = args.model or settings.models.default_package
     manifest = verify_package(package)
     engine = TwoStageEngine.load(package)
-    seeds = list(range(args.first_seed, args.first_seed + args.subjects))
+    generator = "varied" if args.varied else args.generator
+    first = args.first_seed if args.first_seed is not None else (
+        700_000 if generator == "independent" else 900_000)
+    seeds = list(range(first, first + args.subjects))
 
     progress = _subject_progress(args, "evaluated")
-    counts = evaluate_subjects(engine, seeds, progress, varied=args.varied)
+    earlier: list[SubjectCounts] = []
+    counts = evaluate_subjects(engine, seeds, progress, generator=generator, earlier_truth=earlier)
     if not args.json:
         print(file=sys.stderr)
     metrics, intervals = summarise(counts), bootstrap_intervals(counts)
     by_size = recall_by_size(counts)
     if args.json:
-        print(json.dumps({"model": f"{manifest.name} {manifest.version}", "seeds": [seeds[0], seeds[-1]],
+        calibration = reliability(counts)
+        print(json.dumps({"model": f"{manifest.name} {manifest.version}", "generator": generator,
+                          "seeds": [seeds[0], seeds[-1]],
                           "metrics": metrics, "intervals": intervals,
-                          "recall_by_size": [vars(b) for b in by_size]}, indent=2))
-    kind = "varied scanners and subjects" if args.varied else "the training distribution"
-    table = report_markdown(metrics, intervals, f"{manifest.name} {manifest.version}, {kind}, "
+                          "recall_by_size": [vars(b) for b in by_size],
+                          "froc": froc(counts),
+                          "breakdown": {k: [vars(r) for r in rows]
+                                        for k, rows in breakdown(counts).items()},
+                          "expected_calibration_error": calibration.expected_calibration_error,
+                          "earlier_truth_metrics": summarise(earlier) if earlier else None},
+                         indent=2))
+    table = report_markdown(metrics, intervals, f"{manifest.name} {manifest.version}, "
+                                               f"{_GENERATOR_NAMES[generator]}, "
                                                f"seeds {seeds[0]}-{seeds[-1]}")
+    if earlier:
+        table += "\n" + report_markdown(
+            summarise(earlier), bootstrap_intervals(earlier),
+            "The same predictions on the earlier truth rule (2 of 5 samples inside), for "
+            "comparison only")
+    table += "\nFROC:\n\n" + froc_markdown(counts)
+    table += "\nWhere it fails:\n\n" + breakdown_markdown(counts)
+    table += "\nClassifier certainty (as reported in the SR):\n\n" + reliability_markdown(counts)
     table += "\nDetection recall by true lesion volume:\n\n" + size_markdown(by_size)
     if not args.json:
         print(table)

@@ -31,7 +31,13 @@ from models.inference import (
 from models.preprocessing import from_model_grid, primary_input
 from training.evaluate import evaluate_subjects, percent_cell
 from training.metrics import summarise
-from training.train import TRAINED_SETTINGS, TrainingPlan, make_training_subjects, train_networks
+from training.train import (
+    TrainingPlan,
+    make_training_subjects,
+    plan_generator,
+    train_networks,
+    trained_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +100,16 @@ class PrimaryOnlyEngine:
 
 def run_ablation(base: TrainingPlan, out_dir: Path, rows: tuple[Variant, ...] = ROWS,
                  validation_first_seed: int = 800_000) -> list[tuple[Variant, dict[str, float | None]]]:
-    """Train and evaluate every row; write ``ablation.md`` and ``ablation.png`` in ``out_dir``."""
+    """Train and evaluate every row; write ``ablation.md`` and ``ablation.png`` in ``out_dir``.
+    Every row runs on the 256x256 model matrix (task a's primary-only engine resizes slices),
+    whatever grid ``base`` names."""
+    base = replace(base, grid_spacing_mm=None)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     seeds = [base.seed * 10_000 + n for n in range(base.subjects)]
     subjects, _ = make_training_subjects(base, seeds)
     validation = list(range(validation_first_seed, validation_first_seed + base.validation_subjects))
-    settings = TRAINED_SETTINGS
+    settings = trained_settings(base)
     results = []
     for index, row in enumerate(rows, start=1):
         import keras
@@ -112,7 +121,7 @@ def run_ablation(base: TrainingPlan, out_dir: Path, rows: tuple[Variant, ...] = 
                                             out_dir / f"row-{index:02d}", started)
         engine: Any = (TwoStageEngine(primary, secondary, settings) if secondary is not None
                        else PrimaryOnlyEngine(primary, row.task, settings))
-        metrics = summarise(evaluate_subjects(engine, validation, varied=base.varied))
+        metrics = summarise(evaluate_subjects(engine, validation, generator=plan_generator(base)))
         logger.info("ablation %d/%d %s (task %s): %s", index, len(rows), row.method, row.task, metrics)
         results.append((row, metrics))
     (out_dir / "ablation.md").write_text(ablation_markdown(results, base, validation))

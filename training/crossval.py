@@ -20,10 +20,11 @@ from models.inference import TwoStageEngine
 from training.evaluate import evaluate_subjects, percent_cell, report_markdown, size_markdown
 from training.metrics import SizeBin, SubjectCounts, bootstrap_intervals, recall_by_size, summarise
 from training.train import (
-    TRAINED_SETTINGS,
     TrainingPlan,
     make_training_subjects,
+    plan_generator,
     train_networks,
+    trained_settings,
     training_data_description,
     write_package,
 )
@@ -90,7 +91,7 @@ def run_crossval(plan: TrainingPlan, out_dir: Path, folds: int = 5) -> CrossVali
     split = subject_folds(seeds, folds, plan.seed)
     arrays, _ = make_training_subjects(plan, seeds)
     by_seed = dict(zip(seeds, arrays, strict=True))
-    settings = TRAINED_SETTINGS
+    settings = trained_settings(plan)
     per_fold: list[dict[str, float | None]] = []
     pooled: list[SubjectCounts] = []
     for fold in split:
@@ -100,7 +101,7 @@ def run_crossval(plan: TrainingPlan, out_dir: Path, folds: int = 5) -> CrossVali
                                             out_dir / f"fold-{fold.number}", started)
         assert secondary is not None, "cross-validation trains the two-stage network"
         counts = evaluate_subjects(TwoStageEngine(primary, secondary, settings), list(fold.test),
-                                   varied=plan.varied)
+                                   generator=plan_generator(plan))
         per_fold.append(summarise(counts))
         pooled.extend(counts)
         # Each fold's networks as a package: members for `lacuna ensemble`, or to inspect.

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.measure import label, regionprops
 
-from models.preprocessing import extract_roi, normalise_volume, slice_context, to_model_grid
+from models.preprocessing import (
+    extract_roi,
+    normalise_volume,
+    slice_context,
+    spacing_grid_shape,
+    to_model_grid,
+)
 from node.services.volumes import StudyVolumes
 from training.phantom import Contrast, axial_geometry, make_phantom, render_series, scanner_geometries
 
@@ -40,18 +46,21 @@ def make_subject_arrays(seed: int, matrix: tuple[int, int] = (256, 256)) -> Subj
     )
 
 
-def varied_study(seed: int) -> tuple[StudyVolumes, np.ndarray]:
-    """A subject of the richer generator on its own scanners (``scanner_geometries``), written
-    as DICOM and read back through the node's pairing: its volumes and the T2 FLAIR labels."""
+def varied_study(seed: int, realistic: bool = False) -> tuple[StudyVolumes, np.ndarray]:
+    """A subject of the richer generator (or with ``realistic`` the realistic one, with slices
+    of 3-7 mm) on its own scanners (``scanner_geometries``), written as DICOM and read back
+    through the node's pairing: its volumes and the T2 FLAIR labels."""
     import tempfile
     from pathlib import Path
 
     from node.services.volumes import load_study_volumes
     from training.synth import write_study
 
-    t2_geometry, t1_geometry = scanner_geometries(np.random.default_rng([seed, 5]))
+    t2_geometry, t1_geometry = scanner_geometries(
+        np.random.default_rng([seed, 5]), slice_mm=(3.0, 7.0) if realistic else (3.0, 6.0))
     with tempfile.TemporaryDirectory(prefix="lacuna-varied-") as folder:
-        study = write_study(Path(folder), seed, t2_geometry, t1_geometry, varied=True)
+        study = write_study(Path(folder), seed, t2_geometry, t1_geometry, varied=not realistic,
+                            realistic=realistic)
         volumes = load_study_volumes(study.series[Contrast.T2_FLAIR], study.series[Contrast.T1_FLAIR])
         return volumes, np.load(Path(folder) / "labels.npy")
 
@@ -62,12 +71,24 @@ def make_varied_subject_arrays(seed: int, matrix: tuple[int, int] = (256, 256)) 
     return subject_from_volumes(volumes.t2, volumes.t1, volumes.t1_available, labels, matrix)
 
 
+def make_scanner_subject_arrays(seed: int, realistic: bool,
+                                grid_spacing_mm: float | None) -> SubjectArrays:
+    """A subject of the realistic generator (:func:`training.phantom.make_realistic_phantom`)
+    or the richer one on its own scanners, on the grid the engine puts it on: the
+    fixed-spacing grid of ``grid_spacing_mm``, or (None) the 256x256 model matrix."""
+    volumes, labels = varied_study(seed, realistic=realistic)
+    matrix = (256, 256) if grid_spacing_mm is None else spacing_grid_shape(
+        volumes.t2.shape[1:], volumes.pixel_spacing, grid_spacing_mm)
+    return subject_from_volumes(volumes.t2, volumes.t1, volumes.t1_available, labels, matrix)
+
+
 def subject_from_volumes(
     t2: np.ndarray, t1: np.ndarray | None, t1_available: np.ndarray, labels: np.ndarray,
     matrix: tuple[int, int] = (256, 256),
 ) -> SubjectArrays:
     """A study as the node reads it (T2 FLAIR, T1 FLAIR on its grid, labels on the T2 grid) put
-    on the model grid as the engine does: T1 FLAIR slices without a partner are zeros."""
+    on the model grid as the engine does (``matrix``: the model matrix, or the fixed-spacing
+    grid's): T1 FLAIR slices without a partner are zeros."""
     t1 = t1 if t1 is not None else np.zeros_like(t2)
     t1 = np.where(t1_available[:, None, None], t1, 0.0)
     return SubjectArrays(

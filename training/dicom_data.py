@@ -111,12 +111,18 @@ def study_labels(study: LabelledStudy) -> np.ndarray:
     return labels
 
 
-def load_labelled_studies(root: Path, matrix: tuple[int, int] = (256, 256)) -> list[SubjectArrays]:
-    """Every usable study under ``root`` on the model grid, as training subjects."""
+def load_labelled_studies(root: Path, matrix: tuple[int, int] = (256, 256),
+                          grid_spacing_mm: float | None = None) -> list[SubjectArrays]:
+    """Every usable study under ``root`` on the model grid (``matrix``, or with
+    ``grid_spacing_mm`` that fixed-spacing grid), as training subjects."""
+    from models.preprocessing import spacing_grid_shape
+
     subjects = []
     for study in find_labelled_studies(root):
         volumes = load_study_volumes(study.t2_paths, study.t1_paths)
+        grid = matrix if grid_spacing_mm is None else spacing_grid_shape(
+            volumes.t2.shape[1:], volumes.pixel_spacing, grid_spacing_mm)
         subjects.append(subject_from_volumes(volumes.t2, volumes.t1, volumes.t1_available,
-                                             study_labels(study), matrix))
+                                             study_labels(study), grid))
     logger.info("%d labelled studies from %s", len(subjects), root)
     return subjects

@@ -36,6 +36,9 @@ def ensemble_problem(members: Sequence[ModelManifest], out_dir: Path, version: s
     matrices = {member.input_matrix for member in members}
     if len(matrices) > 1:
         return f"members take different input matrices: {sorted(matrices)}"
+    grids = {member.grid_spacing_mm for member in members}
+    if len(grids) > 1:
+        return f"members run on different grids (mm): {sorted(grids, key=str)}"
     primaries = [member.files[PRIMARY_FILE] for member in members]
     if len(set(primaries)) < len(primaries):
         return "a member package is given twice (the same primary network)"
@@ -61,7 +64,8 @@ def ensemble_package(members: Sequence[Path], out_dir: Path, version: str) -> Mo
                                 (SECONDARY_FILE, "secondary_ensemble")):
         networks = [keras.saving.load_model(member / name, compile=False) for member in members]
         average_networks(networks, ensemble_name).save(out_dir / name)
-    # The first member's name, input matrix, thresholds and intended use; everything else new.
+    # The first member's name, input matrix, grid, thresholds, temperature and intended use;
+    # everything else new.
     manifest = replace(
         manifests[0],
         version=version,

@@ -18,6 +18,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.ndimage import map_coordinates
 
+from training.truth import lesion_voxels
+
 
 class Contrast(StrEnum):
     T2_FLAIR = "T2_FLAIR"
@@ -120,6 +122,15 @@ class PhantomLesion:
     # Irregular outline: the ellipsoid's radius along unit direction u is scaled by
     # 1 + sum(w * (u . d)**3) over these (dx, dy, dz, w) terms; empty: a plain ellipsoid.
     bumps: tuple[tuple[float, float, float, float], ...] = ()
+    # More ellipsoids (same axes) whose union with the first is the lesion: (dx, dy, dz) mm from
+    # ``centre`` and a scale of ``radii``. Overlapping blobs in a row: an elongated, lobulated
+    # lesion along a white-matter tract.
+    blobs: tuple[tuple[float, float, float, float], ...] = ()
+    # T2 FLAIR signal as a multiple of the surrounding white matter's (realistic generator);
+    # None: the first generator's fixed bright signal.
+    t2_contrast: float | None = None
+    # A LACI with a CSF-like core and a bright rim on T2 FLAIR (realistic generator).
+    cavitated: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,12 +145,34 @@ class SubjectAnatomy:
 
 
 @dataclass(frozen=True)
+class Mimic:
+    """A structure that looks like a lesion on some slice but is none, and is never labelled
+    (realistic generator): ``kind`` "pvs" (perivascular space: CSF signal, a thin tube),
+    "flow" (a bright FLAIR flow artefact in CSF), "vessel" (a thin flow void). ``shape`` is an
+    ellipsoid with the lesion's conventions; ``signal`` is a multiple of white matter on both
+    FLAIR contrasts (T1 FLAIR: ``t1_signal``)."""
+
+    kind: str
+    shape: PhantomLesion
+    signal: float
+    t1_signal: float
+
+
+@dataclass(frozen=True)
 class Phantom:
-    """One synthetic subject: anatomy, lesions and the random state that made them."""
+    """One synthetic subject: anatomy, lesions and the random state that made them. The
+    realistic generator (:func:`make_realistic_phantom`) adds look-alikes that are not lesions:
+    ``mimics``, bright periventricular caps and rims (``cap_strength``, a multiple of white
+    matter added at most), and bright noise speckles (``speckles`` per slice)."""
 
     anatomy: SubjectAnatomy
     lesions: tuple[PhantomLesion, ...]
     seed: int
+    mimics: tuple[Mimic, ...] = ()
+    cap_strength: float = 0.0
+    speckles: float = 0.0
+    stored_scale: float = 1.0  # multiplies STORED_SCALE: each scanner's own value range
+    in_plane_samples: int = 1  # partial volume across each pixel too (realistic: 2 x 2)
 
 
 @dataclass(frozen=True)
@@ -232,9 +265,12 @@ def place_lesions(
     geometry: StackGeometry,
     count: int,
     diameter_range_mm: tuple[float, float] = (2.5, 15.0),
+    realistic: bool = False,
 ) -> tuple[PhantomLesion, ...]:
-    """Put ``count`` lesions in deep white matter, centred within 1 mm of a slice centre of
-    ``geometry`` so each one is visible on at least one slice, never touching each other."""
+    """Put ``count`` lesions in deep white matter, never touching each other: centred within
+    1 mm of a slice centre of ``geometry`` so each one is visible on at least one slice, or
+    (``realistic``) anywhere through the slab, most of them tiny, lobulated, of drawn T2
+    FLAIR contrast (see :func:`make_realistic_phantom`)."""
     world = geometry.world()
     wm = tissue_maps(anatomy, world, only_wm=True)[0]
     candidates = np.argwhere(wm > 0.93)
@@ -243,12 +279,18 @@ def place_lesions(
     while len(lesions) < count and attempts < 400 and len(candidates):
         attempts += 1
         k, r, c = candidates[rng.integers(len(candidates))]
-        # Log-uniform diameters: small lesions are the common ones.
-        diameter = float(np.exp(rng.uniform(*np.log(diameter_range_mm))))
+        if realistic:
+            span = (2.0, 6.0) if rng.random() < 0.75 else (6.0, 15.0)
+            diameter = float(np.exp(rng.uniform(*np.log(span))))
+            offset = rng.uniform(-0.5, 0.5) * geometry.slice_spacing
+        else:
+            # Log-uniform diameters: small lesions are the common ones.
+            diameter = float(np.exp(rng.uniform(*np.log(diameter_range_mm))))
+            offset = rng.uniform(-1.0, 1.0)
         radii = tuple(
             float(v) for v in diameter / 2 * rng.uniform(0.75, 1.25, 3)
         )
-        centre = world[k, r, c] + rng.uniform(-1.0, 1.0) * geometry.normal
+        centre = world[k, r, c] + offset * geometry.normal
         if any(
             np.linalg.norm(centre - np.asarray(other.centre))
             < max(radii) + max(other.radii) + 3.0
@@ -261,19 +303,36 @@ def place_lesions(
         shell = centre + directions * np.asarray(radii) * 0.9
         if tissue_maps(anatomy, shell, only_wm=True)[0].mean() < 0.6:
             continue
-        lesions.append(
-            PhantomLesion(
-                number=len(lesions) + 1,
-                lesion_class=str(rng.choice(["FCI", "LACI"])),
-                centre=tuple(float(v) for v in centre),
-                radii=radii,
-                rotation=tuple(
-                    tuple(float(v) for v in row)
-                    for row in _rotation(rng.uniform(0, np.pi, 3))
-                ),
-            )
+        lesion_class = str(rng.choice(["FCI", "LACI"]))
+        lesion = PhantomLesion(
+            number=len(lesions) + 1,
+            lesion_class=lesion_class,
+            centre=tuple(float(v) for v in centre),
+            radii=radii,
+            rotation=tuple(
+                tuple(float(v) for v in row)
+                for row in _rotation(rng.uniform(0, np.pi, 3))
+            ),
         )
+        if realistic:
+            lesion = replace(
+                lesion, blobs=_blobs(rng, diameter),
+                t2_contrast=float(np.exp(rng.uniform(np.log(1.15), np.log(2.5)))),
+                cavitated=lesion_class == "LACI" and diameter >= 3.0 and rng.random() < 0.4)
+        lesions.append(lesion)
     return tuple(lesions)
+
+
+def _blobs(rng: np.random.Generator, diameter: float) -> tuple[tuple[float, float, float, float], ...]:
+    """0-3 more blobs in a row along one direction, each 0.35-0.8 of a diameter further."""
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    blobs, reach = [], 0.0
+    for _ in range(int(rng.integers(0, 4))):
+        reach += float(rng.uniform(0.35, 0.8)) * diameter
+        dx, dy, dz = direction * reach
+        blobs.append((float(dx), float(dy), float(dz), float(rng.uniform(0.5, 0.9))))
+    return tuple(blobs)
 
 
 def make_phantom(
@@ -302,16 +361,18 @@ def _bumps(rng: np.random.Generator) -> tuple[tuple[float, float, float, float],
                  for d, w in zip(directions, weights, strict=True))
 
 
-def scanner_geometries(rng: np.random.Generator) -> tuple[StackGeometry, StackGeometry]:
+def scanner_geometries(
+    rng: np.random.Generator, slice_mm: tuple[float, float] = (3.0, 6.0)
+) -> tuple[StackGeometry, StackGeometry]:
     """A T2 FLAIR and a T1 FLAIR stack as different scanners and protocols write them:
-    in-plane 0.45-1.0 mm (matrix 224-512 over a 220-250 mm field of view), 3-6 mm slices
+    in-plane 0.45-1.0 mm (matrix 224-512 over a 220-250 mm field of view), ``slice_mm`` slices
     (with a gap of up to 1 mm), tilted up to 12 degrees about the left-right axis; the T1 FLAIR
     with its own matrix and slice spacing, covering the same brain."""
 
     def one(tilt: float) -> StackGeometry:
         fov = float(rng.uniform(220, 250))
         matrix = int(np.clip(round(fov / rng.uniform(0.45, 1.0) / 16) * 16, 224, 512))
-        spacing = float(rng.uniform(3.0, 6.0))
+        spacing = float(rng.uniform(*slice_mm))
         thickness = spacing - float(rng.uniform(0.0, min(1.0, spacing - 3.0)))
         return axial_geometry(matrix=matrix, fov_mm=fov, slices=int(round(125 / spacing)),
                               slice_spacing=spacing, slice_thickness=thickness, tilt_deg=tilt)
@@ -320,50 +381,50 @@ def scanner_geometries(rng: np.random.Generator) -> tuple[StackGeometry, StackGe
     return one(tilt), one(tilt + float(rng.uniform(-2, 2)))
 
 
-# A voxel is lesion when at least this fraction of it is inside the lesion: 2 of the 5
-# through-slice samples, where partial volume still shows it as a dot (see lesion_voxels).
-# 2/5 in float32 rounds up (0.40000001), so it compares >= this float64 0.4.
-TRUTH_FRACTION = 0.4
-
-
 def _lesion_fraction(
-    lesion: PhantomLesion, geometry: StackGeometry, shrink: float = 1.0, samples: int = 5
+    lesion: PhantomLesion, geometry: StackGeometry, shrink: float = 1.0, samples: int = 5,
+    in_plane: int = 1,
 ) -> np.ndarray:
-    """Partial-volume fraction of each voxel inside the (shrunk, possibly bumpy) ellipsoid,
-    sampled through the slice thickness."""
+    """Partial-volume fraction of each voxel inside the (shrunk, possibly bumpy or lobulated)
+    lesion, sampled ``samples`` times through the slice thickness and ``in_plane`` x
+    ``in_plane`` times across the pixel (1: the pixel centre only)."""
     fraction = np.zeros((geometry.slices, geometry.rows, geometry.columns), dtype=np.float32)
     rotation = np.asarray(lesion.rotation)
     radii = np.asarray(lesion.radii) * shrink
-    # Bumps reach past the ellipsoid by up to the sum of their weights.
-    reach = 1.0 + sum(w for *_, w in lesion.bumps)
-    box = _bounding_box(geometry, np.asarray(lesion.centre), float(radii.max()) * reach)
+    centre = np.asarray(lesion.centre)
+    # Bumps reach past the ellipsoid by up to the sum of their weights; blobs by their offset.
+    reach = float(radii.max()) * (1.0 + sum(w for *_, w in lesion.bumps))
+    for dx, dy, dz, scale in lesion.blobs:
+        reach = max(reach, float(np.linalg.norm([dx, dy, dz])) + float(radii.max()) * scale)
+    box = _bounding_box(geometry, centre, reach)
     if box is None:
         return fraction
-    offsets = (np.arange(samples) + 0.5) / samples - 0.5
-    for offset in offsets * geometry.slice_thickness:
-        relative = geometry.world(offset, box) - np.asarray(lesion.centre)
-        local = relative @ rotation / radii
-        limit: np.ndarray | float = 1.0
-        if lesion.bumps:
-            unit = relative / np.maximum(np.linalg.norm(relative, axis=-1, keepdims=True), 1e-6)
-            limit = np.maximum(1.0 + sum(w * (unit @ np.array([dx, dy, dz])) ** 3
-                                         for dx, dy, dz, w in lesion.bumps), 0.3) ** 2
-        fraction[box] += (np.sum(local * local, axis=-1) <= limit).astype(np.float32)
-    return fraction / samples
+    row, column = np.asarray(geometry.row_cosine), np.asarray(geometry.column_cosine)
+    through = (np.arange(samples) + 0.5) / samples - 0.5
+    across = (np.arange(in_plane) + 0.5) / in_plane - 0.5
+    for offset in through * geometry.slice_thickness:
+        points = geometry.world(offset, box)
+        for dr in across * geometry.pixel_spacing[0]:
+            for dc in across * geometry.pixel_spacing[1]:
+                relative = points + dr * column + dc * row - centre
+                fraction[box] += _inside(lesion, relative, rotation, radii).astype(np.float32)
+    return fraction / (samples * in_plane * in_plane)
 
 
-def lesion_voxels(fraction: np.ndarray) -> np.ndarray:
-    """The voxels the ground truth marks for one lesion, given each voxel's fraction inside it:
-    those at least ``TRUTH_FRACTION`` inside, every lesion alike; a lesion with no such voxel
-    (none in the validation and held-out seeds) is marked at its most-covered ones.
-
-    One local rule, so that two dots that look alike are labelled alike: with "half inside"
-    (0.5, before 2026-12-01) a 5-7 voxel dot at 0.4 was marked whole by the fallback while a
-    dot with one voxel at 0.6 in a 0.4 ring was marked at that voxel alone."""
-    peak = float(fraction.max(initial=0.0))
-    if peak >= TRUTH_FRACTION or peak == 0.0:
-        return fraction >= TRUTH_FRACTION
-    return fraction == peak
+def _inside(lesion: PhantomLesion, relative: np.ndarray, rotation: np.ndarray,
+            radii: np.ndarray) -> np.ndarray:
+    """Whether points ``relative`` to the lesion centre (mm, ``(..., 3)``) lie inside it."""
+    local = relative @ rotation / radii
+    limit: np.ndarray | float = 1.0
+    if lesion.bumps:
+        unit = relative / np.maximum(np.linalg.norm(relative, axis=-1, keepdims=True), 1e-6)
+        limit = np.maximum(1.0 + sum(w * (unit @ np.array([dx, dy, dz])) ** 3
+                                     for dx, dy, dz, w in lesion.bumps), 0.3) ** 2
+    inside = np.sum(local * local, axis=-1) <= limit
+    for dx, dy, dz, scale in lesion.blobs:
+        blob = (relative - np.array([dx, dy, dz])) @ rotation / (radii * scale)
+        inside |= np.sum(blob * blob, axis=-1) <= 1.0
+    return np.asarray(inside)
 
 
 def _bounding_box(
@@ -396,7 +457,7 @@ def render_series(
     phantom: Phantom, geometry: StackGeometry, contrast: Contrast, seed_offset: int = 0
 ) -> SeriesImage:
     """Pixels and ground-truth labels of one series. Labels mark each lesion's voxels as
-    ``lesion_voxels`` says."""
+    :func:`training.truth.lesion_voxels` says; look-alikes are never labelled."""
     rng = np.random.default_rng(phantom.seed * 1000 + 17 + seed_offset)
     anatomy = phantom.anatomy
     world = geometry.world()
@@ -407,21 +468,40 @@ def render_series(
         + wm * signal["wm"] * anatomy.signal_scale["wm"]
         + csf * signal["csf"] * anatomy.signal_scale["csf"]
     )
-    labels = np.zeros(image.shape, dtype=np.uint8)
     wm_level = signal["wm"] * anatomy.signal_scale["wm"]
+    csf_level = signal["csf"] * anatomy.signal_scale["csf"]
+    if contrast is Contrast.T2_FLAIR and phantom.cap_strength > 0:
+        image = image + phantom.cap_strength * wm_level * _periventricular(
+            anatomy, world, wm, csf, geometry)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    samples = phantom.in_plane_samples
     for lesion in phantom.lesions:
-        fraction = _lesion_fraction(lesion, geometry)
+        fraction = _lesion_fraction(lesion, geometry, in_plane=samples)
         labels[lesion_voxels(fraction)] = LESION_LABELS[lesion.lesion_class]
         if contrast is Contrast.T2_FLAIR:
-            brightness = signal["lesion"] * float(rng.uniform(0.9, 1.15))
+            if lesion.t2_contrast is None:
+                brightness = signal["lesion"] * float(rng.uniform(0.9, 1.15))
+            else:
+                brightness = lesion.t2_contrast * wm_level
             image = image * (1 - fraction) + fraction * brightness
+            if lesion.cavitated:  # a chronic lacune: CSF-dark core inside the bright rim
+                core = _lesion_fraction(lesion, geometry, shrink=0.55, in_plane=samples)
+                image = image * (1 - core) + core * csf_level * float(rng.uniform(1.0, 2.0))
         elif lesion.lesion_class == "FCI":
-            # Iso on T1 FLAIR: the lesion takes the white-matter signal.
-            image = image * (1 - fraction) + fraction * wm_level * float(rng.uniform(0.95, 1.02))
+            # Iso on T1 FLAIR: the lesion takes the white-matter signal (the realistic
+            # generator: iso to mildly hypointense).
+            low = 0.95 if lesion.t2_contrast is None else 0.85
+            image = image * (1 - fraction) + fraction * wm_level * float(rng.uniform(low, 1.02))
         else:
-            core = _lesion_fraction(lesion, geometry, shrink=0.8)
+            core = _lesion_fraction(lesion, geometry, shrink=0.8, in_plane=samples)
             image = image * (1 - fraction) + fraction * wm_level * 0.9
-            image = image * (1 - core) + core * signal["lesion"]
+            dark = signal["lesion"] if lesion.t2_contrast is None else \
+                csf_level * float(rng.uniform(1.0, 2.5))
+            image = image * (1 - core) + core * dark
+    for mimic in phantom.mimics:
+        fraction = _lesion_fraction(mimic.shape, geometry, in_plane=samples)
+        level = mimic.signal if contrast is Contrast.T2_FLAIR else mimic.t1_signal
+        image = image * (1 - fraction) + fraction * level * wm_level
     # Smooth multiplicative bias field, then Rician noise.
     centred = (world - world.reshape(-1, 3).mean(axis=0)) / 100.0
     c = anatomy.bias_coefficients
@@ -431,5 +511,83 @@ def render_series(
     noisy = np.sqrt(
         (image + rng.normal(0, sigma, image.shape)) ** 2 + rng.normal(0, sigma, image.shape) ** 2
     )
-    pixels = np.clip(np.round(noisy * STORED_SCALE), 0, 4095).astype(np.uint16)
+    if contrast is Contrast.T2_FLAIR and phantom.speckles > 0:
+        # Isolated bright pixels (spikes, flow): single voxels a detector must not call lesions.
+        count = rng.poisson(phantom.speckles * geometry.slices)
+        brain = np.argwhere(wm + gm > 0.8)
+        if count and len(brain):
+            at = brain[rng.integers(len(brain), size=count)]
+            noisy[tuple(at.T)] *= rng.uniform(1.6, 2.6, count)
+    stored = STORED_SCALE * phantom.stored_scale
+    pixels = np.clip(np.round(noisy * stored), 0, 4095).astype(np.uint16)
     return SeriesImage(geometry=geometry, pixels=pixels, labels=labels)
+
+
+def _periventricular(anatomy: SubjectAnatomy, world: np.ndarray, wm: np.ndarray,
+                     csf: np.ndarray, geometry: StackGeometry) -> np.ndarray:
+    """0-1: white matter next to the lateral ventricles (caps at the horns, a thin rim along
+    the bodies), where FLAIR is normally a little bright; smooth, about 3 mm deep."""
+    from scipy.ndimage import gaussian_filter
+
+    ras = world * np.array([-1.0, -1.0, 1.0])
+    mni = ras @ anatomy.matrix.T + anatomy.shift
+    deep = ((np.abs(mni[..., 0]) < 28) & (mni[..., 1] > -45) & (mni[..., 1] < 30)
+            & (mni[..., 2] > -5) & (mni[..., 2] < 35))
+    ventricles = (csf > 0.6) & deep
+    sigma_px = (0.0, 2.5 / geometry.pixel_spacing[0], 2.5 / geometry.pixel_spacing[1])
+    near = gaussian_filter(ventricles.astype(np.float32), sigma_px)
+    return np.clip(near * 3.0, 0.0, 1.0) * wm
+
+
+# The realistic generator (issue 22): anatomy, noise and contrast as wide as real scanners.
+REALISTIC_ANATOMY = AnatomyRanges(rotation_deg=10.0, scale=(0.88, 1.12), shift_mm=8.0,
+                                  signal=(0.82, 1.18), noise=(0.008, 0.06), bias=0.3)
+
+
+def make_realistic_phantom(seed: int, geometry: StackGeometry) -> Phantom:
+    """A subject of the realistic generator, drawn per subject:
+
+    - 0-20 lesions (15 % of subjects none), most tiny: 75 % of diameters log-uniform in
+      2-6 mm, the rest 6-15 mm; 1-4 overlapping blobs in a row (elongated, lobulated), centred
+      anywhere through a slice, so partial volume decides how they look;
+    - T2 FLAIR contrast 1.15-2.5 x the white matter (log-uniform), never saturated; 40 % of
+      LACI cavitated (CSF-dark core, bright rim); T1 FLAIR: FCI iso to mildly hypo, LACI dark;
+    - look-alikes, unlabelled: 0-12 perivascular spaces, 0-3 FLAIR flow artefacts in CSF, 0-6
+      vessels, periventricular caps (0-0.6 x WM added), 0-3 bright speckles per slice;
+    - noise sigma 0.8-6 % of full scale (white matter SNR about 8-60), bias fields up to 30 %
+      per 100 mm, tissue signals +-18 %, each scanner's own stored range."""
+    rng = np.random.default_rng([seed, 22])
+    anatomy = sample_anatomy(rng, REALISTIC_ANATOMY)
+    count = 0 if rng.random() < 0.15 else int(rng.integers(1, 21))
+    lesions = place_lesions(rng, anatomy, geometry, count, realistic=True)
+    world = geometry.world()
+    gm, wm, csf = tissue_maps(anatomy, world)
+    mimics = (
+        _mimics(rng, "pvs", int(rng.integers(0, 13)), world, (wm + gm > 0.8) & (wm > 0.3),
+                radii=((0.5, 1.1), (0.5, 1.1), (2.0, 5.0)), signal=(0.15, 0.35), t1=(0.2, 0.4))
+        + _mimics(rng, "flow", int(rng.integers(0, 4)), world, csf > 0.85,
+                  radii=((1.0, 3.0), (1.0, 3.0), (1.0, 3.0)), signal=(1.4, 2.4), t1=(0.3, 0.6))
+        + _mimics(rng, "vessel", int(rng.integers(0, 7)), world, wm + gm > 0.6,
+                  radii=((0.3, 0.7), (0.3, 0.7), (5.0, 12.0)), signal=(0.1, 0.4), t1=(0.1, 0.4))
+    )
+    return Phantom(anatomy=anatomy, lesions=lesions, seed=seed, mimics=mimics,
+                   cap_strength=float(rng.uniform(0.0, 0.6)),
+                   speckles=float(rng.uniform(0.0, 3.0)),
+                   stored_scale=float(rng.uniform(0.5, 1.4)), in_plane_samples=2)
+
+
+def _mimics(rng: np.random.Generator, kind: str, count: int, world: np.ndarray,
+            where: np.ndarray, radii: tuple[tuple[float, float], ...],
+            signal: tuple[float, float], t1: tuple[float, float]) -> tuple[Mimic, ...]:
+    candidates = np.argwhere(where)
+    if not len(candidates):
+        return ()
+    chosen = candidates[rng.integers(len(candidates), size=count)]
+    return tuple(
+        Mimic(kind, PhantomLesion(
+            number=0, lesion_class=kind, centre=tuple(float(v) for v in world[tuple(at)]),
+            radii=tuple(float(rng.uniform(*r)) for r in radii),
+            rotation=tuple(tuple(float(v) for v in row)
+                           for row in _rotation(rng.uniform(0, np.pi, 3)))),
+            signal=float(rng.uniform(*signal)), t1_signal=float(rng.uniform(*t1)))
+        for at in chosen)

@@ -30,6 +30,7 @@ from training.phantom import (
     StackGeometry,
     axial_geometry,
     make_phantom,
+    make_realistic_phantom,
     render_series,
 )
 
@@ -162,12 +163,16 @@ def write_study(
     lesion_count: int | None = None,
     shuffle_instance_numbers: bool = False,
     varied: bool = False,
+    realistic: bool = False,
 ) -> SyntheticStudy:
     """Render one subject and write its series under ``out``; ``varied`` draws the subject
-    from the richer generator (see :func:`training.phantom.make_phantom`)."""
+    from the richer generator (see :func:`training.phantom.make_phantom`), ``realistic`` from
+    the realistic one (:func:`training.phantom.make_realistic_phantom`; ``lesion_count`` is
+    then drawn)."""
     t2_geometry = t2_geometry or axial_geometry()
     t1_geometry = t1_geometry or t2_geometry
-    phantom = make_phantom(seed, t2_geometry, lesion_count, varied=varied)
+    phantom = (make_realistic_phantom(seed, t2_geometry) if realistic
+               else make_phantom(seed, t2_geometry, lesion_count, varied=varied))
     rng = np.random.default_rng(seed)
     study_uid, frame_uid = str(generate_uid()), str(generate_uid())
     when = datetime(2026, 1, 1, 8, 0, 0)

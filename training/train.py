@@ -24,8 +24,8 @@ from models.package import (
 from models.preprocessing import slice_context
 from training.dataset import (
     SubjectArrays,
+    make_scanner_subject_arrays,
     make_subject_arrays,
-    make_varied_subject_arrays,
     primary_crops,
     secondary_rois,
     secondary_rois_from_primary,
@@ -36,7 +36,7 @@ from training.metrics import bootstrap_intervals, summarise
 logger = logging.getLogger(__name__)
 
 # How freshly trained networks are run for validation, the ablation and cross-validation, and
-# what a new package's manifest says.
+# what a new package's manifest says (with the plan's grid: trained_settings).
 TRAINED_SETTINGS = InferenceSettings(input_matrix=(256, 256), lesion_threshold=0.5,
                                      laci_threshold=0.5, min_lesion_voxels=2)
 
@@ -51,13 +51,20 @@ class TrainingPlan:
     seed: int = 1
     crop_size: int = 128
     primary_crops_per_epoch: int = 1600
-    primary_epochs: int = 14
+    primary_epochs: int = 16
     secondary_epochs: int = 12
     base_filters: int = 16
     batch_size: int = 16
     learning_rate: float = 1e-3
     name: str = "lacuna-synthetic"
-    version: str = "0.3.0"
+    version: str = "0.6.0"
+    # Subjects of the realistic generator (issue 22: tiny lobulated lesions of drawn contrast,
+    # look-alikes, wide noise, 3-7 mm slices) on varied scanners; ``varied`` wins when both
+    # are set; neither: the first generator's single geometry.
+    realistic: bool = True
+    # The primary network runs on square pixels of this size (mm) in tiles, whatever the
+    # scanner's matrix (a 512 matrix is not shrunk); None: every slice resized to 256x256.
+    grid_spacing_mm: float | None = 0.5
     # Beyond the first recipe: subjects of the richer generator on their own scanners; the
     # paper's 5-10 degree rotation of lesion-rich crops; the secondary network trained on ROIs
     # where the trained primary network finds lesions (the paper's way) instead of true ones.
@@ -84,7 +91,7 @@ class TrainingPlan:
     loss: str = "crop-dice+ce"
     # Lesion-rich crops drawn per lesion rather than per lesion voxel (small lesions as often
     # as large ones).
-    oversample_per_lesion: bool = False
+    oversample_per_lesion: bool = True
     # The primary network's learning rate falls along a cosine from ``learning_rate`` to 5 % of
     # it over all its steps, instead of staying constant: finer boundaries in the last epochs.
     cosine_decay: bool = True
@@ -105,6 +112,18 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"loss": "ce", "learning_rate": 0.01, "pretrain_epochs": 3, "cosine_decay": False,
               "rotate_lesion_crops": True, "secondary_from_primary": True},
 }
+
+
+def plan_generator(plan: TrainingPlan) -> str:
+    """The generator (:data:`training.evaluate.GENERATORS`) of ``plan``'s subjects."""
+    return "varied" if plan.varied else "realistic" if plan.realistic else "standard"
+
+
+def trained_settings(plan: TrainingPlan) -> InferenceSettings:
+    """How networks trained on ``plan`` are run: :data:`TRAINED_SETTINGS` on the plan's grid."""
+    from dataclasses import replace
+
+    return replace(TRAINED_SETTINGS, grid_spacing_mm=plan.grid_spacing_mm)
 
 
 def recipe_plan(recipe: str, **overrides: Any) -> TrainingPlan:
@@ -279,18 +298,48 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
 def make_training_subjects(plan: TrainingPlan, seeds: list[int]) -> tuple[list[SubjectArrays], int]:
     """The synthetic subjects of ``seeds`` plus the plan's labelled studies, and how many of
     those there were."""
-    make = make_varied_subject_arrays if plan.varied else make_subject_arrays
-    subjects: list[SubjectArrays] = [make(s) for s in seeds]
+    generator = plan_generator(plan)
+    subjects: list[SubjectArrays] = _in_parallel(
+        [(generator, seed, plan.grid_spacing_mm) for seed in seeds])
     labelled = 0
     if plan.data_dir is not None:
         from training.dicom_data import load_labelled_studies
 
-        own = load_labelled_studies(plan.data_dir)
+        own = load_labelled_studies(plan.data_dir, grid_spacing_mm=plan.grid_spacing_mm)
         labelled = len(own)
         subjects.extend(own)
     if not subjects:
         raise ValueError("nothing to train on: no synthetic subjects and no labelled studies")
     return subjects, labelled
+
+
+def _subject_arrays(job: tuple[str, int, float | None]) -> SubjectArrays:
+    generator, seed, grid_spacing_mm = job
+    if generator == "standard":
+        from models.preprocessing import spacing_grid_shape
+        from training.phantom import axial_geometry
+
+        geometry = axial_geometry()
+        matrix = (256, 256) if grid_spacing_mm is None else spacing_grid_shape(
+            (geometry.rows, geometry.columns), geometry.pixel_spacing, grid_spacing_mm)
+        return make_subject_arrays(seed, matrix)
+    return make_scanner_subject_arrays(seed, generator == "realistic", grid_spacing_mm)
+
+
+def _in_parallel(jobs: list[tuple[str, int, float | None]]) -> list[SubjectArrays]:
+    """Synthetic subjects made on every core (each is seeded: the order of work changes
+    nothing); one at a time for a handful."""
+    import os
+
+    workers = min(os.cpu_count() or 1, len(jobs))
+    if workers < 2 or len(jobs) < 4:
+        return [_subject_arrays(job) for job in jobs]
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    # spawn: TensorFlow may already hold threads in this process, which fork would copy.
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        return list(pool.map(_subject_arrays, jobs, chunksize=2))
 
 
 def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
@@ -310,8 +359,8 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
     primary, secondary = train_networks(plan, subjects, rng, out_dir, started)
     assert secondary is not None  # two_stage, checked above
 
-    validation = evaluate_subjects(TwoStageEngine(primary, secondary, TRAINED_SETTINGS),
-                                   seeds[plan.subjects :], varied=plan.varied)
+    validation = evaluate_subjects(TwoStageEngine(primary, secondary, trained_settings(plan)),
+                                   seeds[plan.subjects :], generator=plan_generator(plan))
     metrics = summarise(validation)
     logger.info("validation metrics %s", metrics)
     trained_on = (
@@ -327,6 +376,11 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
 
 def training_data_description(plan: TrainingPlan) -> str:
     """What the synthetic subjects of ``plan`` are, after their count and seeds."""
+    if plan_generator(plan) == "realistic":
+        return ("from MNI152 2009 tissue maps, the realistic generator: 0-20 lesions, most "
+                "2-6 mm, lobulated, T2 FLAIR contrast 1.15-2.5 x white matter, cavitated LACI; "
+                "look-alikes (perivascular spaces, caps, vessels, flow, speckles); scanners of "
+                "0.45-1 mm in-plane, 3-7 mm slices, tilted, T1 FLAIR on its own geometry")
     return "from MNI152 2009 tissue maps; " + (
         "varied scanners: 0.45-1 mm in-plane, 3-6 mm slices, tilted stacks, T1 FLAIR on its own "
         "geometry; irregular lesions" if plan.varied
@@ -341,7 +395,7 @@ def write_package(out_dir: Path, plan: TrainingPlan, primary: Any, secondary: An
     from validation subjects) and the model card."""
     from models.networks import build_primary_network, build_secondary_network
 
-    settings = TRAINED_SETTINGS
+    settings = trained_settings(plan)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Fresh, uncompiled networks with the trained weights: the package holds what inference
     # needs, neither optimizer state nor the training loss.
@@ -360,6 +414,7 @@ def write_package(out_dir: Path, plan: TrainingPlan, primary: Any, secondary: An
         lesion_threshold=settings.lesion_threshold,
         laci_threshold=settings.laci_threshold,
         min_lesion_voxels=settings.min_lesion_voxels,
+        grid_spacing_mm=settings.grid_spacing_mm,
         trained_on=trained_on,
         intended_use=SYNTHETIC_DATA_WARNING,
         metrics=measured_metrics(metrics),
@@ -413,10 +468,18 @@ measures its recipe by five-fold cross-validation split by subject, and `lacuna 
 each of the paper's variants.
 
 ## Known limits
-- Synthetic lesions (ellipsoids{", irregular" if plan.varied else ""}) are not real FCI and LACI:
+- Synthetic lesions ({"lobulated blobs of drawn contrast" if plan_generator(plan) == "realistic"
+  else "ellipsoids" + (", irregular" if plan.varied else "")}) are not real FCI and LACI:
   these figures say the pipeline works, not that the model would work on patients.
-- {"Scanners varied in training (0.45-1 mm, 3-6 mm slices)" if plan.varied else
-   "One scanner geometry (axial, 0.9 mm, 5 mm slices) was seen in training"}; other
-  resolutions are resized to the {manifest.input_matrix[0]}x{manifest.input_matrix[1]} model grid.
+- {"Scanners varied in training (0.45-1 mm in-plane, 3-7 mm slices)" if plan_generator(plan) == "realistic"
+   else "Scanners varied in training (0.45-1 mm, 3-6 mm slices)" if plan.varied else
+   "One scanner geometry (axial, 0.9 mm, 5 mm slices) was seen in training"}; {
+   f"every slice is resampled to {manifest.grid_spacing_mm} mm pixels and the primary network "
+   f"runs on {manifest.input_matrix[0]}x{manifest.input_matrix[1]} tiles of it"
+   if manifest.grid_spacing_mm else
+   f"other resolutions are resized to the {manifest.input_matrix[0]}x{manifest.input_matrix[1]} model grid"}.
 - Chronic lacunes that are CSF-dark on T2 FLAIR are outside the paper's definition.
+- Validation figures above come from the generator the model was trained on: training
+  figures. `lacuna evaluate` (the independent test generator by default) measures it where
+  it was not made.
 """

@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 
 from training.phantom import (
-    TRUTH_FRACTION,
     PhantomLesion,
     _lesion_fraction,
     axial_geometry,
-    lesion_voxels,
     scanner_geometries,
 )
+from training.truth import EARLIER_TRUTH_FRACTION, TRUTH_FRACTION, lesion_voxels
 
 
 def test_scanner_geometries_span_the_protocols_we_expect() -> None:
@@ -51,25 +50,28 @@ def test_irregular_lesions_are_not_ellipsoids() -> None:
     assert irregular.sum() != sphere.sum()
 
 
-def test_truth_marks_two_small_dots_that_look_alike_alike() -> None:
+def test_truth_is_half_a_voxel_with_the_most_covered_voxel_as_fallback() -> None:
     geometry = axial_geometry(matrix=64, fov_mm=57.5, slices=5, slice_spacing=5.0,
                               centre=(0.0, 0.0, 0.0))
     axes = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
     half = geometry.pixel_spacing[0] / 2  # a voxel centre in-plane
-    # A flat dot: 2 of 5 through-slice samples inside in each of its 5 voxels.
+    # A flat dot: 2 of 5 through-slice samples inside in each of its 5 voxels: never half a
+    # voxel, so it keeps its most-covered voxels (all five tie).
     flat = _lesion_fraction(PhantomLesion(1, "FCI", (half, half, 0.5), (1.2, 1.2, 1.0), axes), geometry)
     assert sorted(np.unique(flat)) == [0.0, np.float32(0.4)]
-    # A peaked dot: one voxel 3 of 5 inside, a ring of 4 at 2 of 5, corners at 1 of 5.
+    assert lesion_voxels(flat).sum() == 5
+    # A peaked dot: one voxel 3 of 5 inside, a ring of 4 at 2 of 5: the one voxel.
     peaked = _lesion_fraction(PhantomLesion(2, "FCI", (half, half, 0.25), (1.3, 1.3, 1.3), axes),
                               geometry)
     assert peaked.max() == np.float32(0.6) and (peaked == np.float32(0.4)).sum() == 4
-    # Under "half inside" these were marked as 5 voxels and as 1; a reader marks both dots.
-    assert lesion_voxels(flat).sum() == lesion_voxels(peaked).sum() == 5
-    assert np.array_equal(lesion_voxels(peaked), peaked >= TRUTH_FRACTION)
-    # A large lesion: every voxel at least 2 of 5 inside, its 0.4 rim too, not its 0.2 one.
+    assert TRUTH_FRACTION == 0.5
+    assert np.array_equal(lesion_voxels(peaked), peaked >= 0.5) and lesion_voxels(peaked).sum() == 1
+    # The earlier rule, reported beside it, marks the ring too.
+    assert lesion_voxels(peaked, EARLIER_TRUTH_FRACTION).sum() == 5
+    # A large lesion: its half-covered voxels, not its 0.4 rim.
     large = _lesion_fraction(PhantomLesion(3, "LACI", (0.0, 0.0, 0.5), (4.0, 4.0, 3.0), axes), geometry)
-    assert (large == np.float32(0.4)).any() and (large == np.float32(0.2)).any()
-    assert np.array_equal(lesion_voxels(large), large >= TRUTH_FRACTION)
+    assert (large == np.float32(0.4)).any()
+    assert np.array_equal(lesion_voxels(large), large >= 0.5)
     # A lesion only grazing the slices is marked at its most-covered voxels.
     grazing = _lesion_fraction(PhantomLesion(4, "FCI", (half, half, 2.0), (1.3, 1.3, 0.6), axes),
                                geometry)
@@ -78,3 +80,22 @@ def test_truth_marks_two_small_dots_that_look_alike_alike() -> None:
     # Off the stack: nothing to mark.
     outside = _lesion_fraction(PhantomLesion(5, "FCI", (0.0, 0.0, 80.0), (1.2, 1.2, 1.0), axes), geometry)
     assert not lesion_voxels(outside).any()
+
+
+def test_blobs_make_one_elongated_lesion_and_in_plane_samples_give_partial_volume() -> None:
+    geometry = axial_geometry(matrix=64, fov_mm=64.0, slices=10, slice_spacing=2.0,
+                              centre=(0.0, 0.0, 0.0))
+    axes = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    single = PhantomLesion(1, "FCI", (0.0, 0.0, 0.0), (1.5, 1.5, 1.5), axes)
+    chain = PhantomLesion(1, "FCI", (0.0, 0.0, 0.0), (1.5, 1.5, 1.5), axes,
+                          blobs=((2.0, 0.0, 0.0, 0.8), (4.0, 0.0, 0.0, 0.7)))
+    one = _lesion_fraction(single, geometry, in_plane=2) > 0
+    three = _lesion_fraction(chain, geometry, in_plane=2) > 0
+    rows, columns = np.nonzero(three.any(axis=0))
+    assert np.ptp(columns) > 1.5 * np.ptp(rows)  # longer along x, where the blobs lie
+    assert three.sum() > 1.4 * one.sum()
+    from skimage.measure import label
+    assert label(three, connectivity=3).max() == 1  # one lesion, not three
+    # With in-plane samples a pixel can be partly inside: fractions other than n/5.
+    fractions = np.unique(_lesion_fraction(single, geometry, in_plane=2))
+    assert any(abs(f * 5 - round(f * 5)) > 1e-3 for f in fractions)
