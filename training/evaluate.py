@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from training.metrics import (
     reliability,
     summarise,
 )
+from training.parallel import map_on_cores
 from training.phantom import (
     Contrast,
     axial_geometry,
@@ -116,20 +118,11 @@ def labels_at_least(segmentation: LesionSegmentation, voxels: int) -> np.ndarray
 
 
 def rendered_subjects(seeds: list[int], generator: str) -> Iterator[SubjectInputs]:
-    """:func:`subject_inputs` of each seed in order, rendered ahead on the other cores (each
-    is seeded: where it is made changes nothing) for the slow scanner generators."""
-    import os
-
-    workers = min(os.cpu_count() or 1, len(seeds))
-    if generator == "standard" or workers < 2 or len(seeds) < 3:
-        yield from (subject_inputs(seed, generator) for seed in seeds)
-        return
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    # spawn: this process may hold TensorFlow's threads, which fork would copy.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        yield from pool.map(subject_inputs, seeds, [generator] * len(seeds))
+    """:func:`subject_inputs` of each seed in order, rendered ahead on the other cores for
+    the slow scanner generators."""
+    if generator == "standard":
+        return (subject_inputs(seed, generator) for seed in seeds)
+    return map_on_cores(partial(subject_inputs, generator=generator), seeds)
 
 
 def evaluate_subjects(
@@ -146,6 +139,7 @@ def evaluate_subjects(
     counts."""
     counts: list[SubjectCounts] = []
     for done, subject in enumerate(rendered_subjects(seeds, generator), start=1):
+        # The ablation's primary-only engine segments but gives no probability map (no FROC).
         probability = (engine.predict_lesion_probability(subject.t2, subject.pixel_spacing_mm)
                        if hasattr(engine, "predict_lesion_probability") else None)
         segmentation = segment_subject(engine, subject, probability)
@@ -309,7 +303,7 @@ def froc_markdown(subjects: Sequence[SubjectCounts]) -> str:
     lesion_free = [s for s in subjects if s.true_lesions == 0]
     clean = sum(1 for s in lesion_free if s.predicted_lesions == 0)
     lines += ["", f"At the operating point: {false_per_study:.2f} false lesions per study "
-              f"(predicted lesions touching no true one); {clean} of {len(lesion_free)} "
+              f"(predicted lesions paired with no true one); {clean} of {len(lesion_free)} "
               "lesion-free studies with no lesion reported."]
     return "\n".join(lines) + "\n"
 

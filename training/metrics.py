@@ -69,10 +69,13 @@ class PredictedLesion:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A FROC candidate: its peak lesion probability and whether it touches a true lesion,
-    with the (subject-local) numbers of the true lesions it touches."""
+    """A FROC candidate: its peak lesion probability, then its probability mass (the sum over
+    its voxels), which orders candidates whose peaks tie (a network sure of many spots gives
+    many peaks of exactly 1.0), and the (subject-local) numbers of the true lesions it
+    touches."""
 
     score: float
+    mass: float
     true_lesions: tuple[int, ...]
 
 
@@ -217,7 +220,8 @@ def _candidates(probability: np.ndarray, true_components: np.ndarray) -> tuple[C
             continue
         inside = components[box] == number
         touched = np.unique(true_components[box][inside])
-        candidates.append(Candidate(float(probability[box][inside].max()),
+        values = probability[box][inside]
+        candidates.append(Candidate(float(values.max()), float(values.sum()),
                                     tuple(int(t) for t in touched if t > 0)))
     return tuple(candidates)
 
@@ -301,13 +305,14 @@ def bootstrap_intervals(
 def froc(subjects: Sequence[SubjectCounts], rates: Sequence[float] = FROC_RATES
          ) -> list[tuple[float, float | None]]:
     """(false lesions per study, sensitivity in percent) for each of ``rates``: the highest
-    share of true lesions touched by a kept candidate, over every peak-probability cutoff
-    whose kept candidates that touch no true lesion average at most that rate per study."""
+    share of true lesions touched by a kept candidate, over every cutoff on the candidates'
+    (peak, mass) whose kept candidates that touch no true lesion average at most that rate
+    per study."""
     true_total = sum(s.true_lesions for s in subjects)
     if not subjects or not true_total:
         return [(rate, None) for rate in rates]
-    scored = sorted(((c.score, index, c.true_lesions) for index, s in enumerate(subjects)
-                     for c in s.candidates), reverse=True)
+    scored = sorted((((c.score, c.mass), index, c.true_lesions) for index, s in enumerate(subjects)
+                     for c in s.candidates), key=lambda item: item[0], reverse=True)
     found: set[tuple[int, int]] = set()
     false = 0
     best = dict.fromkeys(rates, 0.0)

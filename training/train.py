@@ -32,6 +32,7 @@ from training.dataset import (
 )
 from training.evaluate import evaluate_subjects, report_markdown
 from training.metrics import bootstrap_intervals, summarise
+from training.parallel import map_on_cores
 
 logger = logging.getLogger(__name__)
 
@@ -299,8 +300,8 @@ def make_training_subjects(plan: TrainingPlan, seeds: list[int]) -> tuple[list[S
     """The synthetic subjects of ``seeds`` plus the plan's labelled studies, and how many of
     those there were."""
     generator = plan_generator(plan)
-    subjects: list[SubjectArrays] = _in_parallel(
-        [(generator, seed, plan.grid_spacing_mm) for seed in seeds])
+    subjects: list[SubjectArrays] = list(map_on_cores(
+        _subject_arrays, [(generator, seed, plan.grid_spacing_mm) for seed in seeds], at_least=4))
     labelled = 0
     if plan.data_dir is not None:
         from training.dicom_data import load_labelled_studies
@@ -324,22 +325,6 @@ def _subject_arrays(job: tuple[str, int, float | None]) -> SubjectArrays:
             (geometry.rows, geometry.columns), geometry.pixel_spacing, grid_spacing_mm)
         return make_subject_arrays(seed, matrix)
     return make_scanner_subject_arrays(seed, generator == "realistic", grid_spacing_mm)
-
-
-def _in_parallel(jobs: list[tuple[str, int, float | None]]) -> list[SubjectArrays]:
-    """Synthetic subjects made on every core (each is seeded: the order of work changes
-    nothing); one at a time for a handful."""
-    import os
-
-    workers = min(os.cpu_count() or 1, len(jobs))
-    if workers < 2 or len(jobs) < 4:
-        return [_subject_arrays(job) for job in jobs]
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    # spawn: TensorFlow may already hold threads in this process, which fork would copy.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        return list(pool.map(_subject_arrays, jobs, chunksize=2))
 
 
 def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:

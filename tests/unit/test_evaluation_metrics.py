@@ -74,3 +74,17 @@ def test_reliability_and_temperature_scaling() -> None:
     result = reliability([count_subject(truth, predicted, laci_probability=laci)])
     assert result.lesions == 2  # the two found lesions, one right (LACI) and one wrong
     assert result.expected_calibration_error == 45.0  # both 95 % sure, half right
+
+
+def test_froc_orders_candidates_whose_peaks_tie_by_their_mass() -> None:
+    from training.metrics import Candidate, SubjectCounts
+
+    # A saturated network: every candidate peaks at exactly 1.0; the true lesion's is the
+    # largest spot, the false ones small.
+    subject = SubjectCounts(0, 0, 0, true_lesions=1, predicted_lesions=0, candidates=(
+        Candidate(1.0, 40.0, (1,)), Candidate(1.0, 2.0, ()), Candidate(1.0, 1.0, ())))
+    assert dict(froc([subject], rates=(0.25, 1.0, 4.0))) == {0.25: 100.0, 1.0: 100.0, 4.0: 100.0}
+    # Without the mass to order them, the tie would be taken whole: 2 false lesions at once.
+    tied = SubjectCounts(0, 0, 0, 1, 0, candidates=(
+        Candidate(1.0, 1.0, (1,)), Candidate(1.0, 1.0, ()), Candidate(1.0, 1.0, ())))
+    assert dict(froc([tied], rates=(1.0, 2.0))) == {1.0: 0.0, 2.0: 100.0}
