@@ -1,8 +1,9 @@
 """Every accepted transfer syntax, sent by dcmtk storescu proposing it: the node stores the
 instances as received and finds the same lesions as in the uncompressed study. Lossless: the
 same lesions and lesion voxels. Lossy at 12 bits: the same lesions by class, voxel counts
-within 15 %. JPEG baseline squeezes the 12-bit MR into 8 bits: no lesion may appear, at most
-one may be lost (measured: the LACI of six lesions is lost)."""
+within 15 %. JPEG baseline squeezes the 12-bit MR into 8 bits: at most one lesion may change,
+lost or added (measured: 0.5.1 lost the LACI of six lesions; 0.6.1, which finds smaller and
+fainter spots, keeps all six and adds a 6-voxel FCI that the quantisation makes)."""
 
 from __future__ import annotations
 
@@ -134,9 +135,8 @@ def test_each_transfer_syntax_is_stored_as_received_and_finds_the_same_lesions(
         voxels = lesion_voxels(node, job.id)
         assert job.findings is not None
         if variant.eight_bit:
-            lost = {k: reference.findings[k] - job.findings[k] for k in reference.findings}
-            assert all(n >= 0 for n in lost.values()) and sum(lost.values()) <= 1, (
-                variant.name, job.findings)
+            changed = sum(abs(reference.findings[k] - job.findings[k]) for k in reference.findings)
+            assert changed <= 1, (variant.name, reference.findings, job.findings)
             continue
         assert job.findings == reference.findings, (variant.name, job.findings)
         if variant.lossless:

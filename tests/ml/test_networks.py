@@ -96,10 +96,12 @@ def test_shipped_package_is_intact_and_says_it_is_synthetic() -> None:
     assert "**Not for clinical use.**" in card and "## Held-out evaluation" in card
 
 
-# What the shipped model must keep on independent subjects 700000-700005 (percent): a little
-# under its measured figures on them (see the regression test).
-REGRESSION = {"detection_recall_any": 0.0, "detection_precision_any": 0.0,
-              "detection_recall_iou06": 0.0, "dice": 0.0, "classification_precision": 0.0}
+# What the shipped model must keep on independent subjects 700000-700005 (percent), a little
+# under what 0.6.1 measured on them (2026-12-03: recall 77.14 and precision 79.41 at any
+# overlap, recall 51.43 at IoU > 0.6, Dice 83.76, classification precision 88.89; 35 true
+# lesions, so one lesion is 2.9 points).
+REGRESSION = {"detection_recall_any": 70.0, "detection_precision_any": 70.0,
+              "detection_recall_iou06": 45.0, "dice": 78.0, "classification_precision": 80.0}
 
 
 @pytest.fixture(scope="module")
