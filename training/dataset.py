@@ -65,12 +65,6 @@ def varied_study(seed: int, realistic: bool = False) -> tuple[StudyVolumes, np.n
         return volumes, np.load(Path(folder) / "labels.npy")
 
 
-def make_varied_subject_arrays(seed: int, matrix: tuple[int, int] = (256, 256)) -> SubjectArrays:
-    """:func:`varied_study` on the model grid, as the engine sees it."""
-    volumes, labels = varied_study(seed)
-    return subject_from_volumes(volumes.t2, volumes.t1, volumes.t1_available, labels, matrix)
-
-
 def make_scanner_subject_arrays(seed: int, realistic: bool,
                                 grid_spacing_mm: float | None) -> SubjectArrays:
     """A subject of the realistic generator (:func:`training.phantom.make_realistic_phantom`)

@@ -240,14 +240,18 @@ def sample_anatomy(rng: np.random.Generator, ranges: AnatomyRanges = AnatomyRang
     )
 
 
+def mni_points(anatomy: SubjectAnatomy, points_lps: np.ndarray) -> np.ndarray:
+    """Where patient points ``(..., 3)`` (LPS mm) of this subject fall in MNI space (RAS mm)."""
+    return (points_lps * np.array([-1.0, -1.0, 1.0])) @ anatomy.matrix.T + anatomy.shift
+
+
 def tissue_maps(
     anatomy: SubjectAnatomy, points_lps: np.ndarray, only_wm: bool = False
 ) -> np.ndarray:
     """GM, WM, CSF probabilities at patient points ``(..., 3)``; returns ``(3, ...)``, or
     ``(1, ...)`` with WM alone."""
     gm, wm, csf, voxel_from_ras = _mni_maps()
-    ras = points_lps * np.array([-1.0, -1.0, 1.0])
-    mni = ras @ anatomy.matrix.T + anatomy.shift
+    mni = mni_points(anatomy, points_lps)
     voxel = mni @ voxel_from_ras[:3, :3].T + voxel_from_ras[:3, 3]
     coordinates = np.moveaxis(voxel, -1, 0).reshape(3, -1)
     maps = [
@@ -529,8 +533,7 @@ def _periventricular(anatomy: SubjectAnatomy, world: np.ndarray, wm: np.ndarray,
     the bodies), where FLAIR is normally a little bright; smooth, about 3 mm deep."""
     from scipy.ndimage import gaussian_filter
 
-    ras = world * np.array([-1.0, -1.0, 1.0])
-    mni = ras @ anatomy.matrix.T + anatomy.shift
+    mni = mni_points(anatomy, world)
     deep = ((np.abs(mni[..., 0]) < 28) & (mni[..., 1] > -45) & (mni[..., 1] < 30)
             & (mni[..., 2] > -5) & (mni[..., 2] < 35))
     ventricles = (csf > 0.6) & deep
