@@ -270,12 +270,18 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
 
     if plan.secondary_from_primary:
         def predict(t2: np.ndarray) -> np.ndarray:
+            # Whole slices of the subject's grid, zero-padded to the U-Net's multiple of 16.
             batch = slice_context(t2, plan.context_slices)
-            return np.asarray(primary.predict(batch, batch_size=8, verbose=0))[..., 1]
+            rows, cols = batch.shape[1:3]
+            padded = np.pad(batch, ((0, 0), (0, -rows % 16), (0, -cols % 16), (0, 0)))
+            return np.asarray(primary.predict(padded, batch_size=8, verbose=0))[:, :rows, :cols, 1]
 
         rois, targets = secondary_rois_from_primary(subjects, predict, rng)
     else:
         rois, targets = secondary_rois(subjects, rng)
+    if not len(rois):
+        raise ValueError("the training subjects hold no lesion on a slice with T1 FLAIR: the "
+                         "secondary network has nothing to learn from (use more subjects)")
     secondary = build_secondary_network()
     secondary.compile(
         optimizer=keras.optimizers.RMSprop(plan.learning_rate, rho=0.9),

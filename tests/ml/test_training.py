@@ -74,9 +74,11 @@ def test_ablation_rows_train_and_evaluate(tmp_path: Path) -> None:
 def test_crossval_trains_every_fold_and_tests_every_subject_once(tmp_path: Path) -> None:
     from training.crossval import run_crossval
 
+    # The first generator (every subject has lesions): with 3 subjects, a fold of the
+    # realistic one can train on lesion-free subjects alone (15 % have none).
     plan = TrainingPlan(subjects=3, primary_crops_per_epoch=32, primary_epochs=2,
                         pretrain_epochs=1, secondary_epochs=1, base_filters=4,
-                        oversample_per_lesion=True)
+                        oversample_per_lesion=True, realistic=False, grid_spacing_mm=None)
     result = run_crossval(plan, tmp_path / "cv", folds=3)
     assert [len(f.test) for f in result.folds] == [1, 1, 1]
     assert [m["subjects"] for m in result.per_fold] == [1, 1, 1]
