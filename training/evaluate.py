@@ -196,7 +196,6 @@ def calibrate_operating_point(
             progress(done, len(seeds))
     base = engine.settings
     swept = []
-    by_threshold = {}
     try:
         for threshold in thresholds:
             # Segment and classify once per threshold, keeping every lesion; each minimum size
@@ -205,7 +204,6 @@ def calibrate_operating_point(
                                       min_lesion_voxels=min(min_voxels), laci_temperature=1.0)
             segmentations = [(s.truth, segment_subject(engine, s, probability))
                              for s, probability in subjects]
-            by_threshold[float(threshold)] = segmentations
             for voxels in min_voxels:
                 metrics = summarise([count_subject(truth, labels_at_least(segmentation, voxels))
                                      for truth, segmentation in segmentations])
@@ -217,16 +215,24 @@ def calibrate_operating_point(
                                         -abs(item[0].lesion_threshold - 0.5),
                                         -abs(item[0].min_lesion_voxels - 2)))
     if classifications is not None:
-        for truth, segmentation in by_threshold[best[0].lesion_threshold]:
-            for lesion in segmentation.lesions:
-                if (lesion.laci_probability is None
-                        or lesion.voxel_count < best[0].min_lesion_voxels):
-                    continue
-                under = truth[segmentation.lesion_numbers == lesion.number]
-                under = under[under > 0]
-                if under.size:
-                    classifications.append((lesion.laci_probability,
-                                            int(np.bincount(under).argmax())))
+        # Once more at the chosen point (keeping every threshold's label volumes instead would
+        # hold gigabytes for 40 subjects at 512x512).
+        try:
+            engine.settings = replace(base, lesion_threshold=best[0].lesion_threshold,
+                                      min_lesion_voxels=best[0].min_lesion_voxels,
+                                      laci_temperature=1.0)
+            for subject, probability in subjects:
+                segmentation = segment_subject(engine, subject, probability)
+                for lesion in segmentation.lesions:
+                    if lesion.laci_probability is None:
+                        continue
+                    under = subject.truth[segmentation.lesion_numbers == lesion.number]
+                    under = under[under > 0]
+                    if under.size:
+                        classifications.append((lesion.laci_probability,
+                                                int(np.bincount(under).argmax())))
+        finally:
+            engine.settings = base
     return best[0], swept
 
 
