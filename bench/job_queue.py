@@ -161,7 +161,7 @@ def claim_latency(url: str, queued: int, claims: int) -> tuple[float, float]:
         model = registry.ensure_default(session, default_package_dir())
         assert model is not None
         model_id = model.id
-        patient = Patient(patient_id="BENCH", patient_name="")
+        patient = Patient(patient_id="BENCH")
         session.add(patient)
         session.flush()
         session.execute(insert(Study), [

@@ -34,7 +34,7 @@ from node.demo import local_settings, running_orthanc
 from node.domain.delivery import DeliveryState
 from node.domain.jobs import JobState
 from node.results.fallbacks import build_key_images, build_presentation_state, shown_slices
-from node.results.identity import ModelIdentity
+from node.results.identity import ModelIdentity, NodeIdentity
 from node.results.seg import build_segmentation, segment_numbers
 from node.results.sr import build_report
 from node.services.volumes import load_study_volumes
@@ -43,6 +43,7 @@ from training.synth import write_study
 
 KINDS = ("SEG", "SR", "GSPS", "SC")
 MODEL = ModelIdentity("lacuna-synthetic", "bench", "00" * 32, "synthetic data")
+NODE = NodeIdentity("1.2.826.0.1.3680043.8.498.2", "LACUNA-BENCH")
 
 
 def encoded_size(dataset: Any) -> int:
@@ -67,19 +68,26 @@ def build_figures(folder: Path, engine: TwoStageEngine, repeats: int) -> None:
     def build(kind: str) -> list[Any]:
         uid = str(generate_uid())
         if kind == "SEG":
-            return [build_segmentation(volumes.t2_datasets, lesions, MODEL, uid, str(generate_uid()))]
+            return [build_segmentation(volumes.t2_datasets, lesions, MODEL, uid, str(generate_uid()),
+                                       node=NODE)]
         if kind == "SR":
-            seg = build_segmentation(volumes.t2_datasets, lesions, MODEL, uid, str(generate_uid()))
+            seg = build_segmentation(volumes.t2_datasets, lesions, MODEL, uid, str(generate_uid()),
+                                     node=NODE)
             return [build_report(volumes.t2_instances + volumes.t1_instances, lesions.lesions, seg,
                                  numbers, str(volumes.t2_datasets[0].SeriesInstanceUID), MODEL,
-                                 None, str(generate_uid()), str(generate_uid()))]
+                                 None, str(generate_uid()), str(generate_uid()),
+                                 source_slices=list(zip(volumes.t2_datasets, volumes.t2_frames,
+                                                        strict=True)),
+                                 node=NODE)]
         if kind == "GSPS":
             return [build_presentation_state(volumes.t2_datasets, volumes.t2, lesions, MODEL, uid,
-                                             str(generate_uid()))]
+                                             str(generate_uid()), node=NODE)]
         return list(build_key_images(volumes.t2_datasets, volumes.t2, lesions, MODEL, uid,
-                                     [str(generate_uid()) for _ in shown_slices(lesions)]))
+                                     [str(generate_uid()) for _ in shown_slices(lesions)],
+                                     node=NODE))
 
-    print(f"  {'object':<6} {'count':>5} {'bytes':>10} {'build ms':>9} {'encode ms':>9}")
+    print(f"  {'object':<6} {'count':>5} {'bytes':>10} {'JSON bytes':>10} {'build ms':>9} "
+          f"{'encode ms':>9}")
     for kind in KINDS:
         build_ms, encode_ms = [], []
         for _ in range(repeats):
@@ -89,9 +97,12 @@ def build_figures(folder: Path, engine: TwoStageEngine, repeats: int) -> None:
             started = time.perf_counter()
             sizes = [encoded_size(obj) for obj in objects]
             encode_ms.append(1000 * (time.perf_counter() - started))
+        # What a DICOMweb client downloads as the objects' metadata (bulk data excluded).
+        json_bytes = sum(len(obj.to_json(bulk_data_threshold=1024,
+                                         bulk_data_element_handler=lambda _: "")) for obj in objects)
         note = " (includes building the SEG it references)" if kind == "SR" else ""
-        print(f"  {kind:<6} {len(objects):>5} {sum(sizes):>10,} {statistics.median(build_ms):>9.0f} "
-              f"{statistics.median(encode_ms):>9.0f}{note}")
+        print(f"  {kind:<6} {len(objects):>5} {sum(sizes):>10,} {json_bytes:>10,} "
+              f"{statistics.median(build_ms):>9.0f} {statistics.median(encode_ms):>9.0f}{note}")
 
 
 def round_trip(folder: Path, workdir: Path, protocol: str) -> None:

@@ -14,11 +14,13 @@ from sqlalchemy import Engine
 from node.config import Settings
 from node.db.engine import SessionFactory, build_engine, migrate, session_factory, startup_lock, upgrade
 from node.dicom.scp import ScpContext, start_scp
+from node.errors import ConfigError
 from node.health import Check, CheckResult, HealthServer, database_check, disk_check, storage_check
 from node.metrics import NodeMetrics
 from node.services import registry
 from node.services.export import Exporter
 from node.services.intake import Intake
+from node.services.node_identity import node_identity
 from node.services.processing import EngineCache, Processor, ResultOptions
 from node.services.scheduler import Scheduler
 from node.services.worker import Worker
@@ -40,17 +42,48 @@ def open_database(settings: Settings, migrate: bool = True) -> Database:
 
 
 def open_node_database(settings: Settings) -> Database:
-    """Migrate and, on first start, register and activate the bundled model: under one lock, so
-    an scp and workers that start together on an empty database do not race."""
+    """Migrate and, on first start, register and activate the bundled model (not with
+    ``models.require_registered``, which also refuses a bundled model the node activated
+    itself) and make the node's identity: under one lock, so an scp and workers that start
+    together on an empty database do not race."""
     engine = build_engine(settings.database.url)
     sessions = session_factory(engine)
     with startup_lock(engine):
         migrate(engine)
         with sessions.begin() as session:
-            if registry.ensure_default(session, settings.models.default_package):
+            if settings.models.require_registered:
+                active = registry.active_version(session)
+                if active is not None and registry.activated_at_first_start(session, active):
+                    raise ConfigError(
+                        "models.require_registered",
+                        f"the active model {active.name} {active.version} was activated by the "
+                        "node at its first start, not by an administrator; activate a "
+                        "registered model (lacuna models activate NAME VERSION) first")
+            elif registry.ensure_default(session, settings.models.default_package,
+                                         store=settings.storage.model_store):
                 logger.info("registered and activated the bundled model %s",
                             settings.models.default_package)
+            node_identity(session)  # made once, on the first start
     return Database(engine, sessions)
+
+
+SYNTHETIC_WARNING_INTERVAL_S = 900.0
+
+
+def synthetic_model_warning(settings: Settings, sessions: SessionFactory) -> str | None:
+    """Why this node's results must not reach a real PACS unnoticed, or None: the bundled,
+    synthetic-trained model is active and results go to configured destinations."""
+    if not settings.destinations:
+        return None
+    with sessions.begin() as session:
+        version = registry.active_version(session)
+        if version is None or not registry.is_bundled(version, settings.models.default_package):
+            return None
+        label = f"{version.name} {version.version}"
+    names = ", ".join(destination.name for destination in settings.destinations)
+    return (f"the bundled synthetic-trained model {label} is active and its results go to "
+            f"{names}: not for clinical use. Register and activate a validated model, or set "
+            "models.require_registered = true")
 
 
 class EmbeddedNode:
@@ -91,6 +124,7 @@ class EmbeddedNode:
         self.model_ready = threading.Event()  # set once the active model is loaded (or failed)
         self.model_error: str | None = None  # why the active model could not be loaded
         self._load_failed_at = 0.0
+        self._warned_at: float | None = None  # when the synthetic-model warning was last logged
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.http: HealthServer | None = None  # bound in start(), after the DICOM port
@@ -113,7 +147,8 @@ class EmbeddedNode:
             return CheckResult(False, "loading")
         loaded = self.processor.active_model_loaded()
         if loaded is not None:
-            return CheckResult(True, loaded)
+            warning = synthetic_model_warning(self.settings, self.database.sessions)
+            return CheckResult(True, loaded if warning is None else f"{loaded}; WARNING: {warning}")
         return CheckResult(False, self.model_error or "active model not loaded yet")
 
     @property
@@ -152,9 +187,23 @@ class EmbeddedNode:
             self._load_failed_at = time.monotonic()
         self.model_ready.set()
 
+    def _warn_if_synthetic(self) -> None:
+        """Log :func:`synthetic_model_warning` at start and every 15 minutes while it holds."""
+        if (self._warned_at is not None
+                and time.monotonic() - self._warned_at < SYNTHETIC_WARNING_INTERVAL_S):
+            return
+        warning = synthetic_model_warning(self.settings, self.database.sessions)
+        if warning is not None:
+            logger.warning("%s", warning)
+            self._warned_at = time.monotonic()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._preload()
+            try:
+                self._warn_if_synthetic()
+            except Exception:  # a failed check must not stop the worker; it is retried
+                logger.exception("could not check the active model")
             try:
                 self.scheduler.run_once()
                 while not self._stop.is_set() and self.worker.run_once() is not None:

@@ -54,10 +54,29 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                              "its neighbours (both recipes: 1; docs/recipes.md measures 3)")
 
 
+class LacunaParser(argparse.ArgumentParser):
+    """A parser that takes the global options (``--config``, ``--json``) wherever they are
+    typed: before the command or after any subcommand (``lacuna serve --config FILE``).
+    Subparsers are made of this class too; an option not typed at one level leaves the
+    value of another level alone (SUPPRESS), and :func:`parse_arguments` fills defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                          help="TOML settings (default: LACUNA_CONFIG)")
+        self.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                          help="machine-readable output")
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.config = getattr(args, "config", None)
+    args.json = getattr(args, "json", False)
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lacuna", description=__doc__)
-    parser.add_argument("--config", type=Path, help="TOML settings (default: LACUNA_CONFIG)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = LacunaParser(prog="lacuna", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("serve", help="run the embedded node: SCP, scheduler and worker")
@@ -162,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="model versions").add_subparsers(
         dest="action", required=True)
-    models.add_parser("list", help="registered versions; * active, ~ shadow")
+    models.add_parser("list", help="registered versions; * active, ~ shadow; the bundled "
+                                   "synthetic-trained model is marked")
     show_model = models.add_parser("show", help="one version: manifest, files, jobs run")
     show_model.add_argument("name")
     show_model.add_argument("version")
@@ -244,7 +264,7 @@ def _timestamp(text: str) -> datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     try:
         settings = load_settings(args.config, os.environ)
     except ConfigError as error:
@@ -608,14 +628,20 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
     with database.sessions.begin() as session:
         if args.action == "list":
             versions = registry.list_versions(session)
+            bundled = {v.id for v in versions
+                       if registry.is_bundled(v, settings.models.default_package)}
             if args.json:
-                print(json.dumps([_version_json(v) for v in versions], indent=2))
+                print(json.dumps([{**_version_json(v), "bundled_synthetic": v.id in bundled}
+                                  for v in versions], indent=2))
             else:
                 print(format_table(
-                    ["", "name", "version", "registered (UTC)", "activated (UTC)", "path"],
+                    ["", "name", "version", "registered (UTC)", "activated (UTC)", "note",
+                     "path"],
                     [["*" if v.active else "~" if v.shadow else "", v.name, v.version,
                       f"{v.registered_at:%Y-%m-%d %H:%M}",
-                      f"{v.activated_at:%Y-%m-%d %H:%M}" if v.activated_at else "", v.path]
+                      f"{v.activated_at:%Y-%m-%d %H:%M}" if v.activated_at else "",
+                      "BUNDLED, synthetic-trained: not for clinical use" if v.id in bundled
+                      else "", v.path]
                      for v in versions]))
             return EXIT_OK
         if args.action == "show":
@@ -633,7 +659,8 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "register":
             from models.smoke import smoke_test_package  # loads TensorFlow
 
-            version = registry.register(session, args.package, actor, smoke_test_package)
+            version = registry.register(session, args.package, actor, smoke_test_package,
+                                        store=settings.storage.model_store)
         elif args.action == "activate":
             version = registry.activate(session, args.name, args.version, actor)
         elif args.action == "shadow":

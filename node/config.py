@@ -72,12 +72,18 @@ class StorageSettings:
     def min_free_bytes(self) -> int:
         return self.min_free_mb * 2**20
 
+    @property
+    def model_store(self) -> Path:
+        """Where registered model packages are kept, by manifest SHA-256 (read-only copies)."""
+        return self.root / "models"
+
 
 @dataclass(frozen=True)
 class ResultSettings:
-    """What the SEG holds: one segment per lesion class (default) or one per lesion."""
+    """What the SEG holds: one segment per lesion (default; each SR measurement group references
+    its own lesion's segment) or, for viewers that want few segments, one per lesion class."""
 
-    segment_per_lesion: bool = False
+    segment_per_lesion: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,9 +146,12 @@ class WorkerSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """Where the bundled default package lives; registered on first start if none is."""
+    """Where the bundled default package lives; registered and activated on first start if no
+    version is, unless ``require_registered`` (the production setting): then nothing runs,
+    and nothing is delivered, until an administrator registers and activates a model."""
 
     default_package: Path = field(default_factory=default_package_dir)
+    require_registered: bool = False
 
 
 RESULT_KINDS = ("SEG", "SR", "GSPS", "SC")
@@ -389,7 +398,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
                                 "retry_base_seconds", "retry_max_seconds", "delivery_max_attempts",
                                 "shutdown_grace_seconds"})
     models = sections["models"]
-    _unknown("models", models, {"default_package"})
+    _unknown("models", models, {"default_package", "require_registered"})
 
     destinations_raw: Any = raw.get("destinations", [])
     if "LACUNA_DESTINATIONS" in environ:
@@ -430,7 +439,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         ),
         database=DatabaseSettings(url=url),
         results=ResultSettings(segment_per_lesion=_flag("results.segment_per_lesion",
-                                                        results.get("segment_per_lesion", False))),
+                                                        results.get("segment_per_lesion", True))),
         study=StudySettings(
             stable_seconds=_seconds("study.stable_seconds", study.get("stable_seconds", 30)),
             missing_wait_seconds=_seconds("study.missing_wait_seconds",
@@ -463,12 +472,11 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
             ),
         ),
         models=ModelSettings(
-            default_package=Path(
-                _text("models.default_package", models["default_package"])
-            )
-        )
-        if "default_package" in models
-        else ModelSettings(),
+            default_package=(Path(_text("models.default_package", models["default_package"]))
+                             if "default_package" in models else default_package_dir()),
+            require_registered=_flag("models.require_registered",
+                                     models.get("require_registered", False)),
+        ),
         series_roles=_role_rules(sections["series_roles"]),
         destinations=tuple(destinations),
         log_level=log_level,

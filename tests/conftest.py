@@ -60,13 +60,15 @@ def require_tool(name: str) -> str:
     return path
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    """dicom3tools' verdict on a file: its lines that start with 'Error'."""
+def dciodvfy_errors(path: Path, warnings: bool = False) -> list[str]:
+    """dicom3tools' verdict on a file: its lines that start with 'Error' (and, with
+    ``warnings``, 'Warning')."""
     result = subprocess.run(
         [require_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=120
     )
+    prefixes = ("Error", "Warning") if warnings else ("Error",)
     return [line for line in (result.stdout + result.stderr).splitlines()
-            if line.startswith("Error")]
+            if line.startswith(prefixes)]
 
 
 def wait_for(predicate, timeout_s: float = 120.0, interval_s: float = 0.2):  # type: ignore[no-untyped-def]

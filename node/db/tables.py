@@ -66,8 +66,7 @@ class Patient(Base):
     __tablename__ = "patients"
     id: Mapped[int] = mapped_column(primary_key=True)
     # Patient identity lives in the database only; logs carry UIDs, never these.
-    patient_id: Mapped[str] = mapped_column(String(64), unique=True)
-    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), unique=True)  # LO: 64 characters
 
 
 class Study(Base):
@@ -75,6 +74,8 @@ class Study(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    # Index values sized to their VRs (SH 16, DA 8); intake clips a non-conforming longer
+    # value to fit, the stored file keeps it whole.
     accession_number: Mapped[str] = mapped_column(String(16), default="")
     study_date: Mapped[str] = mapped_column(String(8), default="")
     state: Mapped[str] = mapped_column(String(32), index=True)
@@ -178,6 +179,17 @@ class ResultObject(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     series_instance_uid: Mapped[str] = mapped_column(UID)
     path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class NodeIdentityRow(Base):
+    """The installation as the results it makes name it (Device Observer UID, Device Serial
+    Number): one row, made on first start and never changed."""
+
+    __tablename__ = "node_identity"
+    id: Mapped[int] = mapped_column(primary_key=True)  # always 1
+    device_uid: Mapped[str] = mapped_column(UID)
+    serial_number: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
 
 

@@ -13,6 +13,7 @@ class Status(IntEnum):
     CANNOT_UNDERSTAND = 0xC000
     # General failures (PS3.7 C.4.1).
     PROCESSING_FAILURE = 0x0110
+    DUPLICATE_SOP_INSTANCE = 0x0111
     SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 

@@ -23,13 +23,27 @@ from models.inference import LesionClass
 MANUFACTURER = "Lacuna"
 DEVICE_MODEL_NAME = "Lacuna tiny white-matter lesion node"
 SOFTWARE_VERSION = "0.1.0"
-DEVICE_SERIAL_NUMBER = "lacuna-node"
 
 SEG_SERIES_NUMBER = 9701
 SR_SERIES_NUMBER = 9702
 GSPS_SERIES_NUMBER = 9703
 SC_SERIES_NUMBER = 9704
 NOT_FOR_CLINICAL_USE = "synthetic-trained model, not for clinical use"
+# Maximum lengths of the VRs our free texts go into (PS3.5 table 6.2-1).
+VR_MAX_LENGTH = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240}
+
+
+def within(text: str, vr: str) -> str:
+    """``text`` unchanged if it fits ``vr``'s maximum length, else ValueError: a text that
+    carries the disclaimer is written to fit, never cut."""
+    if len(text) > VR_MAX_LENGTH[vr]:
+        raise ValueError(f"{text!r} is {len(text)} characters; {vr} holds {VR_MAX_LENGTH[vr]}")
+    return text
+
+
+SEG_CONTENT_DESCRIPTION = within(f"Lacuna lesions; {NOT_FOR_CLINICAL_USE}", "LO")
+GSPS_CONTENT_DESCRIPTION = within(f"Lesion outlines; {NOT_FOR_CLINICAL_USE}", "LO")
+GSPS_LAYER_DESCRIPTION = GSPS_CONTENT_DESCRIPTION
 SEG_SERIES_DESCRIPTION = "Lacuna lesions SEG (NOT FOR CLINICAL USE)"
 SR_SERIES_DESCRIPTION = "Lacuna lesions SR (NOT FOR CLINICAL USE)"
 GSPS_SERIES_DESCRIPTION = "Lacuna lesion outlines GSPS (NOT FOR CLINICAL USE)"

@@ -19,8 +19,10 @@ from skimage.measure import find_contours
 from models.inference import Lesion, LesionClass, LesionSegmentation
 from node.dicom.frames import attribute
 from node.results import codes
-from node.results.identity import ModelIdentity, contributing_equipment, equipment
+from node.results.identity import ModelIdentity, NodeIdentity, contributing_equipment, equipment
+from node.results.patient import copy_patient_and_study
 from node.results.render import COLOURS, brain_window, window_to_uint8
+from node.results.seg import tracking_id
 
 SHORT_NAME = {LesionClass.FCI: "FCI", LesionClass.LACI: "LACI", LesionClass.UNCLASSIFIED: "Lesion"}
 
@@ -71,6 +73,8 @@ def build_presentation_state(
     sop_instance_uid: str,
     source_frames: list[int | None] | None = None,
     tracking_uids: dict[int, str] | None = None,
+    *,
+    node: NodeIdentity,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """A GSPS over the T2 FLAIR (``source_images[k]`` and ``source_frames[k]`` are slice k's
     instance and frame, ``pixels`` the stored values): on each slice with lesions, each
@@ -81,7 +85,7 @@ def build_presentation_state(
     frames = source_frames or [None] * len(source_images)
     tracking = tracking_uids or {lesion.number: str(generate_uid()) for lesion in result.lesions}
     layer = hd.pr.GraphicLayer(layer_name="LACUNA_LESIONS", order=1,
-                               description=f"Lesions by {model.label}; {codes.NOT_FOR_CLINICAL_USE}"[:64],
+                               description=codes.GSPS_LAYER_DESCRIPTION,
                                display_color=hd.color.CIELabColor(*codes.SEGMENT_LAB[LesionClass.LACI]))
     annotations = []
     for k in shown_slices(result):
@@ -98,7 +102,7 @@ def build_presentation_state(
                 graphics.append(hd.pr.GraphicObject(
                     graphic_type=hd.pr.GraphicTypeValues.POLYLINE, graphic_data=outline,
                     units=hd.pr.AnnotationUnitsValues.PIXEL,
-                    tracking_id=f"Lesion {lesion.number}", tracking_uid=tracking[lesion.number]))
+                    tracking_id=tracking_id(lesion.number), tracking_uid=tracking[lesion.number]))
             rows, cols = np.nonzero(mask)
             anchor = (float(cols.max()) + 4.0, float(rows.min()))
             texts.append(hd.pr.TextObject(
@@ -117,16 +121,19 @@ def build_presentation_state(
         series_number=codes.GSPS_SERIES_NUMBER,
         sop_instance_uid=sop_instance_uid,
         instance_number=1,
-        **equipment(model),
+        **equipment(model, node),
         content_label="LACUNA_OUTLINES",
-        content_description=f"Lesion outlines; {codes.NOT_FOR_CLINICAL_USE}"[:64],
+        content_description=codes.GSPS_CONTENT_DESCRIPTION,
         graphic_annotations=annotations,
         graphic_layers=[layer],
+        # One window, so one explanation: a list (highdicom splits a bare string per letter).
         voi_lut_transformations=[hd.pr.SoftcopyVOILUTTransformation(
-            window_center=centre, window_width=width, window_explanation="Lacuna brain window")],
+            window_center=[centre], window_width=[width],
+            window_explanation=["Lacuna brain window"])],
     )
     state.SeriesDescription = codes.GSPS_SERIES_DESCRIPTION
     _copy_body_part(state, source_images[0])
+    copy_patient_and_study(state, source_images[0])
     return state
 
 
@@ -186,10 +193,12 @@ def build_key_images(
     series_instance_uid: str,
     sop_instance_uids: list[str],
     source_frames: list[int | None] | None = None,
+    *,
+    node: NodeIdentity,
 ) -> list[hd.sc.SCImage]:
     """One secondary-capture image per slice :func:`shown_slices` names (``sop_instance_uids``
     in slice order, one each), the outlines burned in, each referencing the source image (and
-    frame) it shows."""
+    frame) it shows, filed under the source's patient and study attributes."""
     lesion_slices = shown_slices(result)
     if len(sop_instance_uids) != len(lesion_slices):
         raise ValueError(f"{len(lesion_slices)} key images need as many SOP Instance UIDs")
@@ -214,13 +223,14 @@ def build_key_images(
             pixel_spacing=tuple(float(v) for v in spacing) if spacing else None,  # type: ignore[arg-type]
             patient_orientation=patient_orientation(list(orientation)) if orientation else ("L", "P"),
             transfer_syntax_uid="1.2.840.10008.1.2.1",
-            contributing_equipment=[contributing_equipment(model)],
+            contributing_equipment=[contributing_equipment(model, node)],
         )
+        image.DeviceSerialNumber = node.serial_number
         image.ImageType = ["DERIVED", "SECONDARY"]
         image.BurnedInAnnotation = "YES"
         image.SeriesDescription = codes.SC_SERIES_DESCRIPTION
-        image.DerivationDescription = (f"T2 FLAIR with lesion outlines by {model.label}; "
-                                       f"{codes.NOT_FOR_CLINICAL_USE}")[:1024]
+        image.DerivationDescription = codes.within(
+            f"T2 FLAIR with lesion outlines by {model.label}; {codes.NOT_FOR_CLINICAL_USE}", "ST")
         reference = Dataset()
         reference.ReferencedSOPClassUID = source.SOPClassUID
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
@@ -228,6 +238,7 @@ def build_key_images(
             reference.ReferencedFrameNumber = frames[k]
         image.SourceImageSequence = DicomSequence([reference])
         _copy_body_part(image, source)
+        copy_patient_and_study(image, source)
         images.append(image)
     return images
 

@@ -1,6 +1,9 @@
-"""Comprehensive 3D SR with an Imaging Measurement Report (TID 1500): one volumetric
-measurement group (TID 1411) per lesion, and document-level qualitative evaluations that say
-what was found, why lesions may be unclassified, and that the model is not for clinical use."""
+"""Comprehensive SR with an Imaging Measurement Report (TID 1500): one volumetric measurement
+group (TID 1411) per lesion, with its own segment, its Tracking ID and UID and the algorithm
+(TID 4019), and document-level qualitative evaluations that say what was found, why lesions may
+be unclassified, and that the model is not for clinical use. Comprehensive, not Comprehensive
+3D: the lesions are referenced as SEG segments, no SCOORD3D is used, and Comprehensive SR is
+what more archives and viewers accept."""
 
 from __future__ import annotations
 
@@ -10,7 +13,14 @@ from pydicom.uid import generate_uid
 
 from models.inference import Lesion, LesionClass
 from node.results import codes
-from node.results.identity import ModelIdentity, contributing_equipment
+from node.results.identity import (
+    ModelIdentity,
+    NodeIdentity,
+    algorithm_identification,
+    contributing_equipment,
+)
+from node.results.patient import copy_patient_and_study
+from node.results.seg import tracking_id
 
 
 def _source_images(lesion: Lesion,
@@ -33,6 +43,7 @@ def _lesion_group(
     source_series_uid: str,
     tracking_uid: str,
     source_slices: list[tuple[Dataset, int | None]] | None,
+    model: ModelIdentity,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     evaluations = [hd.sr.QualitativeEvaluation(codes.T2_HYPERINTENSITY, codes.PRESENT)]
     # A classified lesion was seen on T1 FLAIR: LACI is T1-dark, FCI is not.
@@ -45,7 +56,7 @@ def _lesion_group(
         )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid, identifier=f"Lesion {lesion.number}"
+            uid=tracking_uid, identifier=tracking_id(lesion.number)
         ),
         referenced_segment=hd.sr.ReferencedSegment(
             sop_class_uid=segmentation.SOPClassUID,
@@ -57,6 +68,7 @@ def _lesion_group(
                            else hd.sr.SourceSeriesForSegmentation(source_series_uid)),
         ),
         finding_type=codes.LESION_TYPE[lesion.lesion_class],
+        algorithm_id=algorithm_identification(model),
         finding_sites=[hd.sr.FindingSite(codes.ANATOMIC_REGION)],
         measurements=[
             hd.sr.Measurement(
@@ -119,27 +131,36 @@ def build_report(
     supersedes: str | None = None,
     tracking_uids: dict[int, str] | None = None,
     source_slices: list[tuple[Dataset, int | None]] | None = None,
-) -> hd.sr.Comprehensive3DSR:
+    *,
+    node: NodeIdentity,
+    previous_versions: list[Dataset] | None = None,
+) -> hd.sr.ComprehensiveSR:
     """The SR for one run. ``evidence`` are the T2 (and T1) FLAIR images that were read;
     ``segmentation`` is None exactly when ``lesions`` is empty (a negative report);
     ``supersedes`` (text) names the earlier report a re-run replaces; ``tracking_uids`` (lesion
     number -> UID) are shared with the GSPS; ``source_slices`` (each T2 slice's instance and
-    frame) let each lesion reference the images it lies on."""
+    frame) let each lesion reference the images it lies on; ``node`` is the Device Observer;
+    ``previous_versions`` are the earlier SRs this one replaces (Predecessor Documents).
+
+    The image library (TID 1600) holds the single-frame images the lesions lie on (their
+    descriptors are what a viewer needs to place them), or for a negative report the middle
+    T2 FLAIR image; every image read stays in the evidence sequence."""
     if bool(lesions) != (segmentation is not None):
         raise ValueError("a SEG is required exactly when there are lesions")
     observer = hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept.from_code(codes.OBSERVER_DEVICE),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=model.device_uid,
+            uid=node.device_uid,
             name=model.label[:64],
             manufacturer_name=codes.MANUFACTURER,
             model_name=model.name[:64],
+            serial_number=node.serial_number,
         ),
     )
     groups = [] if segmentation is None else [
         _lesion_group(lesion, segmentation, segment_numbers[lesion.number], source_series_uid,
                       (tracking_uids or {}).get(lesion.number) or str(generate_uid()),
-                      source_slices)
+                      source_slices, model)
         for lesion in lesions
     ]
     # A study-level group comes first and is always there, so a negative report still states
@@ -159,10 +180,7 @@ def build_report(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.PROCEDURE_REPORTED,
         imaging_measurements=[summary, *groups],
-        # highdicom's image library reads single-frame geometry; multi-frame sources are
-        # referenced through the evidence sequence only.
-        referenced_images=[ds for ds in evidence if "PerFrameFunctionalGroupsSequence" not in ds]
-        or None,
+        referenced_images=_library_images(evidence, lesions, source_slices) or None,
     )
     evaluations = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
@@ -177,7 +195,7 @@ def build_report(
         ]
     )
     report[0].ContentSequence.append(evaluations)
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.ComprehensiveSR(
         # The SEG is referenced by the lesion groups, so it is evidence too.
         evidence=[*evidence, *([segmentation] if segmentation is not None else [])],
         content=report[0],
@@ -188,5 +206,22 @@ def build_report(
         manufacturer=codes.MANUFACTURER,
         is_complete=True,
         series_description=codes.SR_SERIES_DESCRIPTION,
-        contributing_equipment=[contributing_equipment(model)],
+        contributing_equipment=[contributing_equipment(model, node)],
+        previous_versions=previous_versions or None,
     )
+    copy_patient_and_study(sr, evidence[0])
+    return sr
+
+
+def _library_images(evidence: list[Dataset], lesions: tuple[Lesion, ...],
+                    source_slices: list[tuple[Dataset, int | None]] | None) -> list[Dataset]:
+    """The images of the image library: see :func:`build_report`. highdicom's library reads
+    single-frame geometry, so multi-frame sources are referenced through the evidence only."""
+    single_frame = [ds for ds in evidence if "PerFrameFunctionalGroupsSequence" not in ds]
+    if not single_frame:
+        return []
+    if source_slices is None:
+        return single_frame[:1]
+    slices = sorted({k for lesion in lesions for k in lesion.slices}) or [len(source_slices) // 2]
+    wanted = {str(source_slices[k][0].SOPInstanceUID) for k in slices}
+    return [ds for ds in single_frame if str(ds.SOPInstanceUID) in wanted] or single_frame[:1]

@@ -268,7 +268,8 @@ _FIND_PATIENT = select(_PATIENTS.c.id).where(_PATIENTS.c.patient_id == bindparam
 _FIND_STUDY = select(_STUDIES.c.id, _STUDIES.c.state, _STUDIES.c.urgent).where(
     _STUDIES.c.study_instance_uid == bindparam("key"))
 _FIND_SERIES = select(_SERIES.c.id).where(_SERIES.c.series_instance_uid == bindparam("key"))
-_FIND_INSTANCES = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.id, _INSTANCES.c.sha256).where(
+_FIND_INSTANCES = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.id, _INSTANCES.c.sha256,
+                         _INSTANCES.c.path).where(
     _INSTANCES.c.sop_instance_uid.in_(bindparam("keys", expanding=True)))
 _TOUCH_STUDY = _STUDIES.update().where(_STUDIES.c.id == bindparam("study")).values(
     last_received_at=bindparam("now"))
@@ -286,7 +287,7 @@ class _BatchRows:
     """What one transaction has already found or created, by UID (or Patient ID): row ids,
     and each study's state as this transaction left it."""
 
-    instances: dict[str, tuple[int, str]] = field(default_factory=dict)  # id, sha256
+    instances: dict[str, tuple[int, str, str]] = field(default_factory=dict)  # id, sha256, path
     patients: dict[str, int] = field(default_factory=dict)
     studies: dict[str, _StudyRow] = field(default_factory=dict)
     series: dict[str, int] = field(default_factory=dict)
@@ -294,7 +295,23 @@ class _BatchRows:
     @classmethod
     def prefetch(cls, connection: Connection, sop_uids: list[str]) -> _BatchRows:
         found = connection.execute(_FIND_INSTANCES, {"keys": sop_uids})
-        return cls(instances={uid: (row_id, digest) for uid, row_id, digest in found})
+        return cls(instances={uid: (row_id, digest, path) for uid, row_id, digest, path in found})
+
+
+# The most characters each indexed value's VR holds (PS3.5 6.2), and so its column.
+INDEX_VR_LENGTH = {"PatientID": 64, "AccessionNumber": 16, "StudyDate": 8, "Modality": 16,
+                   "SeriesDescription": 64}
+
+
+def index_value(dataset: Dataset, keyword: str) -> str:
+    """``keyword``'s value for the index, clipped to its VR's length: a sender's non-conforming
+    longer value is indexed the same on SQLite and PostgreSQL (whose columns enforce the
+    length), and the stored file keeps it whole."""
+    return str(dataset.get(keyword, "") or "")[:INDEX_VR_LENGTH[keyword]]
+
+
+class ConflictingInstance(InstanceRejected):
+    """A SOP Instance UID already stored under another series or study."""
 
 
 @dataclass(frozen=True)
@@ -411,6 +428,9 @@ class Intake:
                     return StorageError(f"cannot index {pending.sop_uid}: constraint conflict")
             except SQLAlchemyError as error:
                 return StorageError(f"cannot index {pending.sop_uid}: {type(error).__name__}")
+            except ConflictingInstance as error:
+                (self._root / pending.relative).unlink(missing_ok=True)  # never indexed
+                return error
             except Exception as error:
                 return error
         raise AssertionError("unreachable")
@@ -427,6 +447,14 @@ class Intake:
         study_uid, series_uid, sop_uid = pending.study_uid, pending.series_uid, pending.sop_uid
         now = self._clock()
         instance = rows.instances.get(sop_uid)
+        if instance is not None and instance[2] != str(relative):
+            # The rule for a SOP Instance UID re-sent under another series or study: refused,
+            # and the copy just written removed; the instance already stored stays where it is.
+            raise ConflictingInstance(
+                Status.DUPLICATE_SOP_INSTANCE,
+                f"SOP Instance UID {sop_uid} is already stored in another series or study; "
+                "an instance keeps its series and study (send a corrected instance with a new "
+                "SOP Instance UID)")
         duplicate = instance is not None and instance[1] == digest
         audit.record(
             session,
@@ -474,9 +502,9 @@ class Intake:
                 series_id = connection.execute(_SERIES.insert().returning(_SERIES.c.id), {
                     "series_instance_uid": series_uid,
                     "study_id": study.id,
-                    "modality": str(dataset.get("Modality", "")),
+                    "modality": index_value(dataset, "Modality"),
                     "series_number": None if series_number in (None, "") else int(series_number),
-                    "series_description": str(dataset.get("SeriesDescription", ""))[:64],
+                    "series_description": index_value(dataset, "SeriesDescription"),
                     "attributes": series_attributes(dataset),
                 }).scalar_one()
             rows.series[series_uid] = series_id
@@ -501,27 +529,26 @@ class Intake:
                 _INSTANCES.update().where(_INSTANCES.c.id == instance_id),
                 {"size_bytes": size, "sha256": digest, "received_at": now,
                  "transfer_syntax_uid": transfer_syntax})
-        rows.instances[sop_uid] = (instance_id, digest)
+        rows.instances[sop_uid] = (instance_id, digest, str(relative))
         return False
 
     def _new_study(self, connection: Connection, dataset: Dataset, study_uid: str,
                    rows: _BatchRows, now: datetime) -> _StudyRow:
         """Insert a study (and its patient, when new) in state RECEIVING."""
-        patient_id = str(dataset.get("PatientID", "") or "")
+        patient_id = index_value(dataset, "PatientID")
         patient = rows.patients.get(patient_id)
         if patient is None:
             patient = connection.execute(_FIND_PATIENT, {"key": patient_id}).scalar()
             if patient is None:
                 patient = connection.execute(_PATIENTS.insert().returning(_PATIENTS.c.id), {
                     "patient_id": patient_id,
-                    "patient_name": str(dataset.get("PatientName", "")),
                 }).scalar_one()
             rows.patients[patient_id] = patient
         study_id = connection.execute(_STUDIES.insert().returning(_STUDIES.c.id), {
             "study_instance_uid": study_uid,
             "patient_id": patient,
-            "accession_number": str(dataset.get("AccessionNumber", "") or ""),
-            "study_date": str(dataset.get("StudyDate", "") or ""),
+            "accession_number": index_value(dataset, "AccessionNumber"),
+            "study_date": index_value(dataset, "StudyDate"),
             "state": StudyState.RECEIVING,
             "urgent": False,
             "first_received_at": now,

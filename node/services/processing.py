@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.inference import LesionSegmentation, TwoStageEngine
+from models.inference import LesionClass, LesionSegmentation, TwoStageEngine
 from node.db.engine import SessionFactory
 from node.db.jobs import require_lease
 from node.db.tables import Instance, Job, ModelVersion, ResultObject, Series, Study, utcnow
@@ -23,17 +23,20 @@ from node.dicom.storage import relative_path, write_atomically
 from node.domain.series import SeriesRole
 from node.errors import NotProcessable
 from node.results.fallbacks import build_key_images, build_presentation_state, shown_slices
-from node.results.identity import ModelIdentity
-from node.results.seg import build_segmentation, segment_numbers
+from node.results.identity import ModelIdentity, NodeIdentity
+from node.results.seg import build_segmentation, new_tracking_uids, segment_numbers
 from node.results.sr import build_report
 from node.services import audit, registry
+from node.services.node_identity import node_identity
 from node.services.volumes import StudyVolumes, load_study_volumes
 
 logger = logging.getLogger(__name__)
 
 
 class EngineCache:
-    """Loads each model version's networks once per process."""
+    """Loads each model version's networks once per process, after checking that the files
+    are the ones registered (:func:`registry.verify_registered`; else :class:`ModelError`,
+    and the job fails with the reason)."""
 
     def __init__(self) -> None:
         self._engines: dict[int, TwoStageEngine] = {}
@@ -43,9 +46,10 @@ class EngineCache:
         with self._lock:
             return version_id in self._engines
 
-    def get(self, version_id: int, package_dir: Path) -> TwoStageEngine:
+    def get(self, version_id: int, package_dir: Path, manifest_sha256: str) -> TwoStageEngine:
         with self._lock:
             if version_id not in self._engines:
+                registry.verify_registered(package_dir, manifest_sha256)
                 self._engines[version_id] = TwoStageEngine.load(package_dir)
             return self._engines[version_id]
 
@@ -55,6 +59,8 @@ class RunReport:
     """What one run produced, for the job row, the demo and bench/."""
 
     lesions: LesionSegmentation | None = None
+    # Lesions by class ({"FCI": n, "LACI": m, "UNCLASSIFIED": k}), stored with the results.
+    findings: dict[str, int] | None = None
     result_paths: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -67,6 +73,7 @@ class JobInputs:
     model_version_id: int
     model_path: Path
     model: ModelIdentity
+    node: NodeIdentity
     supersedes: str | None = None  # for a re-run after late arrivals: what it replaces, and why
 
 
@@ -86,10 +93,11 @@ def _superseded_report(session: Session, job: Job) -> str | None:
 @dataclass(frozen=True)
 class ResultOptions:
     """Which objects a run builds beyond the SEG and SR: ``fallbacks`` holds "GSPS" and/or
-    "SC" when some destination receives them; ``per_lesion`` gives each lesion its own segment."""
+    "SC" when some destination receives them; ``per_lesion`` gives each lesion its own segment
+    (False: one per class)."""
 
     fallbacks: frozenset[str] = frozenset()
-    per_lesion: bool = False
+    per_lesion: bool = True
 
 
 class Processor:
@@ -106,8 +114,8 @@ class Processor:
             version = registry.active_version(session)
             if version is None:
                 return
-            version_id, path = version.id, Path(version.path)
-        self._engines.get(version_id, path)
+            version_id, path, sha256 = version.id, Path(version.path), version.manifest_sha256
+        self._engines.get(version_id, path, sha256)
 
     def active_model_loaded(self) -> str | None:
         """The active version's label when its networks are loaded in this process."""
@@ -145,26 +153,30 @@ class Processor:
                 model_version_id=version.id,
                 model_path=Path(version.path),
                 model=registry.identity_of(version),
+                node=node_identity(session),
                 supersedes=_superseded_report(session, job),
             )
 
     def stored_results(self, job_id: int) -> RunReport | None:
-        """The results an earlier attempt of ``job_id`` built, or None."""
+        """The results an earlier attempt of ``job_id`` built, with their findings, or None."""
         with self._sessions.begin() as session:
             paths = list(session.scalars(
                 select(ResultObject.path).where(ResultObject.job_id == job_id)
                 .order_by(ResultObject.id)
             ))
+            job = session.get(Job, job_id)
+            findings = dict(job.findings) if job is not None and job.findings else None
         if not paths:
             return None
-        return RunReport(result_paths=[self._root / path for path in paths])
+        return RunReport(findings=findings, result_paths=[self._root / path for path in paths])
 
     def _build(self, inputs: JobInputs, volumes: StudyVolumes,
                lesions: LesionSegmentation) -> list[tuple[str, Any]]:
         """The result objects of one run, as (kind, dataset): SEG (when there are lesions), SR,
         and the fallbacks some destination receives."""
         numbers = segment_numbers(lesions, self._options.per_lesion)
-        tracking = {lesion.number: str(generate_uid()) for lesion in lesions.lesions}
+        tracking = new_tracking_uids(lesions)
+        node = inputs.node
         objects: list[tuple[str, Any]] = []
         segmentation = None
         if lesions.lesions:
@@ -172,6 +184,7 @@ class Processor:
                 volumes.t2_datasets, lesions, inputs.model,
                 series_instance_uid=str(generate_uid()), sop_instance_uid=str(generate_uid()),
                 source_frames=volumes.t2_frames, per_lesion=self._options.per_lesion,
+                node=node, tracking_uids=tracking,
             )
             objects.append(("SEG", segmentation))
         objects.append(("SR", build_report(
@@ -187,16 +200,18 @@ class Processor:
             supersedes=inputs.supersedes,
             tracking_uids=tracking,
             source_slices=list(zip(volumes.t2_datasets, volumes.t2_frames, strict=True)),
+            node=node,
         )))
         if "GSPS" in self._options.fallbacks:
             objects.append(("GSPS", build_presentation_state(
                 volumes.t2_datasets, volumes.t2, lesions, inputs.model, str(generate_uid()),
-                str(generate_uid()), volumes.t2_frames, tracking)))
+                str(generate_uid()), volumes.t2_frames, tracking, node=node)))
         if "SC" in self._options.fallbacks:
             series_uid = str(generate_uid())
             images = build_key_images(
                 volumes.t2_datasets, volumes.t2, lesions, inputs.model, series_uid,
-                [str(generate_uid()) for _ in shown_slices(lesions)], volumes.t2_frames)
+                [str(generate_uid()) for _ in shown_slices(lesions)], volumes.t2_frames,
+                node=node)
             objects.extend(("SC", image) for image in images)
         return objects
 
@@ -208,7 +223,8 @@ class Processor:
         volumes = load_study_volumes(inputs.t2_paths, inputs.t1_paths)
         report.timings["read"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        engine = self._engines.get(inputs.model_version_id, inputs.model_path)
+        engine = self._engines.get(inputs.model_version_id, inputs.model_path,
+                                   inputs.model.manifest_sha256)
         report.timings["model_load"] = time.perf_counter() - clock  # ~0 once cached
 
         clock = time.perf_counter()
@@ -217,6 +233,7 @@ class Processor:
             volumes.slice_spacing,
         )
         report.lesions = lesions
+        report.findings = findings_by_class(lesions)
         report.timings["inference"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -236,6 +253,10 @@ class Processor:
             report.result_paths.append(self._root / relative)
         with self._sessions.begin() as session:
             require_lease(session, job_id, owner)  # else the results are discarded
+            # The findings go with the results, so a retry that reuses them keeps them.
+            job = session.get(Job, job_id)
+            if job is not None:
+                job.findings = report.findings
             for kind, dataset, relative, size in stored:
                 session.add(
                     ResultObject(
@@ -254,3 +275,11 @@ class Processor:
                 )
         report.timings["encoding"] = time.perf_counter() - clock
         return report
+
+
+def findings_by_class(lesions: LesionSegmentation) -> dict[str, int]:
+    """How many lesions of each class (every class named, zero included)."""
+    counts = {lesion_class.value: 0 for lesion_class in LesionClass}
+    for lesion in lesions.lesions:
+        counts[lesion.lesion_class.value] += 1
+    return counts

@@ -8,6 +8,9 @@ is audited with who made it.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from models.package import MANIFEST_NAME, PackageError, verify_package
-from node.db.tables import ModelVersion, utcnow
+from models.package import MANIFEST_NAME, PackageError, read_manifest, verify_package
+from node.db.tables import AuditEvent, ModelVersion, utcnow
 from node.errors import ModelError
 from node.results.identity import ModelIdentity
 from node.services import audit
@@ -58,12 +61,56 @@ def shadow_version(session: Session) -> ModelVersion | None:
     return session.scalar(select(ModelVersion).where(ModelVersion.shadow.is_(True)))
 
 
+def stored_package(store: Path, package_dir: Path, manifest_sha256: str) -> Path:
+    """Copy the package's manifest and the files it lists into the content-addressed model
+    store (``store/<manifest sha256>``; written once, then read-only) and return that folder.
+    An existing folder is reused only when it verifies."""
+    target = store / manifest_sha256
+    if target.is_dir():
+        verify_registered(target, manifest_sha256)
+        return target
+    store.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{manifest_sha256[:12]}-", dir=store))
+    try:
+        manifest = read_manifest(package_dir)
+        for name in [MANIFEST_NAME, *sorted(manifest.files)]:
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(package_dir / name, staging / name)
+        for card in package_dir.glob("*.md"):  # the model card travels with it
+            shutil.copyfile(card, staging / card.name)
+        verify_registered(staging, manifest_sha256)
+        for path in staging.rglob("*"):
+            if path.is_file():
+                path.chmod(0o444)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def verify_registered(package_dir: Path, manifest_sha256: str) -> None:
+    """Check a registered package before it runs: its manifest is the one recorded at
+    registration (``manifest_sha256``) and every file it lists matches; else
+    :class:`ModelError`."""
+    try:
+        recorded = hashlib.sha256((package_dir / MANIFEST_NAME).read_bytes()).hexdigest()
+        if recorded != manifest_sha256:
+            raise PackageError(f"manifest changed since registration (sha256 {recorded}, "
+                               f"registered {manifest_sha256})")
+        verify_package(package_dir)
+    except (PackageError, OSError) as error:
+        raise ModelError(f"{package_dir} is not the package that was registered: {error}") from error
+
+
 def register(
-    session: Session, package_dir: Path, actor: str, smoke_test: SmokeTest | None = None
+    session: Session, package_dir: Path, actor: str, smoke_test: SmokeTest | None = None,
+    store: Path | None = None,
 ) -> ModelVersion:
     """Verify the package's files against its manifest, load its networks and run the smoke
-    test (when ``smoke_test`` is given), then record it, inactive. Any failed step refuses
-    the package with :class:`ModelError` and records nothing."""
+    test (when ``smoke_test`` is given), copy it into the model ``store`` (see
+    :func:`stored_package`; None: it is recorded where it is), then record it, inactive. Any
+    failed step refuses the package with :class:`ModelError` and records nothing."""
     package_dir = package_dir.resolve()
     try:
         manifest = verify_package(package_dir)
@@ -86,12 +133,17 @@ def register(
         if not result.passed:
             raise ModelError(f"cannot register {package_dir}: smoke test failed: {result.detail}")
         smoke = result.detail
-    manifest_bytes = (package_dir / MANIFEST_NAME).read_bytes()
+    manifest_sha256 = hashlib.sha256((package_dir / MANIFEST_NAME).read_bytes()).hexdigest()
+    if store is not None:
+        try:
+            package_dir = stored_package(store.resolve(), package_dir, manifest_sha256)
+        except (ModelError, PackageError, OSError) as error:
+            raise ModelError(f"cannot copy {package_dir} into the model store: {error}") from error
     version = ModelVersion(
         name=manifest.name,
         version=manifest.version,
         path=str(package_dir),
-        manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+        manifest_sha256=manifest_sha256,
         manifest=asdict(manifest),
         active=False,
         registered_at=utcnow(),
@@ -157,13 +209,9 @@ def verify_all(session: Session, actor: str) -> list[VerifiedVersion]:
     for version in list_versions(session):
         path = Path(version.path)
         try:
-            verify_package(path)
-            recorded = hashlib.sha256((path / MANIFEST_NAME).read_bytes()).hexdigest()
-            if recorded != version.manifest_sha256:
-                raise PackageError("manifest changed since registration "
-                                   f"(sha256 {recorded}, registered {version.manifest_sha256})")
+            verify_registered(path, version.manifest_sha256)
             ok, detail = True, "all files match"
-        except (PackageError, OSError) as error:
+        except ModelError as error:
             ok, detail = False, str(error)
         results.append(VerifiedVersion(version.name, version.version, str(path), ok, detail))
     audit.record(session, "model.verified", actor=actor,
@@ -209,9 +257,32 @@ def _make_active(
     return version
 
 
-def ensure_default(session: Session, package_dir: Path) -> ModelVersion | None:
-    """On first start, register and activate the bundled package; otherwise do nothing."""
+def ensure_default(session: Session, package_dir: Path,
+                   store: Path | None = None) -> ModelVersion | None:
+    """On first start, register (into ``store``, see :func:`register`) and activate the
+    bundled package; otherwise do nothing."""
     if session.scalar(select(ModelVersion.id).limit(1)) is not None:
         return None
-    version = register(session, package_dir, actor=audit.NODE_ACTOR)
+    version = register(session, package_dir, actor=audit.NODE_ACTOR, store=store)
     return _make_active(session, version, audit.NODE_ACTOR, "model.activated", reason="first start")
+
+
+def is_bundled(version: ModelVersion, bundled_package: Path) -> bool:
+    """Whether ``version`` is the package shipped with the node (same manifest bytes): a
+    synthetic-trained model, never meant for patients."""
+    try:
+        bundled = hashlib.sha256((bundled_package / MANIFEST_NAME).read_bytes()).hexdigest()
+    except OSError:
+        return False
+    return bundled == version.manifest_sha256
+
+
+def activated_at_first_start(session: Session, version: ModelVersion) -> bool:
+    """Whether the node itself (not an administrator) made ``version`` active: its latest
+    activation in the audit trail is the first start's."""
+    actor = session.scalar(
+        select(AuditEvent.actor)
+        .where(AuditEvent.model_version == _label(version),
+               AuditEvent.action.in_(("model.activated", "model.rolled_back")))
+        .order_by(AuditEvent.id.desc()).limit(1))
+    return actor == audit.NODE_ACTOR

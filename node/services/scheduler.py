@@ -47,6 +47,7 @@ class Scheduler:
         self._clock = clock
         self._metrics = metrics or NodeMetrics()
         self._role_rules = role_rules or RoleRules()
+        self._waiting_for_model: set[str] = set()  # studies already logged as waiting
 
     def run_once(self) -> list[int]:
         """Schedule every study that is ready; returns the ids of jobs queued."""
@@ -113,10 +114,13 @@ class Scheduler:
         """Record series roles and queue a run of the active version (and of the shadow
         version, if any); returns the ids of the jobs queued."""
         model = registry.active_version(session)
-        if model is None:
-            logger.warning("study %s is ready but no model version is active",
-                           study.study_instance_uid)
+        if model is None:  # it waits, and runs once an administrator activates a model
+            if study.study_instance_uid not in self._waiting_for_model:
+                self._waiting_for_model.add(study.study_instance_uid)
+                logger.warning("study %s is ready but no model version is active; it waits",
+                               study.study_instance_uid)
             return []
+        self._waiting_for_model.discard(study.study_instance_uid)
         flair_roles_changed = False
         for s in series_rows:
             decision = decisions[s.series_instance_uid]

@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from models.inference import LesionClass, LesionSegmentation
 from node.config import WorkerSettings
 from node.db.engine import SessionFactory
 from node.db.jobs import claim_next_job, holds_lease, renew_lease, require_lease
@@ -74,6 +73,7 @@ class Worker:
         # before _current is set); after a release the worker claims nothing more.
         self._claim_lock = threading.Lock()
         self._released = False
+        self._released_job_id: int | None = None  # the job release_current handed back
 
     def run_once(self) -> RunReport | None:
         """Process the next claimable job, if any; returns its report (None when idle, and
@@ -109,6 +109,7 @@ class Worker:
             job.lease_owner, job.lease_expires_at, job.not_before = None, None, None
             audit.record(session, "job.released", study_instance_uid=claimed.study_uid,
                          job_id=job.id, attempt=job.attempts, worker=self.owner, reason=reason)
+            self._released_job_id = job.id
         logger.warning("job %d released: %s", claimed.job_id, reason)
         return claimed.job_id
 
@@ -135,8 +136,14 @@ class Worker:
                 self._exporter.enqueue(job_id)
                 self._exporter.deliver_due(job_id=job_id)
                 report.timings["export"] = time.perf_counter() - clock
-        except LeaseLost as error:  # released at shutdown, or taken over: its outcome stands
+        except LeaseLost as error:
             stop_renewing.set()
+            if self._released_job_id == job_id:
+                # Handed back by release_current (shutdown), which recorded job.released: the
+                # job is queued again, not failed, and nothing more happened to it.
+                logger.info("job %d: stopped after its release", job_id)
+                return report
+            # Taken over after our lease expired: the other worker's outcome stands.
             logger.warning("job %d: %s", job_id, error)
             self._finish(claimed, JobState.FAILED, report, reason=str(error))  # audits lease_lost
             return report
@@ -227,6 +234,8 @@ class Worker:
         with self._sessions.begin() as session:
             job = _locked_job(session, claimed.job_id)
             if job.lease_owner != self.owner or job.state != JobState.RUNNING:
+                if self._released_job_id == job.id:
+                    return  # we handed it back (job.released): queued, not lost
                 # Our lease expired and another worker took the job: its outcome stands.
                 audit.record(session, "job.lease_lost", study_instance_uid=claimed.study_uid,
                              job_id=job.id, worker=self.owner, current_worker=job.lease_owner)
@@ -243,21 +252,13 @@ class Worker:
                 details["reason"] = reason[:1000]
             if state is JobState.DONE and not claimed.shadow:
                 details["deliveries"] = delivery_counts(session, job.id)
-            if report.lesions is not None:
-                details["lesions"] = len(report.lesions.lesions)
-                job.findings = findings_by_class(report.lesions)
+            if report.findings is not None:
+                details["lesions"] = sum(report.findings.values())
             action = {JobState.DONE: "job.finished", JobState.FAILED: "job.failed",
                       JobState.QUEUED: "job.retry_scheduled"}[state]
             audit.record(session, action, study_instance_uid=claimed.study_uid, job_id=job.id,
                          attempt=job.attempts, **details)
         self._metrics.jobs_finished.labels(state=state.value).inc()
-
-
-def findings_by_class(lesions: LesionSegmentation) -> dict[str, int]:
-    counts = {lesion_class.value: 0 for lesion_class in LesionClass}
-    for lesion in lesions.lesions:
-        counts[lesion.lesion_class.value] += 1
-    return counts
 
 
 def _locked_job(session: Session, job_id: int) -> Job:

@@ -25,7 +25,7 @@ def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_db_upgrade_and_downgrade(configured: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == EXIT_OK
-    assert "schema revision: 0006" in capsys.readouterr().out
+    assert "schema revision: 0007" in capsys.readouterr().out
     assert main(["db", "downgrade", "base"]) == EXIT_OK
     assert "schema revision: none" in capsys.readouterr().out
 
@@ -87,6 +87,23 @@ def test_calibrate_refuses_a_wrong_target_before_loading_anything(
     assert "no manifest.json" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_config_before_or_after_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    where: str,
+) -> None:
+    config = tmp_path / "lacuna.toml"
+    config.write_text(f'[storage]\nroot = "{tmp_path / "storage"}"\n'
+                      f'[database]\nurl = "sqlite:///{tmp_path / "typed.db"}"\n')
+    monkeypatch.delenv("LACUNA_CONFIG", raising=False)
+    typed = ["--config", str(config)]
+    argv = [*typed, "db", "upgrade"] if where == "before" else ["db", "upgrade", *typed]
+    assert main(argv) == EXIT_OK
+    assert (tmp_path / "typed.db").exists()  # the file named on the command line was used
+    assert main(["models", "list", "--json", *typed]) == EXIT_OK
+    assert isinstance(json.loads(capsys.readouterr().out.splitlines()[-1]), (list, dict))
+
+
 def test_bad_configuration_exits_with_the_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -137,9 +154,17 @@ def test_verify_names_a_version_whose_files_changed_and_show_describes_one(
 ) -> None:
     package = candidate_package(configured, "rc")
     assert main(["models", "register", str(package)]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["--json", "models", "list"]) == EXIT_OK
+    [listed] = json.loads(capsys.readouterr().out)
+    stored = Path(listed["path"])  # the content-addressed copy registration made
+    assert stored.name == listed["manifest_sha256"] and stored != package
+    with (package / "secondary.keras").open("ab") as weights:
+        weights.write(b"tampered")  # the package registered from: not what runs
     assert main(["models", "verify"]) == EXIT_OK
     capsys.readouterr()
-    with (package / "secondary.keras").open("ab") as weights:
+    (stored / "secondary.keras").chmod(0o644)
+    with (stored / "secondary.keras").open("ab") as weights:
         weights.write(b"tampered")
     assert main(["--json", "models", "verify"]) == EXIT_FAILURE
     [result] = json.loads(capsys.readouterr().out)

@@ -74,6 +74,8 @@ def test_metrics_health_json_logs_and_audit_of_a_round_trip(
         checks = json.loads(body)["checks"]
         assert set(checks) == {"database", "storage", "disk", "model"}
         assert "loaded" in checks["model"]["detail"]
+        # The bundled synthetic model sends to a PACS: ready, but never silently.
+        assert "WARNING: the bundled synthetic-trained model" in checks["model"]["detail"]
 
         assert storescu(port, study).returncode == 0
         wait_for(lambda: {"SEG", "SR"} <= set(pacs.received()), timeout_s=240)
@@ -97,6 +99,8 @@ def test_metrics_health_json_logs_and_audit_of_a_round_trip(
     lines = [line for line in log_text.splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert any("job" in r["message"] and "done" in r["message"] for r in records)
+    assert any("bundled synthetic-trained model" in r["message"] and "pacs" in r["message"]
+               for r in records)
     for value in (*CANARY.values(), "CANARYSURNAME", "CANARYGIVEN", "1923-04-17"):
         assert value not in log_text, f"patient identity {value!r} in the logs"
 

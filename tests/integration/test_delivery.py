@@ -34,7 +34,7 @@ from node.services.volumes import load_study_volumes
 from tests.conftest import wait_for
 from tests.e2e.conftest import Pacs
 from tests.integration.test_queue import add_study
-from tests.integration.test_results import MODEL, truth_segmentation
+from tests.integration.test_results import MODEL, NODE, truth_segmentation
 from training.phantom import Contrast
 
 FAST = WorkerSettings(retry_base_seconds=0.05, retry_max_seconds=0.1, delivery_max_attempts=3)
@@ -45,12 +45,13 @@ def job_with_results(sessions: SessionFactory, root: Path, study) -> int:  # typ
     volumes = load_study_volumes(study.series[Contrast.T2_FLAIR], study.series[Contrast.T1_FLAIR])
     result = truth_segmentation(np.load(study.folder / "labels.npy"),
                                 {1: LesionClass.FCI, 2: LesionClass.LACI})
-    seg = build_segmentation(volumes.t2_datasets, result, MODEL, str(generate_uid()), str(generate_uid()))
+    seg = build_segmentation(volumes.t2_datasets, result, MODEL, str(generate_uid()), str(generate_uid()),
+                             node=NODE)
     sr = build_report(volumes.t2_instances, result.lesions, seg, segment_numbers(result),
                       str(volumes.t2_datasets[0].SeriesInstanceUID), MODEL, None,
-                      str(generate_uid()), str(generate_uid()))
+                      str(generate_uid()), str(generate_uid()), node=NODE)
     gsps = build_presentation_state(volumes.t2_datasets, volumes.t2, result, MODEL,
-                                    str(generate_uid()), str(generate_uid()))
+                                    str(generate_uid()), str(generate_uid()), node=NODE)
     now = datetime.now(UTC)
     with sessions.begin() as session:
         model = registry.ensure_default(session, default_package_dir())

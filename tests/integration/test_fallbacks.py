@@ -26,7 +26,7 @@ from node.results.seg import build_segmentation, segment_numbers
 from node.results.sr import build_report
 from node.services.volumes import load_study_volumes, read_series, source_slices
 from tests.conftest import dciodvfy_errors
-from tests.integration.test_results import MODEL, series_files, truth_segmentation, write
+from tests.integration.test_results import MODEL, NODE, series_files, truth_segmentation, write
 from training.phantom import Contrast
 
 
@@ -56,7 +56,8 @@ def test_gsps_and_key_images_for_a_positive_study(synthetic_study, tmp_path: Pat
     labels = np.load(synthetic_study.folder / "labels.npy")
     result = truth_segmentation(labels, {1: LesionClass.FCI, 2: LesionClass.LACI})
     gsps = build_presentation_state(volumes.t2_datasets, volumes.t2, result, MODEL,
-                                    str(generate_uid()), str(generate_uid()), volumes.t2_frames)
+                                    str(generate_uid()), str(generate_uid()), volumes.t2_frames,
+                                    node=NODE)
     gsps_path = write(gsps, tmp_path / "gsps.dcm")
     assert dciodvfy_errors(gsps_path) == []
     read_back = dcmread(gsps_path)  # highdicom 0.28 builds GSPS but has no reader for it
@@ -81,7 +82,8 @@ def test_gsps_and_key_images_for_a_positive_study(synthetic_study, tmp_path: Pat
 
     lesion_slices = shown_slices(result)
     images = build_key_images(volumes.t2_datasets, volumes.t2, result, MODEL, str(generate_uid()),
-                              [str(generate_uid()) for _ in lesion_slices], volumes.t2_frames)
+                              [str(generate_uid()) for _ in lesion_slices], volumes.t2_frames,
+                              node=NODE)
     assert len(images) == len(lesion_slices) == len(annotated)
     for image, k in zip(images, lesion_slices, strict=True):
         path = write(image, tmp_path / f"sc-{k}.dcm")
@@ -107,13 +109,13 @@ def test_gsps_and_key_image_for_a_negative_study(synthetic_study, tmp_path: Path
     empty = LesionSegmentation(np.zeros(volumes.t2.shape, np.uint8),
                                np.zeros(volumes.t2.shape, np.uint16), ())
     gsps = build_presentation_state(volumes.t2_datasets, volumes.t2, empty, MODEL,
-                                    str(generate_uid()), str(generate_uid()))
+                                    str(generate_uid()), str(generate_uid()), node=NODE)
     path = write(gsps, tmp_path / "gsps.dcm")
     assert dciodvfy_errors(path) == []
     [annotation] = dcmread(path).GraphicAnnotationSequence
     assert "no FCI or LACI lesion" in annotation.TextObjectSequence[0].UnformattedTextValue
     [image] = build_key_images(volumes.t2_datasets, volumes.t2, empty, MODEL, str(generate_uid()),
-                               [str(generate_uid())])
+                               [str(generate_uid())], node=NODE)
     path = write(image, tmp_path / "sc.dcm")
     assert dciodvfy_errors(path) == []
 
@@ -125,7 +127,7 @@ def test_one_segment_per_lesion_and_the_lesion_measurements(synthetic_study, tmp
     result = truth_segmentation(labels, {1: LesionClass.FCI, 2: LesionClass.LACI})
     numbers = segment_numbers(result, per_lesion=True)
     seg = build_segmentation(volumes.t2_datasets, result, MODEL, str(generate_uid()),
-                             str(generate_uid()), per_lesion=True)
+                             str(generate_uid()), per_lesion=True, node=NODE)
     assert len(seg.SegmentSequence) == len(result.lesions) == len(set(numbers.values()))
     seg_path = write(seg, tmp_path / "seg.dcm")
     assert dciodvfy_errors(seg_path) == []
@@ -135,7 +137,7 @@ def test_one_segment_per_lesion_and_the_lesion_measurements(synthetic_study, tmp
 
     sr = build_report(volumes.t2_instances + volumes.t1_instances, result.lesions, seg, numbers,
                       str(volumes.t2_datasets[0].SeriesInstanceUID), MODEL, None,
-                      str(generate_uid()), str(generate_uid()))
+                      str(generate_uid()), str(generate_uid()), node=NODE)
     sr_path = write(sr, tmp_path / "sr.dcm")
     assert dciodvfy_errors(sr_path) == []
     report = cast(hd.sr.MeasurementReport, hd.sr.srread(sr_path).content)

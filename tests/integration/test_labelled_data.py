@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 from models.inference import LesionClass
 from node.results.seg import build_segmentation
 from node.services.volumes import load_study_volumes
-from tests.integration.test_results import MODEL, truth_segmentation
+from tests.integration.test_results import MODEL, NODE, truth_segmentation
 from training.dicom_data import find_labelled_studies, load_labelled_studies, segment_class, study_labels
 from training.phantom import Contrast
 from training.synth import write_study
@@ -26,7 +26,8 @@ def annotated_folder(study, root: Path) -> Path:  # type: ignore[no-untyped-def]
     labels = np.load(study.folder / "labels.npy")
     volumes = load_study_volumes(study.series[Contrast.T2_FLAIR], [])
     truth = truth_segmentation(labels, {1: LesionClass.FCI, 2: LesionClass.LACI})
-    seg = build_segmentation(volumes.t2_datasets, truth, MODEL, str(generate_uid()), str(generate_uid()))
+    seg = build_segmentation(volumes.t2_datasets, truth, MODEL, str(generate_uid()), str(generate_uid()),
+                             node=NODE)
     (root / "study-1" / "SEG").mkdir()
     seg.save_as(root / "study-1" / "SEG" / "truth.dcm", enforce_file_format=True)
     write_study(root / "study-2", seed=77)  # no SEG: skipped, with a reason in the log

@@ -8,7 +8,7 @@ from node.db.tables import Base
 
 def test_upgrade_matches_the_tables_and_downgrade_removes_them(engine: Engine) -> None:
     upgrade(engine)
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0007"
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
@@ -18,4 +18,4 @@ def test_upgrade_matches_the_tables_and_downgrade_removes_them(engine: Engine) -
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
 
     upgrade(engine)  # and up again: downgrade left nothing behind that blocks it
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0007"

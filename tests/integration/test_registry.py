@@ -1,14 +1,24 @@
+import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from sqlalchemy import Engine, select
 
 from models.package import default_package_dir
+from node.config import WorkerSettings
 from node.db.engine import session_factory, upgrade
-from node.db.tables import AuditEvent
+from node.db.tables import AuditEvent, Instance, Job, ResultObject, Series
+from node.domain.jobs import JobState
+from node.domain.series import SeriesRole
 from node.errors import ModelError
 from node.services import registry
+from node.services.processing import EngineCache, Processor
+from node.services.worker import Worker
+from tests.integration.test_queue import add_study
+from training.phantom import Contrast
 
 
 def copy_package(tmp_path: Path, version: str) -> Path:
@@ -48,3 +58,76 @@ def test_tampered_package_is_refused(engine: Engine, tmp_path: Path) -> None:
         stream.write(b"tampered")
     with session_factory(engine).begin() as session, pytest.raises(ModelError, match="sha256"):
         registry.register(session, package, "admin:test")
+
+
+def _edit_threshold(package: Path) -> None:
+    manifest = package / "manifest.json"
+    manifest.chmod(0o644)
+    data = json.loads(manifest.read_text())
+    data["lesion_threshold"] = 0.05  # what an operator might "just try"
+    manifest.write_text(json.dumps(data))
+
+
+def test_the_model_that_runs_is_the_model_that_was_registered(
+    engine: Engine, tmp_path: Path, synthetic_study  # type: ignore[no-untyped-def]
+) -> None:
+    upgrade(engine)
+    sessions = session_factory(engine)
+    package, store, root = copy_package(tmp_path, "s"), tmp_path / "store", tmp_path / "storage"
+    with sessions.begin() as session:
+        version = registry.register(session, package, "admin:test", store=store)
+        registry.activate(session, version.name, version.version, "admin:test")
+        path, sha256, version_id = Path(version.path), version.manifest_sha256, version.id
+    # Registration copied the package into the content-addressed store, and runs it from there.
+    assert path == store.resolve() / sha256
+    assert sorted(p.name for p in path.iterdir()) == sorted(p.name for p in package.iterdir())
+
+    # Editing the package that was registered changes nothing that runs.
+    _edit_threshold(package)
+    registry.verify_registered(path, sha256)
+
+    # Editing the stored copy is caught when a job loads it: the job fails, audited, and
+    # `models verify` says so.
+    _edit_threshold(path)
+    with pytest.raises(ModelError, match="manifest changed since registration"):
+        EngineCache().get(version_id, path, sha256)
+    t2 = synthetic_study.series[Contrast.T2_FLAIR]
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        study = add_study(session, synthetic_study.study_instance_uid, now, None)
+        series = Series(series_instance_uid=str(dcmread(t2[0]).SeriesInstanceUID),
+                        study_id=study.id, modality="MR", series_number=1, series_description="",
+                        attributes={}, role=SeriesRole.T2_FLAIR)
+        session.add(series)
+        session.flush()
+        for n, source in enumerate(t2):
+            target = root / "instances" / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            session.add(Instance(sop_instance_uid=f"1.2.3.{n}", series_id=series.id,
+                                 sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+                                 transfer_syntax_uid="1.2.840.10008.1.2.1", instance_number=n,
+                                 path=str(target.relative_to(root)), size_bytes=1, sha256="0" * 64,
+                                 received_at=now))
+        job = Job(study_id=study.id, model_version_id=version_id, state=JobState.QUEUED,
+                  attempts=0, created_at=now)
+        session.add(job)
+        session.flush()
+        job_id = job.id
+
+    class NoExport:
+        def enqueue(self, job_id: int) -> int:
+            raise AssertionError("a job on a tampered model exports nothing")
+
+    worker = Worker(sessions, Processor(sessions, root, EngineCache()), NoExport(),  # type: ignore[arg-type]
+                    WorkerSettings(), owner="worker-a")
+    worker.run_once()
+    with sessions.begin() as session:
+        failed = session.get(Job, job_id)
+        assert failed is not None and failed.state == JobState.FAILED
+        assert "not the package that was registered" in (failed.error or "")
+        assert session.scalar(select(ResultObject.id)) is None
+        [event] = session.scalars(select(AuditEvent).where(AuditEvent.action == "job.failed"))
+        assert "manifest changed since registration" in event.details["reason"]
+        [checked] = registry.verify_all(session, "admin:test")
+        assert not checked.ok and "manifest changed" in checked.detail

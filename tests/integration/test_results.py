@@ -11,15 +11,16 @@ import pytest
 from pydicom.uid import generate_uid
 
 from models.inference import LABEL_VALUES, Lesion, LesionClass, LesionSegmentation, in_plane_diameter_mm
-from node.results.identity import ModelIdentity
+from node.results.identity import ModelIdentity, NodeIdentity
 from node.results.readback import read_report_statements, read_segmentation
-from node.results.seg import build_segmentation, segment_numbers
+from node.results.seg import build_segmentation, new_tracking_uids, segment_numbers
 from node.results.sr import build_report
 from node.services.volumes import load_study_volumes, read_series, source_slices
 from tests.conftest import dciodvfy_errors
 from training.phantom import Contrast
 
 MODEL = ModelIdentity("lacuna-test", "9.9.9", "ab" * 32, "synthetic test data")
+NODE = NodeIdentity("1.2.826.0.1.3680043.8.498.1", "LACUNA-TEST01")
 
 
 def truth_segmentation(labels: np.ndarray, classes: dict[int, LesionClass]) -> LesionSegmentation:
@@ -68,18 +69,21 @@ def test_seg_and_sr_for_a_positive_study(synthetic_study, tmp_path: Path, multif
     volumes = load_study_volumes(files[Contrast.T2_FLAIR], files[Contrast.T1_FLAIR])
     labels = np.load(synthetic_study.folder / "labels.npy")
     result = truth_segmentation(labels, {1: LesionClass.FCI, 2: LesionClass.LACI})
+    tracking = new_tracking_uids(result)
     seg = build_segmentation(volumes.t2_datasets, result, MODEL, str(generate_uid()),
-                             str(generate_uid()), source_frames=volumes.t2_frames)
+                             str(generate_uid()), source_frames=volumes.t2_frames, node=NODE,
+                             tracking_uids=tracking)
     sr = build_report(volumes.t2_instances + volumes.t1_instances, result.lesions, seg,
                       segment_numbers(result), str(volumes.t2_datasets[0].SeriesInstanceUID),
-                      MODEL, None, str(generate_uid()), str(generate_uid()),
-                      source_slices=list(zip(volumes.t2_datasets, volumes.t2_frames, strict=True)))
+                      MODEL, None, str(generate_uid()), str(generate_uid()), tracking_uids=tracking,
+                      source_slices=list(zip(volumes.t2_datasets, volumes.t2_frames, strict=True)),
+                      node=NODE)
     seg_path, sr_path = write(seg, tmp_path / "seg.dcm"), write(sr, tmp_path / "sr.dcm")
     assert dciodvfy_errors(seg_path) == []
     assert dciodvfy_errors(sr_path) == []
 
     # The algorithm as IHE AI Results identifies it, on both objects: Processing Equipment
-    # (CID 7005) with the model and a Device UID that is new for every model version.
+    # (CID 7005) with the model's name and version and the installation's serial number.
     for made in (seg, sr):
         # highdicom adds the source's acquisition equipment and itself beside ours.
         [equipment] = [e for e in made.ContributingEquipmentSequence if e.Manufacturer == "Lacuna"]
@@ -87,8 +91,8 @@ def test_seg_and_sr_for_a_positive_study(synthetic_study, tmp_path: Path, multif
         assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("109102", "DCM")
         assert equipment.ManufacturerModelName == MODEL.name
         assert MODEL.version in equipment.SoftwareVersions
-        assert equipment.DeviceUID == MODEL.device_uid
-    assert ModelIdentity("lacuna-test", "9.9.10", "cd" * 32, "").device_uid != MODEL.device_uid
+        assert equipment.DeviceSerialNumber == NODE.serial_number
+        assert "DeviceUID" not in equipment  # not an attribute of this sequence
 
     # Same study, new series; the model is named.
     assert seg.StudyInstanceUID == sr.StudyInstanceUID == synthetic_study.study_instance_uid
@@ -124,7 +128,8 @@ def test_seg_and_sr_for_a_positive_study(synthetic_study, tmp_path: Path, multif
 def test_negative_report(synthetic_study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     volumes = load_study_volumes(synthetic_study.series[Contrast.T2_FLAIR], [])
     sr = build_report(volumes.t2_datasets, (), None, {}, "1.2.3", MODEL,
-                      volumes.t1_missing_reason, str(generate_uid()), str(generate_uid()))
+                      volumes.t1_missing_reason, str(generate_uid()), str(generate_uid()),
+                      node=NODE)
     path = write(sr, tmp_path / "negative.dcm")
     assert dciodvfy_errors(path) == []
     groups, statements = read_report_statements(path)
@@ -137,4 +142,4 @@ def test_seg_refuses_an_empty_result(synthetic_study) -> None:  # type: ignore[n
     empty = LesionSegmentation(np.zeros((24, 256, 256), np.uint8),
                                np.zeros((24, 256, 256), np.uint16), ())
     with pytest.raises(ValueError, match="no lesions"):
-        build_segmentation([], empty, MODEL, "1.2", "1.3")
+        build_segmentation([], empty, MODEL, "1.2", "1.3", node=NODE)

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, inspect, select, text
 
 from node.config import ScpSettings
 from node.db.engine import session_factory, upgrade
@@ -160,3 +160,61 @@ def test_a_streamed_dataset_cut_short_is_refused(
                                       str(large.SOPInstanceUID)))
     assert refused.value.status == Status.CANNOT_UNDERSTAND
     assert "the dataset ends before them" in refused.value.reason
+
+
+@pytest.mark.parametrize("moved", ["series", "study"])
+def test_an_instance_resent_under_another_series_or_study_is_refused(
+    scp: tuple[int, Intake, Path], engine: Engine, instance: pydicom.Dataset, moved: str
+) -> None:
+    port, _, root = scp
+    assert send(port, instance) == Status.SUCCESS
+    first = {p.relative_to(root) for p in (root / "instances").rglob("*.dcm")}
+    again = copy.deepcopy(instance)
+    if moved == "series":
+        again.SeriesInstanceUID = pydicom.uid.generate_uid()
+    else:
+        again.StudyInstanceUID = pydicom.uid.generate_uid()
+    assert send(port, again) == Status.DUPLICATE_SOP_INSTANCE
+    assert refusals(engine) == ["0x0111"]
+    # The stored instance stays where it was, indexed there; the refused copy is not kept.
+    assert {p.relative_to(root) for p in (root / "instances").rglob("*.dcm")} == first
+    with session_factory(engine).begin() as session:
+        rows = session.execute(text("SELECT i.path, s.series_instance_uid FROM instances i "
+                                    "JOIN series s ON s.id = i.series_id")).all()
+        [reason] = session.scalars(select(AuditEvent.details)
+                                   .where(AuditEvent.action == "instance.refused"))
+    assert [(Path(path), uid) for path, uid in rows] == [
+        (next(iter(first)), str(instance.SeriesInstanceUID))]
+    assert "another series or study" in reason["reason"]
+    # An identical re-send in its own series is still a duplicate, answered with success.
+    assert send(port, instance) == Status.SUCCESS
+
+
+def test_maximum_length_values_index_alike_on_both_databases(
+    scp: tuple[int, Intake, Path], engine: Engine, instance: pydicom.Dataset
+) -> None:
+    port, _, _ = scp
+    longest = copy.deepcopy(instance)
+    longest.SpecificCharacterSet = "ISO_IR 192"
+    longest.PatientID = "Ü" * 64  # LO: 64 characters, 128 bytes in UTF-8
+    longest.AccessionNumber = "Ä" * 16  # SH: 16
+    longest.SeriesDescription = "é" * 64  # LO: 64
+    assert send(port, longest) == Status.SUCCESS
+    # A sender's non-conforming longer value: accepted on either database, indexed clipped.
+    over = copy.deepcopy(instance)
+    over.StudyInstanceUID, over.SeriesInstanceUID, over.SOPInstanceUID = (
+        pydicom.uid.generate_uid() for _ in range(3))
+    over.AccessionNumber = "A" * 20
+    over.PatientID = "P" * 70
+    over.StudyDate = "2026-01-01"  # an old ACR-NEMA style date, 10 characters
+    assert send(port, over) == Status.SUCCESS
+    assert refusals(engine) == []
+    with session_factory(engine).begin() as session:
+        studies = dict(session.execute(text(
+            "SELECT s.accession_number, p.patient_id FROM studies s "
+            "JOIN patients p ON p.id = s.patient_id")).all())
+        descriptions = set(session.scalars(text("SELECT series_description FROM series")))
+        columns = {c["name"] for c in inspect(session.connection()).get_columns("patients")}
+    assert studies == {"Ä" * 16: "Ü" * 64, "A" * 16: "P" * 64}
+    assert "é" * 64 in descriptions
+    assert "patient_name" not in columns  # the node never reads a patient's name: not stored

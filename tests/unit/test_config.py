@@ -102,6 +102,8 @@ def test_the_example_configuration_is_valid() -> None:
     settings = load_settings(example, {})
     assert settings.destinations[0].name == "pacs"
     assert settings.worker.max_attempts == 5
+    assert settings.models.require_registered  # the production setting
+    assert settings.results.segment_per_lesion
     viewer = settings.destinations[1]
     assert (viewer.protocol, viewer.objects) == ("STOW-RS", ("SR", "GSPS", "SC"))
 
