@@ -8,13 +8,14 @@ warm Lacuna node (`/modalities/lacuna/store`); Lacuna returns SEG, SR, GSPS and 
 Orthanc. It prints the seconds from the start of Orthanc's send to the last result stored in
 Orthanc, with the job's stage timings.
 
-    .venv/bin/python bench/results.py [--repeats 3] [--matrix 512 256]
+    .venv/bin/python bench/results.py [--repeats 3] [--matrix 512 256] [--objects-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import statistics
 import tempfile
 import time
@@ -98,8 +99,9 @@ def build_figures(folder: Path, engine: TwoStageEngine, repeats: int) -> None:
             sizes = [encoded_size(obj) for obj in objects]
             encode_ms.append(1000 * (time.perf_counter() - started))
         # What a DICOMweb client downloads as the objects' metadata (bulk data excluded).
-        json_bytes = sum(len(obj.to_json(bulk_data_threshold=1024,
-                                         bulk_data_element_handler=lambda _: "")) for obj in objects)
+        json_bytes = sum(len(json.dumps(obj.to_json_dict(
+            bulk_data_threshold=1024, bulk_data_element_handler=lambda _: ""), default=str))
+            for obj in objects)
         note = " (includes building the SEG it references)" if kind == "SR" else ""
         print(f"  {kind:<6} {len(objects):>5} {sum(sizes):>10,} {json_bytes:>10,} "
               f"{statistics.median(build_ms):>9.0f} {statistics.median(encode_ms):>9.0f}{note}")
@@ -152,6 +154,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--matrix", type=int, nargs="+", default=[512, 256])
+    parser.add_argument("--objects-only", action="store_true",
+                        help="part 1 only (no Orthanc round trip)")
     args = parser.parse_args()
     engine = TwoStageEngine.load(default_package_dir())
     with tempfile.TemporaryDirectory(prefix="lacuna-bench-results-") as temp:
@@ -162,6 +166,8 @@ def main() -> None:
             assert Contrast.T2_FLAIR in study.series
             print(f"\nResult objects, {matrix}x{matrix} (medians of {args.repeats}):")
             build_figures(study.folder, engine, args.repeats)
+            if args.objects_only:
+                continue
             print(f"Round trip with Orthanc, {matrix}x{matrix}:")
             for protocol in ("C-STORE", "STOW-RS"):
                 round_trip(study.folder, root / f"{protocol}-{matrix}", protocol)

@@ -112,6 +112,7 @@ class EmbeddedNode:
                                  settings.worker, metrics=self.metrics)
         self.processor = Processor(sessions, root, EngineCache(), ResultOptions(
             fallbacks=frozenset(self.exporter.wanted_kinds & {"GSPS", "SC"}),
+            rejection_notes="KOS" in self.exporter.wanted_kinds,
             per_lesion=settings.results.segment_per_lesion))
         self.worker = Worker(
             sessions,

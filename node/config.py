@@ -154,7 +154,8 @@ class ModelSettings:
     require_registered: bool = False
 
 
-RESULT_KINDS = ("SEG", "SR", "GSPS", "SC")
+# KOS: the IHE IOCM rejection note a re-run sends to withdraw the results it replaces.
+RESULT_KINDS = ("SEG", "SR", "GSPS", "SC", "KOS")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ SEG_SERIES_NUMBER = 9701
 SR_SERIES_NUMBER = 9702
 GSPS_SERIES_NUMBER = 9703
 SC_SERIES_NUMBER = 9704
+KOS_SERIES_NUMBER = 9705
 NOT_FOR_CLINICAL_USE = "synthetic-trained model, not for clinical use"
 # Maximum lengths of the VRs our free texts go into (PS3.5 table 6.2-1).
 VR_MAX_LENGTH = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240}
@@ -48,6 +49,9 @@ SEG_SERIES_DESCRIPTION = "Lacuna lesions SEG (NOT FOR CLINICAL USE)"
 SR_SERIES_DESCRIPTION = "Lacuna lesions SR (NOT FOR CLINICAL USE)"
 GSPS_SERIES_DESCRIPTION = "Lacuna lesion outlines GSPS (NOT FOR CLINICAL USE)"
 SC_SERIES_DESCRIPTION = "Lacuna key images, derived (NOT FOR CLINICAL USE)"
+KOS_SERIES_DESCRIPTION = "Lacuna rejection note: superseded results"
+# IHE IOCM: the Key Object Selection title that withdraws the objects it lists.
+REJECTED_FOR_QUALITY_REASONS = codes.DCM.RejectedForQualityReasons  # (113001, DCM)
 SEG_CONTENT_LABEL = "LACUNA_LESIONS"
 
 LACUNAR_INFARCTION = Code("230698000", "SCT", "Lacunar infarction")

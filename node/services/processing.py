@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,6 +28,7 @@ from node.results.fallbacks import build_key_images, build_presentation_state, s
 from node.results.identity import ModelIdentity, NodeIdentity
 from node.results.seg import build_segmentation, new_tracking_uids, segment_numbers
 from node.results.sr import build_report
+from node.results.supersede import build_rejection_note, carried_tracking_uids
 from node.services import audit, registry
 from node.services.node_identity import node_identity
 from node.services.volumes import StudyVolumes, load_study_volumes
@@ -38,8 +41,9 @@ class EngineCache:
     are the ones registered (:func:`registry.verify_registered`; else :class:`ModelError`,
     and the job fails with the reason)."""
 
-    def __init__(self) -> None:
-        self._engines: dict[int, TwoStageEngine] = {}
+    def __init__(self, loaded: dict[int, TwoStageEngine] | None = None) -> None:
+        """``loaded``: engines already in hand, by version id (used as they are, unchecked)."""
+        self._engines: dict[int, TwoStageEngine] = dict(loaded or {})
         self._lock = threading.Lock()
 
     def holds(self, version_id: int) -> bool:
@@ -75,6 +79,19 @@ class JobInputs:
     model: ModelIdentity
     node: NodeIdentity
     supersedes: str | None = None  # for a re-run after late arrivals: what it replaces, and why
+    # The results of the run this one replaces, as (kind, file): withdrawn by this run.
+    superseded: tuple[tuple[str, Path], ...] = ()
+
+
+def _superseded_objects(session: Session, root: Path, job: Job) -> tuple[tuple[str, Path], ...]:
+    """The result objects of the run ``job`` replaces (its rejection notes excluded)."""
+    if job.supersedes_job_id is None:
+        return ()
+    rows = session.execute(
+        select(ResultObject.kind, ResultObject.path)
+        .where(ResultObject.job_id == job.supersedes_job_id, ResultObject.kind != "KOS")
+        .order_by(ResultObject.id)).all()
+    return tuple((str(kind), root / path) for kind, path in rows)
 
 
 def _superseded_report(session: Session, job: Job) -> str | None:
@@ -93,10 +110,12 @@ def _superseded_report(session: Session, job: Job) -> str | None:
 @dataclass(frozen=True)
 class ResultOptions:
     """Which objects a run builds beyond the SEG and SR: ``fallbacks`` holds "GSPS" and/or
-    "SC" when some destination receives them; ``per_lesion`` gives each lesion its own segment
-    (False: one per class)."""
+    "SC" when some destination receives them; ``rejection_notes``: a re-run withdraws the
+    results it replaces with an IOCM rejection note ("KOS") for the destinations that take
+    them; ``per_lesion`` gives each lesion its own segment (False: one per class)."""
 
     fallbacks: frozenset[str] = frozenset()
+    rejection_notes: bool = False
     per_lesion: bool = True
 
 
@@ -155,6 +174,7 @@ class Processor:
                 model=registry.identity_of(version),
                 node=node_identity(session),
                 supersedes=_superseded_report(session, job),
+                superseded=_superseded_objects(session, self._root, job),
             )
 
     def stored_results(self, job_id: int) -> RunReport | None:
@@ -175,8 +195,17 @@ class Processor:
         """The result objects of one run, as (kind, dataset): SEG (when there are lesions), SR,
         and the fallbacks some destination receives."""
         numbers = segment_numbers(lesions, self._options.per_lesion)
-        tracking = new_tracking_uids(lesions)
         node = inputs.node
+        earlier = _read_superseded(inputs.superseded)
+        tracking = new_tracking_uids(lesions)
+        earlier_seg = next((ds for kind, ds in earlier if kind == "SEG"), None)
+        if earlier_seg is not None and lesions.lesions:
+            slices = [(str(ds.SOPInstanceUID), frame)
+                      for ds, frame in zip(volumes.t2_datasets, volumes.t2_frames, strict=True)]
+            try:  # the same lesion keeps its Tracking UID across runs
+                tracking.update(carried_tracking_uids(earlier_seg, slices, lesions))
+            except Exception:  # new UIDs are correct, only less helpful
+                logger.warning("could not match lesions with the earlier run's", exc_info=True)
         objects: list[tuple[str, Any]] = []
         segmentation = None
         if lesions.lesions:
@@ -201,6 +230,7 @@ class Processor:
             tracking_uids=tracking,
             source_slices=list(zip(volumes.t2_datasets, volumes.t2_frames, strict=True)),
             node=node,
+            previous_versions=[ds for kind, ds in earlier if kind == "SR"],
         )))
         if "GSPS" in self._options.fallbacks:
             objects.append(("GSPS", build_presentation_state(
@@ -213,6 +243,10 @@ class Processor:
                 [str(generate_uid()) for _ in shown_slices(lesions)], volumes.t2_frames,
                 node=node)
             objects.extend(("SC", image) for image in images)
+        if self._options.rejection_notes and earlier:
+            objects.append(("KOS", build_rejection_note(
+                [ds for _, ds in earlier], inputs.model, node, str(generate_uid()),
+                str(generate_uid()), inputs.supersedes or "superseded by a later run")))
         return objects
 
     def run(self, job_id: int, inputs: JobInputs, owner: str) -> RunReport:
@@ -275,6 +309,17 @@ class Processor:
                 )
         report.timings["encoding"] = time.perf_counter() - clock
         return report
+
+
+def _read_superseded(objects: tuple[tuple[str, Path], ...]) -> list[tuple[str, Dataset]]:
+    """The replaced results as datasets; one that cannot be read is left out (logged)."""
+    read: list[tuple[str, Dataset]] = []
+    for kind, path in objects:
+        try:
+            read.append((kind, dcmread(path)))
+        except (OSError, InvalidDicomError) as error:
+            logger.warning("cannot read superseded %s %s: %s", kind, path.name, error)
+    return read
 
 
 def findings_by_class(lesions: LesionSegmentation) -> dict[str, int]:

@@ -6,6 +6,9 @@ holds only what the findings reference; 0 errors and 0 warnings from dciodvfy.""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import cast
 
@@ -194,3 +197,34 @@ def test_the_image_library_holds_what_the_findings_reference(results) -> None:  
     evidence = {str(i.ReferencedSOPInstanceUID) for s in raw.CurrentRequestedProcedureEvidenceSequence
                 for series in s.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
     assert {p.sop_instance_uid for p in planes} <= evidence
+
+
+def dcmqi_tool(name: str) -> str:
+    """A dcmqi command (PyPI dcmqi, a dev dependency) beside this interpreter."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        pytest.fail(f"{name} is not installed; `make test` installs dcmqi")
+    return str(path)
+
+
+def test_dcmqi_reads_each_lesion_with_its_own_segment(results, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What 3D Slicer reads SEG and SR with: tid1500reader and segimage2itkimage."""
+    paths = results["paths"]
+    subprocess.run([dcmqi_tool("tid1500reader"), "--inputDICOM", str(paths["SR"]),
+                    "--outputMetadata", str(tmp_path / "sr.json")],
+                   check=True, capture_output=True, timeout=120)
+    groups = [m for m in json.loads((tmp_path / "sr.json").read_text())["Measurements"]
+              if m["TrackingIdentifier"] != "Study summary"]
+    segments = {int(s.SegmentNumber): s for s in dcmread(paths["SEG"]).SegmentSequence}
+    assert len(groups) == len(results["result"].lesions) == len(segments)
+    for group in groups:
+        segment = segments[int(group["ReferencedSegment"])]
+        assert segment.TrackingUID == group["TrackingUniqueIdentifier"]
+        assert segment.TrackingID == group["TrackingIdentifier"]
+        assert group["measurementAlgorithmIdentification"] == {
+            "AlgorithmName": MODEL.name, "AlgorithmVersion": MODEL.version}
+    out = tmp_path / "seg"
+    out.mkdir()
+    subprocess.run([dcmqi_tool("segimage2itkimage"), "--inputDICOM", str(paths["SEG"]),
+                    "--outputDirectory", str(out)], check=True, capture_output=True, timeout=120)
+    assert len(list(out.glob("*.nrrd"))) == len(segments)  # one label image per lesion
