@@ -23,7 +23,7 @@ from node.db.jobs import require_lease
 from node.db.tables import Instance, Job, ModelVersion, ResultObject, Series, Study, utcnow
 from node.dicom.storage import relative_path, write_atomically
 from node.domain.series import SeriesRole
-from node.errors import NotProcessable
+from node.errors import ModelError, NotProcessable
 from node.results.fallbacks import build_key_images, build_presentation_state, shown_slices
 from node.results.identity import ModelIdentity, NodeIdentity
 from node.results.seg import build_segmentation, new_tracking_uids, segment_numbers
@@ -126,6 +126,36 @@ class Processor:
         self._root = storage_root
         self._engines = engines
         self._options = options or ResultOptions()
+        self._smoke_passed: set[int] = set()  # version ids smoke-tested (or not due) here
+        self._smoke_failures: dict[int, str] = {}  # version id -> why its smoke test failed
+
+    def _engine(self, version_id: int, package_dir: Path, manifest_sha256: str) -> TwoStageEngine:
+        """The version's engine (:class:`EngineCache`), smoke-tested once if registration did
+        not (the bundled package): audited as ``model.smoke_tested``; a failure is a
+        :class:`ModelError` for every job of that version in this process."""
+        engine = self._engines.get(version_id, package_dir, manifest_sha256)
+        failure = self._smoke_failures.get(version_id)
+        if failure is None and version_id not in self._smoke_passed:
+            with self._sessions.begin() as session:
+                version = session.get(ModelVersion, version_id)
+                due = version is not None and registry.smoke_test_due(session, version)
+            if due:
+                from models.smoke import smoke_test
+
+                result = smoke_test(engine)
+                with self._sessions.begin() as session:
+                    version = session.get(ModelVersion, version_id)
+                    audit.record(session, "model.smoke_tested",
+                                 model_version=None if version is None
+                                 else f"{version.name} {version.version}",
+                                 passed=result.passed, detail=result.detail)
+                if not result.passed:
+                    failure = self._smoke_failures[version_id] = result.detail
+            if failure is None:
+                self._smoke_passed.add(version_id)
+        if failure is not None:
+            raise ModelError(f"the model failed its smoke test: {failure}")
+        return engine
 
     def preload(self) -> None:
         """Load the active model now rather than on the first study (no-op once loaded)."""
@@ -134,13 +164,14 @@ class Processor:
             if version is None:
                 return
             version_id, path, sha256 = version.id, Path(version.path), version.manifest_sha256
-        self._engines.get(version_id, path, sha256)
+        self._engine(version_id, path, sha256)
 
     def active_model_loaded(self) -> str | None:
         """The active version's label when its networks are loaded in this process."""
         with self._sessions.begin() as session:
             version = registry.active_version(session)
-            if version is None or not self._engines.holds(version.id):
+            if (version is None or not self._engines.holds(version.id)
+                    or version.id in self._smoke_failures):
                 return None
             return f"{version.name} {version.version} loaded"
 
@@ -257,8 +288,8 @@ class Processor:
         volumes = load_study_volumes(inputs.t2_paths, inputs.t1_paths)
         report.timings["read"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        engine = self._engines.get(inputs.model_version_id, inputs.model_path,
-                                   inputs.model.manifest_sha256)
+        engine = self._engine(inputs.model_version_id, inputs.model_path,
+                              inputs.model.manifest_sha256)
         report.timings["model_load"] = time.perf_counter() - clock  # ~0 once cached
 
         clock = time.perf_counter()

@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # the smoke test loads TensorFlow; callers that may, pass it 
     from models.smoke import SmokeResult
 
 SmokeTest = Callable[[Path], "SmokeResult"]
+# What registration records when it ran no smoke test (the bundled package at first start, in
+# a process that may not import TensorFlow): the first worker to load it runs it then.
+SMOKE_NOT_RUN = "not run at registration; run when a worker first loads it"
 
 
 def identity_of(version: ModelVersion) -> ModelIdentity:
@@ -123,7 +126,7 @@ def register(
     )
     if existing is not None:
         raise ModelError(f"{manifest.name} {manifest.version} is already registered")
-    smoke = "not run (bundled package, checked by its tests)"
+    smoke = SMOKE_NOT_RUN
     if smoke_test is not None:
         try:
             result = smoke_test(package_dir)
@@ -286,3 +289,18 @@ def activated_at_first_start(session: Session, version: ModelVersion) -> bool:
                AuditEvent.action.in_(("model.activated", "model.rolled_back")))
         .order_by(AuditEvent.id.desc()).limit(1))
     return actor == audit.NODE_ACTOR
+
+
+def smoke_test_due(session: Session, version: ModelVersion) -> bool:
+    """Whether ``version`` has not passed a smoke test yet: registered without one, and no
+    worker has recorded one since (``model.smoke_tested``)."""
+    label = _label(version)
+    tested = session.scalar(select(AuditEvent.id).where(
+        AuditEvent.model_version == label, AuditEvent.action == "model.smoke_tested").limit(1))
+    if tested is not None:
+        return False
+    registered = session.scalar(select(AuditEvent.details).where(
+        AuditEvent.model_version == label, AuditEvent.action == "model.registered")
+        .order_by(AuditEvent.id.desc()).limit(1))
+    # Registrations before this rule wrote "not run (bundled package, ...)".
+    return registered is None or str(registered.get("smoke_test", "")).startswith("not run")

@@ -35,7 +35,7 @@ def lesion_mask(node: EmbeddedNode, job: Job, t2_files: list[Path]) -> np.ndarra
             ResultObject.job_id == job.id, ResultObject.kind == "SEG"))
     assert relative is not None
     path = node.settings.storage.root / relative
-    assert dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path, warnings=True) == []
     seg = hd.seg.segread(path)
     return segmentation_pixels(seg, source_slices(read_series(t2_files).planes)).any(axis=-1)
 

@@ -42,8 +42,8 @@ def test_study_in_seg_and_sr_out(  # type: ignore[no-untyped-def]
     assert job.state == JobState.DONE, job.error
     received = wait_for(lambda: (r := pacs.received()) and {"SEG", "SR"} <= set(r) and r)
     seg_path, sr_path = received["SEG"][0], received["SR"][0]
-    assert dciodvfy_errors(seg_path) == []
-    assert dciodvfy_errors(sr_path) == []
+    assert dciodvfy_errors(seg_path, warnings=True) == []
+    assert dciodvfy_errors(sr_path, warnings=True) == []
 
     # The SEG's lesions overlap the ground truth: most true lesions are found.
     planes = read_series(sorted((synthetic_study.folder / "T2_FLAIR").glob("*.dcm"))).planes
@@ -116,7 +116,9 @@ def test_t2_only_study_is_segmented_and_unclassified(
     assert groups > 0
     assert any("no T1 FLAIR series" in s for s in statements)
     assert any(f"found: 0 FCI, 0 LACI, {groups} unclassified" in s for s in statements)
-    assert dciodvfy_errors(received["SEG"][0]) == []
-    assert dciodvfy_errors(received["SR"][0]) == []
+    assert dciodvfy_errors(received["SEG"][0], warnings=True) == []
+    assert dciodvfy_errors(received["SR"][0], warnings=True) == []
     segments = pydicom.dcmread(received["SEG"][0]).SegmentSequence
-    assert [str(s.SegmentLabel) for s in segments] == ["Unclassified lesion"]
+    # One segment per lesion, each labelled with its number and the class it could not get.
+    assert [str(s.SegmentLabel) for s in segments] == [
+        f"Lesion {n}: Unclassified lesion" for n in range(1, groups + 1)]

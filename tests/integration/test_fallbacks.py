@@ -59,7 +59,7 @@ def test_gsps_and_key_images_for_a_positive_study(synthetic_study, tmp_path: Pat
                                     str(generate_uid()), str(generate_uid()), volumes.t2_frames,
                                     node=NODE)
     gsps_path = write(gsps, tmp_path / "gsps.dcm")
-    assert dciodvfy_errors(gsps_path) == []
+    assert dciodvfy_errors(gsps_path, warnings=True) == []
     read_back = dcmread(gsps_path)  # highdicom 0.28 builds GSPS but has no reader for it
     assert read_back.SeriesDescription == codes.GSPS_SERIES_DESCRIPTION
 
@@ -87,7 +87,7 @@ def test_gsps_and_key_images_for_a_positive_study(synthetic_study, tmp_path: Pat
     assert len(images) == len(lesion_slices) == len(annotated)
     for image, k in zip(images, lesion_slices, strict=True):
         path = write(image, tmp_path / f"sc-{k}.dcm")
-        assert dciodvfy_errors(path) == []
+        assert dciodvfy_errors(path, warnings=True) == []
         back = hd.imread(path)  # highdicom reads the SC back as an image
         assert list(back.ImageType)[:2] == ["DERIVED", "SECONDARY"] and back.BurnedInAnnotation == "YES"
         assert back.StudyInstanceUID == synthetic_study.study_instance_uid
@@ -111,13 +111,13 @@ def test_gsps_and_key_image_for_a_negative_study(synthetic_study, tmp_path: Path
     gsps = build_presentation_state(volumes.t2_datasets, volumes.t2, empty, MODEL,
                                     str(generate_uid()), str(generate_uid()), node=NODE)
     path = write(gsps, tmp_path / "gsps.dcm")
-    assert dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path, warnings=True) == []
     [annotation] = dcmread(path).GraphicAnnotationSequence
     assert "no FCI or LACI lesion" in annotation.TextObjectSequence[0].UnformattedTextValue
     [image] = build_key_images(volumes.t2_datasets, volumes.t2, empty, MODEL, str(generate_uid()),
                                [str(generate_uid())], node=NODE)
     path = write(image, tmp_path / "sc.dcm")
-    assert dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path, warnings=True) == []
 
 
 def test_one_segment_per_lesion_and_the_lesion_measurements(synthetic_study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -130,7 +130,7 @@ def test_one_segment_per_lesion_and_the_lesion_measurements(synthetic_study, tmp
                              str(generate_uid()), per_lesion=True, node=NODE)
     assert len(seg.SegmentSequence) == len(result.lesions) == len(set(numbers.values()))
     seg_path = write(seg, tmp_path / "seg.dcm")
-    assert dciodvfy_errors(seg_path) == []
+    assert dciodvfy_errors(seg_path, warnings=True) == []
     planes = read_series(synthetic_study.series[Contrast.T2_FLAIR]).planes
     lesions = read_segmentation(seg_path, source_slices(planes), voxel_volume_mm3=4.0)
     assert len(lesions) == len(result.lesions)  # one connected component per segment
@@ -139,7 +139,7 @@ def test_one_segment_per_lesion_and_the_lesion_measurements(synthetic_study, tmp
                       str(volumes.t2_datasets[0].SeriesInstanceUID), MODEL, None,
                       str(generate_uid()), str(generate_uid()), node=NODE)
     sr_path = write(sr, tmp_path / "sr.dcm")
-    assert dciodvfy_errors(sr_path) == []
+    assert dciodvfy_errors(sr_path, warnings=True) == []
     report = cast(hd.sr.MeasurementReport, hd.sr.srread(sr_path).content)
     groups = report.get_volumetric_roi_measurement_groups()
     by_tracking = {g.tracking_identifier: g for g in groups}

@@ -12,12 +12,12 @@ from sqlalchemy import Engine, select
 from models.inference import LesionClass, LesionSegmentation
 from models.package import default_package_dir
 from node.config import WorkerSettings
-from node.db.engine import SessionFactory, session_factory, upgrade
+from node.db.engine import SessionFactory, build_engine, session_factory, upgrade
 from node.db.tables import AuditEvent, Instance, Job, ResultObject, Series
 from node.domain.jobs import JobState
 from node.domain.series import SeriesRole
 from node.errors import ModelError
-from node.services import registry
+from node.services import audit, registry
 from node.services.processing import EngineCache, JobInputs, Processor, RunReport
 from node.services.worker import Worker
 from tests.integration.test_queue import add_study
@@ -166,6 +166,9 @@ def truth_run(engine: Engine, tmp_path: Path, study: SyntheticStudy) -> TruthRun
         version = registry.ensure_default(session, default_package_dir())
         assert version is not None
         version_id = version.id
+        # The truth engine stands in for the networks: there is nothing to smoke-test.
+        audit.record(session, "model.smoke_tested", model_version=f"{version.name} "
+                     f"{version.version}", passed=True, detail="test: the truth engine")
     job_id = queued_job_on_files(sessions, root, study, version_id)
     truth = truth_segmentation(np.load(study.folder / "labels.npy"),
                                {1: LesionClass.FCI, 2: LesionClass.LACI})
@@ -220,3 +223,40 @@ def test_a_job_whose_results_were_built_before_a_release_keeps_its_findings(
                                        .order_by(AuditEvent.id)))
     assert finished["lesions"] == len(truth.lesions)
     assert "job.lease_lost" not in actions and actions.count("job.released") == 1
+
+
+def test_a_package_registered_without_a_smoke_test_gets_one_when_first_loaded(
+    tmp_path: Path,
+) -> None:
+    engine = build_engine(f"sqlite:///{tmp_path / 'lacuna.db'}")  # loads networks: one backend
+    upgrade(engine)
+    sessions = session_factory(engine)
+    with sessions.begin() as session:  # first start: the bundled package, no smoke test
+        bundled = registry.ensure_default(session, default_package_dir())
+        assert bundled is not None
+    processor = Processor(sessions, tmp_path, EngineCache())
+    processor.preload()
+    processor.preload()  # once per version, not per load
+    with sessions.begin() as session:
+        [tested] = session.scalars(select(AuditEvent.details)
+                                   .where(AuditEvent.action == "model.smoke_tested"))
+    assert tested["passed"] is True and "both planted lesions found" in tested["detail"]
+    assert processor.active_model_loaded() is not None
+
+    # A package that cannot find the planted lesions is not run: jobs fail, /ready says why.
+    blind = copy_package(tmp_path, "blind")
+    manifest = blind / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["lesion_threshold"] = 1.01  # no probability reaches it
+    manifest.write_text(json.dumps(data))
+    with sessions.begin() as session:
+        version = registry.register(session, blind, "admin:test")  # no smoke test given
+        registry.activate(session, version.name, version.version, "admin:test")
+    with pytest.raises(ModelError, match="failed its smoke test"):
+        processor.preload()
+    assert processor.active_model_loaded() is None
+    with sessions.begin() as session:
+        outcomes = list(session.scalars(select(AuditEvent.details)
+                                        .where(AuditEvent.action == "model.smoke_tested")
+                                        .order_by(AuditEvent.id)))
+    assert [o["passed"] for o in outcomes] == [True, False]
