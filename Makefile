@@ -41,6 +41,8 @@ test: setup
 test-all: setup
 	$(VENV)/bin/python -m pytest -m ''
 
+# ruff; mypy strict on node/ and models/; the import contracts of pyproject.toml.
 lint: setup
 	$(VENV)/bin/ruff check node models training tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from harness.peers import PACS_AE, free_port, local_settings, start_storescp
 from node.app import EmbeddedNode
 from node.db.tables import Job
-from node.demo import PACS_AE, free_port, local_settings, start_storescp
 from node.domain.jobs import JobState
 from training.phantom import axial_geometry
 from training.synth import write_study

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from harness.peers import free_port, local_settings, running_orthanc, start_storescp
 from node.app import EmbeddedNode
-from node.demo import free_port, local_settings, running_orthanc, start_storescp
 from training.phantom import axial_geometry
 from training.synth import write_study
 

@@ -34,15 +34,16 @@ import pydicom
 from pydicom.uid import generate_uid
 from sqlalchemy import insert, select, text
 
+from harness.peers import PACS_AE, free_port, start_storescp
 from models.package import default_package_dir
 from node.db.engine import build_engine, session_factory, upgrade
 from node.db.jobs import claim_next_job
 from node.db.tables import AuditEvent, Job, Patient, Study
-from node.demo import PACS_AE, free_port, start_storescp
+from node.dicom.ports import ReceivedInstance
 from node.domain.completeness import CompletenessRules
 from node.domain.jobs import JobState, StudyState
 from node.services import registry
-from node.services.intake import Intake, ReceivedInstance
+from node.services.intake import Intake
 from node.services.scheduler import Scheduler
 from training.synth import write_study
 

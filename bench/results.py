@@ -26,12 +26,12 @@ from typing import Any
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from harness.peers import local_settings, running_orthanc
 from models.inference import TwoStageEngine
 from models.package import default_package_dir
 from node.app import EmbeddedNode
 from node.config import Destination
 from node.db.tables import Delivery, Job
-from node.demo import local_settings, running_orthanc
 from node.domain.delivery import DeliveryState
 from node.domain.jobs import JobState
 from node.results.fallbacks import build_key_images, build_presentation_state, shown_slices

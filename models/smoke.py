@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.inference import LesionClass, TwoStageEngine
+from models.inference import TwoStageEngine
+from node.domain.lesions import LesionClass
 
 SLICES, MATRIX = 8, 256
 PIXEL_SPACING_MM, SLICE_SPACING_MM = (0.9, 0.9), 5.0

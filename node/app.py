@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 
+import pydicom.config
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 
 from node.config import Settings
 from node.db.engine import SessionFactory, build_engine, migrate, session_factory, startup_lock, upgrade
-from node.dicom.scp import ScpContext, start_scp
+from node.dicom.scp import start_scp
+from node.dicom.storage import remove_stale_files
 from node.errors import ConfigError
 from node.health import Check, CheckResult, HealthServer, database_check, disk_check, storage_check
 from node.metrics import NodeMetrics
@@ -22,10 +26,36 @@ from node.services.export import Exporter
 from node.services.intake import Intake
 from node.services.node_identity import node_identity
 from node.services.processing import EngineCache, Processor, ResultOptions
+from node.services.reception import NodeReception
 from node.services.scheduler import Scheduler
 from node.services.worker import Worker
 
 logger = logging.getLogger(__name__)
+
+
+def configure_libraries() -> None:
+    """The process-wide settings of the libraries the node relies on, set here and nowhere
+    else (idempotent; the tests call it too)."""
+    # Intake checks what it relies on (UIDs, pixel data length) itself and answers with a
+    # status; pydicom's read-time value warnings would only make that depend on the
+    # process's warning filters.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    # Received datasets go to a temporary file, never whole into memory: large multi-frame
+    # objects and many associations at once cost disk, not RAM, and the file is renamed
+    # into storage.
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def receive_on_the_storage_volume(settings: Settings) -> None:
+    """Incoming datasets stream to temporary files (pynetdicom writes them where ``tempfile``
+    says); put those beside the storage so keeping one is a rename, and the free-space check
+    covers them. A transfer older than a day was left by a crashed process. For a process
+    that receives, once, before any association."""
+    incoming = settings.storage.root / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(incoming)
+    if removed := remove_stale_files(incoming, older_than_seconds=86400):
+        logger.info("removed %d unfinished transfer(s) from %s", removed, incoming)
 
 
 @dataclass
@@ -59,10 +89,10 @@ def open_node_database(settings: Settings) -> Database:
                         f"the active model {active.name} {active.version} was activated by the "
                         "node at its first start, not by an administrator; activate a "
                         "registered model (lacuna models activate NAME VERSION) first")
-            elif registry.ensure_default(session, settings.models.default_package,
+            elif registry.ensure_default(session, registry.bundled_package(settings.models),
                                          store=settings.storage.model_store):
                 logger.info("registered and activated the bundled model %s",
-                            settings.models.default_package)
+                            registry.bundled_package(settings.models))
             node_identity(session)  # made once, on the first start
     return Database(engine, sessions)
 
@@ -77,7 +107,7 @@ def synthetic_model_warning(settings: Settings, sessions: SessionFactory) -> str
         return None
     with sessions.begin() as session:
         version = registry.active_version(session)
-        if version is None or not registry.is_bundled(version, settings.models.default_package):
+        if version is None or not registry.is_bundled(version, registry.bundled_package(settings.models)):
             return None
         label = f"{version.name} {version.version}"
     names = ", ".join(destination.name for destination in settings.destinations)
@@ -95,6 +125,7 @@ class EmbeddedNode:
     def __init__(self, settings: Settings, receive: bool = True, process: bool = True) -> None:
         if not (receive or process):
             raise ValueError("a node must receive, process or both")
+        configure_libraries()
         self.settings = settings
         self.receive, self.process = receive, process
         self.database = open_node_database(settings)
@@ -161,7 +192,7 @@ class EmbeddedNode:
     def start(self) -> None:
         if self.receive:
             self._server = start_scp(
-                self.settings.scp, ScpContext(self.intake, self.database.sessions, self.metrics)
+                self.settings.scp, NodeReception(self.intake, self.database.sessions, self.metrics)
             )
         # The DICOM port first: an HTTP port of 0 must not be handed the port the SCP was
         # configured for.

@@ -16,13 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-from models.package import default_package_dir
-from node.dicom.transfer_syntaxes import UNCOMPRESSED
 from node.domain.completeness import CompletenessRules
 from node.domain.priority import UrgencyRule
 from node.domain.series import RoleRules
+from node.domain.transfer_syntaxes import UNCOMPRESSED, uncompressed_uid
 from node.errors import ConfigError
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
@@ -107,11 +104,13 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class StudySettings:
-    stable_seconds: float = 30.0  # quiet period after the last instance
+    # The defaults are the domain's (node.domain.completeness), written there once.
+    stable_seconds: float = CompletenessRules.quiet_seconds  # quiet period after the last instance
     # After the quiet period, how long to keep waiting for a T1 FLAIR that has not come or for
     # instances a FLAIR series announced but has not sent; urgent studies do not wait.
-    missing_wait_seconds: float = 120.0
-    max_wait_seconds: float = 1800.0  # after the first instance: process even if still receiving
+    missing_wait_seconds: float = CompletenessRules.missing_wait_seconds
+    # After the first instance: process even if still receiving.
+    max_wait_seconds: float = CompletenessRules.max_wait_seconds
     # A study is urgent (its jobs are claimed first) when an instance came from one of these
     # calling AE titles or carries one of these Requested Procedure Priority (0040,1003) values.
     urgent_calling_aes: tuple[str, ...] = ()
@@ -150,7 +149,7 @@ class ModelSettings:
     version is, unless ``require_registered`` (the production setting): then nothing runs,
     and nothing is delivered, until an administrator registers and activates a model."""
 
-    default_package: Path = field(default_factory=default_package_dir)
+    default_package: Path | None = None  # None: the package committed with the source
     require_registered: bool = False
 
 
@@ -171,7 +170,8 @@ class Destination:
     port: int = 0
     url: str | None = None
     objects: tuple[str, ...] = ("SEG", "SR")
-    transfer_syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    transfer_syntaxes: tuple[str, ...] = (UNCOMPRESSED["ExplicitVRLittleEndian"],
+                                          UNCOMPRESSED["ImplicitVRLittleEndian"])
 
     @property
     def protocol(self) -> str:
@@ -442,10 +442,12 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         results=ResultSettings(segment_per_lesion=_flag("results.segment_per_lesion",
                                                         results.get("segment_per_lesion", True))),
         study=StudySettings(
-            stable_seconds=_seconds("study.stable_seconds", study.get("stable_seconds", 30)),
-            missing_wait_seconds=_seconds("study.missing_wait_seconds",
-                                          study.get("missing_wait_seconds", 120)),
-            max_wait_seconds=_positive("study.max_wait_seconds", study.get("max_wait_seconds", 1800)),
+            stable_seconds=_seconds("study.stable_seconds",
+                                    study.get("stable_seconds", StudySettings.stable_seconds)),
+            missing_wait_seconds=_seconds("study.missing_wait_seconds", study.get(
+                "missing_wait_seconds", StudySettings.missing_wait_seconds)),
+            max_wait_seconds=_positive("study.max_wait_seconds", study.get(
+                "max_wait_seconds", StudySettings.max_wait_seconds)),
             urgent_calling_aes=tuple(
                 _ae_title("study.urgent_calling_aes", title)
                 for title in _list("study.urgent_calling_aes", study.get("urgent_calling_aes", ()))
@@ -474,7 +476,7 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         ),
         models=ModelSettings(
             default_package=(Path(_text("models.default_package", models["default_package"]))
-                             if "default_package" in models else default_package_dir()),
+                             if "default_package" in models else None),
             require_registered=_flag("models.require_registered",
                                      models.get("require_registered", False)),
         ),
@@ -502,7 +504,7 @@ def _destination(key: str, entry: dict[str, Any]) -> Destination:
                               entry.get("transfer_syntaxes", list(Destination.transfer_syntaxes))):
         text = _text(f"{key}.transfer_syntaxes", entry_syntax)
         # Results are written uncompressed; pynetdicom re-encodes them to any of these.
-        uid = next((u for u in UNCOMPRESSED if text in (str(u), u.keyword)), None)
+        uid = uncompressed_uid(text)
         if uid is None:
             raise ConfigError(f"{key}.transfer_syntaxes",
                               f"{text} is not an uncompressed transfer syntax (UID or keyword)")

@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
+from node.app import configure_libraries
 from node.db.engine import build_engine
+
+# The library settings the node's composition root makes; the test session is one too.
+configure_libraries()
 
 POSTGRES_ENV = "LACUNA_TEST_POSTGRES_URL"
 

@@ -1,4 +1,4 @@
-"""``lacuna ablation``: the paper's Table 1, measured here. Each row trains its variant on the
+"""``lacuna-train ablation``: the paper's Table 1, measured here. Each row trains its variant on the
 same subjects with the same seed and is evaluated on the same held-out subjects; the result is
 a markdown table beside the paper's figures and a bar chart (PNG).
 
@@ -20,15 +20,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from skimage.measure import label, regionprops
 
-from models.inference import (
-    LABEL_VALUES,
-    InferenceSettings,
-    LesionClass,
-    LesionSegmentation,
-    TwoStageEngine,
-    primary_context_slices,
-)
+from models.inference import InferenceSettings, TwoStageEngine, primary_context_slices
 from models.preprocessing import from_model_grid, primary_input
+from node.domain.lesions import LABEL_VALUES, LesionClass, LesionSegmentation
 from training.evaluate import evaluate_subjects, percent_cell
 from training.metrics import summarise
 from training.train import (

@@ -1,4 +1,4 @@
-"""``lacuna calibrate``: choose a package's operating point (lesion threshold and smallest
+"""``lacuna-train calibrate``: choose a package's operating point (lesion threshold and smallest
 lesion kept) on validation subjects and write it as a new package version (same network files,
 new manifest and model card).
 
@@ -152,9 +152,9 @@ def calibration_markdown(manifest: ModelManifest,
         f"Version {manifest.version} is {manifest.name} {calibration['from_version']}'s networks "
         f"with the lesion threshold {manifest.lesion_threshold:.2f} and lesions of at least "
         f"{manifest.min_lesion_voxels} voxel(s), chosen by "
-        f"`lacuna calibrate` on {last - first + 1} validation subjects (seeds {first}-{last}, "
+        f"`lacuna-train calibrate` on {last - first + 1} validation subjects (seeds {first}-{last}, "
         f"the {calibration.get('generator', 'standard')} generator), never the subjects "
-        "`lacuna evaluate` judges it on (900000.., and the independent generator's 700000..): "
+        "`lacuna-train evaluate` judges it on (900000.., and the independent generator's 700000..): "
         f"{calibration['rule']}. Percent. The manifest's metrics are the chosen row's "
         "(the source's are kept as `training.calibration.from_metrics`).\n\n"
         + "\n".join(lines) + "\n\n"

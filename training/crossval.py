@@ -1,10 +1,10 @@
-"""``lacuna crossval``: k-fold cross-validation split by subject, never by slice.
+"""``lacuna-train crossval``: k-fold cross-validation split by subject, never by slice.
 
 Every subject is tested exactly once, by the fold whose model never saw any slice of it. Each
 fold trains both networks from the same seed on the other folds' subjects; the report gives
 each fold's figures, their mean and spread, and the metrics pooled over every held-out subject
 with bootstrap intervals over subjects. Each fold's networks are kept as a package
-(``fold-N/package``, version ``VERSION+foldN``): `lacuna ensemble` averages them.
+(``fold-N/package``, version ``VERSION+foldN``): `lacuna-train ensemble` averages them.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def run_crossval(plan: TrainingPlan, out_dir: Path, folds: int = 5) -> CrossVali
                                    generator=plan_generator(plan))
         per_fold.append(summarise(counts))
         pooled.extend(counts)
-        # Each fold's networks as a package: members for `lacuna ensemble`, or to inspect.
+        # Each fold's networks as a package: members for `lacuna-train ensemble`, or to inspect.
         write_package(
             out_dir / f"fold-{fold.number}" / "package",
             replace(plan, version=f"{plan.version}+fold{fold.number}"), primary, secondary,

@@ -1,4 +1,4 @@
-"""A hospital's own labelled data for ``lacuna train --data DIR``: what its radiologists
+"""A hospital's own labelled data for ``lacuna-train train --data DIR``: what its radiologists
 annotated in their viewer, as DICOM.
 
 Every ``*.dcm`` under ``DIR`` is read (headers first) and grouped by study. A study is used

@@ -1,10 +1,10 @@
-"""``lacuna ensemble``: several packages' networks averaged into one package.
+"""``lacuna-train ensemble``: several packages' networks averaged into one package.
 
 The ensemble's lesion probabilities are the mean of its members' primary networks, its P(LACI)
 the mean of their secondary networks: nnU-Net's way with the networks of cross-validation folds
-(`lacuna crossval` keeps each fold's as a package). Members differ by noise of training (which
+(`lacuna-train crossval` keeps each fold's as a package). Members differ by noise of training (which
 subjects, which crops, which initial weights); averaging cancels part of it, for the cost of
-running every member. Its operating point is the first member's until `lacuna calibrate`
+running every member. Its operating point is the first member's until `lacuna-train calibrate`
 chooses one for the ensemble.
 """
 
@@ -96,7 +96,7 @@ def ensemble_card(manifest: ModelManifest, members: Sequence[ModelManifest]) -> 
 **Not for clinical use.** {manifest.intended_use}
 
 ## What it is
-The mean of {len(members)} packages' networks (`lacuna ensemble`): each T2 FLAIR slice goes
+The mean of {len(members)} packages' networks (`lacuna-train ensemble`): each T2 FLAIR slice goes
 through every member's U-Net and the lesion probabilities are averaged; each lesion's T1 FLAIR
 ROI through every member's classifier, and P(LACI) is averaged. It runs every member: the
 primary network's time is {len(members)} times one member's.
@@ -111,6 +111,6 @@ Each member's own validation figures (its manifest's, at its own operating point
 ## Operating point
 Lesion threshold {manifest.lesion_threshold:.2f}, lesions of at least
 {manifest.min_lesion_voxels} voxel(s): the first member's, not chosen for the ensemble.
-`lacuna calibrate` chooses one on validation subjects; `lacuna evaluate` measures it on
+`lacuna-train calibrate` chooses one on validation subjects; `lacuna-train evaluate` measures it on
 held-out ones.
 """

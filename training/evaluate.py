@@ -1,4 +1,4 @@
-"""Evaluation of a two-stage engine on synthetic subjects it has never seen (`lacuna evaluate`),
+"""Evaluation of a two-stage engine on synthetic subjects it has never seen (`lacuna-train evaluate`),
 with the metrics of :mod:`training.metrics`."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from models.inference import LesionSegmentation, TwoStageEngine
+from models.inference import TwoStageEngine
+from node.domain.lesions import LesionSegmentation
 from training.metrics import (
     SizeBin,
     SubjectCounts,

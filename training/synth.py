@@ -1,4 +1,4 @@
-"""``lacuna synth``: synthetic T2 FLAIR + T1 FLAIR studies written as DICOM, as a scanner
+"""``lacuna-train synth``: synthetic T2 FLAIR + T1 FLAIR studies written as DICOM, as a scanner
 writes them, with a ground-truth file beside each study.
 
 Layout of ``OUT``: ``subject-NNN/T2_FLAIR/*.dcm``, ``subject-NNN/T1_FLAIR/*.dcm``,

@@ -1,4 +1,4 @@
-"""``lacuna train``: train both networks on synthetic subjects on the CPU and write a model
+"""``lacuna-train train``: train both networks on synthetic subjects on the CPU and write a model
 package (``.keras`` files and ``manifest.json`` with sha256 and metrics)."""
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class TrainingPlan:
     context_slices: int = 1
 
 
-# Named recipes (``lacuna train --recipe``): this project's, which the shipped model was trained
+# Named recipes (``lacuna-train train --recipe``): this project's, which the shipped model was trained
 # with, and the paper's as Liu et al. describe it (cross-entropy, RMSProp at 0.01, lesion-rich
 # pre-training then all slices, 5-10 degree rotation of lesion-rich crops, secondary network on
 # the primary network's lesions).
@@ -454,8 +454,8 @@ ROI at its centroid, upsampled to 64x64, gamma 1.5; its verdict corrects the lab
 
 ## Metrics
 {table}
-`lacuna evaluate --model DIR [--varied]` measures it on more subjects; `lacuna crossval`
-measures its recipe by five-fold cross-validation split by subject, and `lacuna ablation`
+`lacuna-train evaluate --model DIR [--varied]` measures it on more subjects; `lacuna-train crossval`
+measures its recipe by five-fold cross-validation split by subject, and `lacuna-train ablation`
 each of the paper's variants.
 
 ## Known limits
@@ -471,6 +471,6 @@ each of the paper's variants.
    f"other resolutions are resized to the {manifest.input_matrix[0]}x{manifest.input_matrix[1]} model grid"}.
 - Chronic lacunes that are CSF-dark on T2 FLAIR are outside the paper's definition.
 - Validation figures above come from the generator the model was trained on: training
-  figures. `lacuna evaluate` (the independent test generator by default) measures it where
+  figures. `lacuna-train evaluate` (the independent test generator by default) measures it where
   it was not made.
 """

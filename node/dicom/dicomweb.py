@@ -10,7 +10,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset, dcmread
 
 from node.config import Destination
-from node.dicom.scu import SendOutcome
+from node.dicom.outcome import SendOutcome
 from node.errors import DeliveryError
 
 TIMEOUT_SECONDS = 60.0

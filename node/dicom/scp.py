@@ -1,7 +1,7 @@
-"""The Storage SCP: an Application Entity plus plain handlers bound to events.
+"""The Storage SCP on pynetdicom: an Application Entity plus plain handlers bound to events.
 
-Collaborators are passed in when the handlers are bound; there are no globals. This module
-never imports TensorFlow.
+It depends on the storage port and events sink of :mod:`node.dicom.ports` only, passed in
+when the handlers are bound; there are no globals. This module never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import logging
 import socket
 import ssl
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +23,12 @@ from pynetdicom import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import ScpSettings
-from node.db.engine import SessionFactory
 from node.dicom import transfer_syntaxes
+from node.dicom.ports import ReceivedInstance, Reception
 from node.dicom.status import Status
 from node.domain.peers import host_allowed
-from node.errors import InstanceRejected, StorageError
-from node.metrics import NodeMetrics
-from node.services import audit
-from node.services.intake import Intake, ReceivedInstance
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ScpContext:
-    intake: Intake
-    sessions: SessionFactory
-    metrics: NodeMetrics = field(default_factory=NodeMetrics)
 
 
 def _requestor(event: Any) -> tuple[str, str]:
@@ -52,59 +40,21 @@ def handle_echo(event: Any) -> int:
     return Status.SUCCESS
 
 
-def handle_store(event: Any, context: ScpContext) -> int:
-    """Answer success only after the instance is durably stored and indexed."""
+def handle_store(event: Any, reception: Reception) -> int:
+    """The storage port's status: success only once the instance is durably stored."""
     calling_ae, peer = _requestor(event)
     request = event.request
-    # Streamed to a temporary file by pynetdicom (see start_scp); intake moves it into storage.
+    # Streamed to a temporary file by pynetdicom (node.app.configure_libraries turns that on);
+    # intake moves it into storage.
     data = (Path(event.dataset_path) if _config.STORE_RECV_CHUNKED_DATASET
             else event.encoded_dataset(include_meta=True))
-    received = ReceivedInstance(
+    return reception.store(ReceivedInstance(
         data=data,
         calling_ae=calling_ae,
         peer_address=peer,
         affected_sop_class_uid=str(request.AffectedSOPClassUID),
         affected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
-    )
-    size = received.size
-    try:
-        stored = context.intake.store(received)
-    except InstanceRejected as error:
-        logger.warning("refused %s from %s: %s", received.affected_sop_instance_uid,
-                       calling_ae, error.reason)
-        return _refuse(context, received, Status(error.status), error.reason)
-    except StorageError as error:
-        logger.error("cannot store %s: %s", received.affected_sop_instance_uid, error)
-        return _refuse(context, received, Status.OUT_OF_RESOURCES, str(error))
-    except Exception:  # the edge: any other failure becomes a failure status, never success
-        logger.exception("failed to store %s", received.affected_sop_instance_uid)
-        return _refuse(context, received, Status.PROCESSING_FAILURE, "internal error")
-    context.metrics.instances_received.labels(duplicate=str(stored.duplicate).lower()).inc()
-    context.metrics.bytes_received.inc(size)
-    logger.debug("stored %s (duplicate=%s)", stored.sop_instance_uid, stored.duplicate)
-    return Status.SUCCESS
-
-
-def _refuse(context: ScpContext, received: ReceivedInstance, status: Status, reason: str) -> int:
-    context.metrics.rejections.labels(reason=status.name.lower()).inc()
-    _audit_refusal(context, received, status, reason)
-    return int(status)
-
-
-def _audit_refusal(context: ScpContext, received: ReceivedInstance, status: int, reason: str) -> None:
-    try:
-        with context.sessions.begin() as session:
-            audit.record(
-                session,
-                "instance.refused",
-                calling_ae=received.calling_ae,
-                peer_address=received.peer_address,
-                sop_instance_uid=received.affected_sop_instance_uid[:64] or None,
-                status=f"0x{status:04X}",
-                reason=reason[:500],
-            )
-    except Exception:  # auditing a refusal must not turn it into a crash
-        logger.exception("could not audit a refused instance")
+    ))
 
 
 def resolve_host(name: str) -> list[str]:
@@ -115,7 +65,7 @@ def resolve_host(name: str) -> list[str]:
         return []
 
 
-def handle_requested(event: Any, settings: ScpSettings, context: ScpContext) -> None:
+def handle_requested(event: Any, settings: ScpSettings, reception: Reception) -> None:
     """Refuse a calling AE title that connects from a host it is not configured for, as
     "calling AE title not recognised" (rejected-permanent), before any negotiation."""
     calling_ae = str(event.assoc.requestor.primitive.calling_ae_title).strip()
@@ -125,27 +75,19 @@ def handle_requested(event: Any, settings: ScpSettings, context: ScpContext) -> 
         return
     logger.warning("refused %s: not allowed from %s", calling_ae, address)
     event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-    context.metrics.associations.labels(outcome="rejected").inc()
-    with context.sessions.begin() as session:
-        audit.record(session, "association.rejected", calling_ae=calling_ae,
-                     peer_address=f"{address}:{event.assoc.requestor.port}",
-                     reason="calling AE title not allowed from this host")
+    reception.association_rejected(calling_ae, f"{address}:{event.assoc.requestor.port}",
+                                   "calling AE title not allowed from this host")
     event.assoc.kill()
 
 
-def handle_accepted(event: Any, context: ScpContext) -> None:
-    calling_ae, peer = _requestor(event)
-    context.metrics.associations.labels(outcome="accepted").inc()
-    with context.sessions.begin() as session:
-        audit.record(session, "association.accepted", calling_ae=calling_ae, peer_address=peer)
+def handle_accepted(event: Any, reception: Reception) -> None:
+    reception.association_accepted(*_requestor(event))
 
 
-def handle_rejected(event: Any, context: ScpContext) -> None:
+def handle_rejected(event: Any, reception: Reception) -> None:
     calling_ae, peer = _requestor(event)
     logger.warning("rejected association from %s at %s", calling_ae, peer)
-    context.metrics.associations.labels(outcome="rejected").inc()
-    with context.sessions.begin() as session:
-        audit.record(session, "association.rejected", calling_ae=calling_ae, peer_address=peer)
+    reception.association_rejected(calling_ae, peer)
 
 
 def build_ae(settings: ScpSettings) -> AE:
@@ -194,19 +136,15 @@ class SharedPortServer(ThreadedAssociationServer):
         super().server_bind()
 
 
-def start_scp(settings: ScpSettings, context: ScpContext) -> ThreadedAssociationServer:
+def start_scp(settings: ScpSettings, reception: Reception) -> ThreadedAssociationServer:
     """Start listening in background threads; ``server.server_address`` has the bound port."""
     ae = build_ae(settings)
-    # Datasets arrive in a temporary file (in tempfile's folder, which `lacuna scp|serve` puts
-    # on the storage volume), never whole in memory: large multi-frame objects and many
-    # associations at once cost disk, not RAM, and the file is renamed into storage.
-    _config.STORE_RECV_CHUNKED_DATASET = True
     handlers: list[Any] = [
-        (evt.EVT_REQUESTED, handle_requested, [settings, context]),
+        (evt.EVT_REQUESTED, handle_requested, [settings, reception]),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [context]),
-        (evt.EVT_ACCEPTED, handle_accepted, [context]),
-        (evt.EVT_REJECTED, handle_rejected, [context]),
+        (evt.EVT_C_STORE, handle_store, [reception]),
+        (evt.EVT_ACCEPTED, handle_accepted, [reception]),
+        (evt.EVT_REJECTED, handle_rejected, [reception]),
     ]
     tls = tls_context(settings)
     # AE.start_server(block=False) as pynetdicom writes it, with our server class.

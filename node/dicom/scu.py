@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
@@ -11,14 +10,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import Destination
+from node.dicom.outcome import SendOutcome
 from node.errors import DeliveryError
-
-
-@dataclass(frozen=True)
-class SendOutcome:
-    path: Path
-    sop_instance_uid: str
-    status: int | None  # None: no response (association lost)
 
 
 def echo(destination: Destination, calling_ae: str) -> tuple[bool, str, float]:
@@ -39,16 +32,6 @@ def echo(destination: Destination, calling_ae: str) -> tuple[bool, str, float]:
         assoc.release()
     ok = status == 0
     return ok, "C-ECHO success" if ok else f"C-ECHO status {status}", time.perf_counter() - started
-
-
-def send(destination: Destination, paths: list[Path], calling_ae: str) -> list[SendOutcome]:
-    """Send ``paths`` to ``destination`` by its protocol: STOW-RS when it has a URL, else
-    C-STORE. Raises :class:`DeliveryError` when the peer cannot be reached at all."""
-    if destination.url:
-        from node.dicom.dicomweb import store_files
-
-        return store_files(destination, paths)
-    return send_files(destination, paths, calling_ae)
 
 
 def send_files(destination: Destination, paths: list[Path], calling_ae: str) -> list[SendOutcome]:

@@ -3,29 +3,10 @@ pylibjpeg plugins, so what we store as received we can also read for inference."
 
 from __future__ import annotations
 
-from pydicom.uid import (
-    JPEG2000,
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
+from pydicom.uid import UID
 
-UNCOMPRESSED: tuple[UID, ...] = (
-    ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-)
-COMPRESSED: tuple[UID, ...] = (
-    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
-    JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
-)
+from node.domain import transfer_syntaxes
+
+UNCOMPRESSED: tuple[UID, ...] = tuple(UID(u) for u in transfer_syntaxes.UNCOMPRESSED.values())
+COMPRESSED: tuple[UID, ...] = tuple(UID(u) for u in transfer_syntaxes.COMPRESSED.values())
 ACCEPTED: tuple[UID, ...] = UNCOMPRESSED + COMPRESSED

@@ -24,7 +24,7 @@ from node.domain.series import SeriesRole
 @dataclass(frozen=True)
 class CompletenessRules:
     quiet_seconds: float = 30.0
-    missing_wait_seconds: float = 300.0
+    missing_wait_seconds: float = 120.0
     max_wait_seconds: float = 1800.0
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from models.inference import LesionClass
+from node.domain.lesions import LesionClass
 
 MANUFACTURER = "Lacuna"
 DEVICE_MODEL_NAME = "Lacuna tiny white-matter lesion node"

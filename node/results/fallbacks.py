@@ -16,8 +16,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 from skimage.measure import find_contours
 
-from models.inference import Lesion, LesionClass, LesionSegmentation
 from node.dicom.frames import attribute
+from node.domain.lesions import Lesion, LesionClass, LesionSegmentation
 from node.results import codes
 from node.results.identity import ModelIdentity, NodeIdentity, contributing_equipment, equipment
 from node.results.patient import copy_patient_and_study

@@ -8,7 +8,7 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from models.inference import LesionClass, LesionSegmentation
+from node.domain.lesions import LesionClass, LesionSegmentation
 from node.results import codes
 from node.results.identity import ModelIdentity, NodeIdentity, equipment, segmentation_algorithm
 from node.results.patient import copy_patient_and_study

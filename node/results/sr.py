@@ -11,7 +11,7 @@ import highdicom as hd
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from models.inference import Lesion, LesionClass
+from node.domain.lesions import Lesion, LesionClass
 from node.results import codes
 from node.results.identity import (
     ModelIdentity,

@@ -8,7 +8,7 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 
-from models.inference import LesionSegmentation
+from node.domain.lesions import LesionSegmentation
 from node.results import codes
 from node.results.identity import ModelIdentity, NodeIdentity, contributing_equipment
 from node.results.patient import copy_patient_and_study

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, event, select
@@ -27,6 +29,7 @@ from node.domain.audit_chain import (
 
 NODE_ACTOR = "lacuna"
 _PENDING = "lacuna.audit.pending"  # session.info key: events recorded, not yet chained
+_HOOKED = "lacuna.audit.hooked"  # session.info key: the chain listens to this session
 
 
 def admin_actor() -> str:
@@ -68,7 +71,16 @@ def record(
         model_version=model_version,
         details=details,
     )
-    session.info.setdefault(_PENDING, []).append(audit_event)
+    pending = session.info.get(_PENDING)
+    if pending is None:
+        # The chain hooks only the sessions that record audit rows, not every SQLAlchemy
+        # session of the process; once per session (SessionEvents take an instance).
+        if not session.info.get(_HOOKED):
+            event.listen(session, "before_commit", _chain_pending)
+            event.listen(session, "after_soft_rollback", _discard_pending)
+            session.info[_HOOKED] = True
+        pending = session.info[_PENDING] = []
+    pending.append(audit_event)
     return audit_event
 
 
@@ -88,7 +100,6 @@ _ADVANCE_HEAD = (
 _SET_HEAD_HASH = _HEAD.update().where(_HEAD.c.id == 1).values(head_hash=bindparam("last_hash"))
 
 
-@event.listens_for(Session, "before_commit")
 def _chain_pending(session: Session) -> None:
     pending: list[AuditEvent] = session.info.pop(_PENDING, [])
     if not pending:
@@ -111,7 +122,6 @@ def _chain_pending(session: Session) -> None:
     connection.execute(_SET_HEAD_HASH, {"last_hash": prev_hash})
 
 
-@event.listens_for(Session, "after_soft_rollback")
 def _discard_pending(session: Session, _previous_transaction: Any) -> None:
     session.info.pop(_PENDING, None)
 
@@ -139,3 +149,34 @@ def verify(session: Session) -> tuple[int, list[ChainBreak]]:
     head = session.get(AuditChainHead, 1)
     length, head_hash = (head.length, head.head_hash) if head else (0, GENESIS_HASH)
     return verify_chain(chained_events(session), length, head_hash)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which audit events to list; None: any."""
+
+    study_instance_uid: str | None = None
+    calling_ae: str | None = None
+    action: str | None = None
+    job_id: int | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+    limit: int | None = None  # the newest this many
+
+
+def find_events(session: Session, selection: EventFilter) -> list[AuditEvent]:
+    """The selected events, oldest first."""
+    query = select(AuditEvent).order_by(AuditEvent.id.desc())
+    if selection.limit is not None:
+        query = query.limit(selection.limit)
+    for column, value in ((AuditEvent.study_instance_uid, selection.study_instance_uid),
+                          (AuditEvent.calling_ae, selection.calling_ae),
+                          (AuditEvent.action, selection.action),
+                          (AuditEvent.job_id, selection.job_id)):
+        if value is not None:
+            query = query.where(column == value)
+    if selection.since is not None:
+        query = query.where(AuditEvent.occurred_at >= selection.since)
+    if selection.until is not None:
+        query = query.where(AuditEvent.occurred_at < selection.until)
+    return list(reversed(list(session.scalars(query))))

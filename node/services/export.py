@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from node.config import Destination, WorkerSettings
 from node.db.engine import SessionFactory
 from node.db.tables import Delivery, Job, ResultObject, Study, utcnow
-from node.dicom.scu import SendOutcome, send
+from node.dicom import dicomweb, scu
+from node.dicom.outcome import SendOutcome
 from node.dicom.status import is_success, is_warning
 from node.domain.delivery import DeliveryState, after_attempt
 from node.errors import DeliveryError
@@ -32,6 +33,14 @@ logger = logging.getLogger(__name__)
 
 Sender = Callable[[Destination, list[Path], str], list[SendOutcome]]
 CLAIM_SECONDS = 300.0  # a claimed delivery is due again after this if its worker died
+
+
+def send(destination: Destination, paths: list[Path], calling_ae: str) -> list[SendOutcome]:
+    """Send ``paths`` to ``destination`` by its protocol: STOW-RS when it has a URL, else
+    C-STORE. Raises :class:`DeliveryError` when the peer cannot be reached at all."""
+    if destination.url:
+        return dicomweb.store_files(destination, paths)
+    return scu.send_files(destination, paths, calling_ae)
 
 
 @dataclass(frozen=True)
@@ -240,3 +249,17 @@ def requeue_dead(session: Session, delivery_ids: list[int] | None, destination: 
                      previous_attempts=previous, last_error=delivery.error)
         requeued.append(delivery.id)
     return requeued
+
+
+def recent_deliveries(session: Session, state: str | None, destination: str | None,
+                      limit: int) -> list[tuple[Delivery, ResultObject]]:
+    """The newest ``limit`` deliveries (in ``state``, to ``destination``, if given), newest
+    first, each with the result object it sends."""
+    query = (select(Delivery, ResultObject)
+             .join(ResultObject, ResultObject.id == Delivery.result_object_id)
+             .order_by(Delivery.id.desc()).limit(limit))
+    if state:
+        query = query.where(Delivery.state == state)
+    if destination:
+        query = query.where(Delivery.destination == destination)
+    return [(delivery, result) for delivery, result in session.execute(query).all()]

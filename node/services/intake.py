@@ -7,7 +7,6 @@ failure status.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -17,7 +16,6 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import pydicom.config
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
@@ -29,6 +27,7 @@ from sqlalchemy.orm import Session
 from node.db.engine import SessionFactory
 from node.db.tables import Base, utcnow
 from node.dicom import frames
+from node.dicom.ports import ReceivedInstance
 from node.dicom.status import Status
 from node.dicom.storage import (
     InvalidUid,
@@ -45,29 +44,6 @@ from node.services import audit
 from node.services.group_commit import GroupCommit
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReceivedInstance:
-    """A C-STORE request: the Part 10 dataset as received, in memory or streamed to a file
-    (which intake moves into storage when it keeps it), and who sent it."""
-
-    data: bytes | Path
-    calling_ae: str
-    peer_address: str
-    affected_sop_class_uid: str
-    affected_sop_instance_uid: str
-
-    @property
-    def size(self) -> int:
-        """Bytes of the Part 10 file (preamble and file meta included)."""
-        return self.data.stat().st_size if isinstance(self.data, Path) else len(self.data)
-
-    def sha256(self) -> str:
-        if isinstance(self.data, Path):
-            with self.data.open("rb") as stream:
-                return hashlib.file_digest(stream, "sha256").hexdigest()
-        return hashlib.sha256(self.data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -349,10 +325,6 @@ class Intake:
         self._urgency = urgency or UrgencyRule()
         # Associations storing at the same time share a transaction (see GroupCommit).
         self._group: GroupCommit[_Pending, StoredInstance] = GroupCommit(self._write_batch)
-        # Intake checks what it relies on (UIDs, pixel data length) itself and answers with a
-        # status; pydicom's read-time value warnings would only make that depend on the
-        # process's warning filters.
-        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
     def _check_free_space(self, size: int) -> None:
         """Refuse (Out of Resources) rather than fill the disk the database also lives on."""

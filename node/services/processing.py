@@ -17,11 +17,12 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.inference import LesionClass, LesionSegmentation, TwoStageEngine
+from models.inference import TwoStageEngine
 from node.db.engine import SessionFactory
 from node.db.jobs import require_lease
 from node.db.tables import Instance, Job, ModelVersion, ResultObject, Series, Study, utcnow
 from node.dicom.storage import relative_path, write_atomically
+from node.domain.lesions import LesionClass, LesionSegmentation
 from node.domain.series import SeriesRole
 from node.errors import ModelError, NotProcessable
 from node.results.fallbacks import build_key_images, build_presentation_state, shown_slices

@@ -16,11 +16,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.package import MANIFEST_NAME, PackageError, read_manifest, verify_package
-from node.db.tables import AuditEvent, ModelVersion, utcnow
+from models.package import (
+    MANIFEST_NAME,
+    PackageError,
+    default_package_dir,
+    read_manifest,
+    verify_package,
+)
+from node.config import ModelSettings
+from node.db.tables import AuditEvent, Job, ModelVersion, utcnow
 from node.errors import ModelError
 from node.results.identity import ModelIdentity
 from node.services import audit
@@ -260,6 +267,11 @@ def _make_active(
     return version
 
 
+def bundled_package(settings: ModelSettings) -> Path:
+    """The default package: ``models.default_package``, else the one committed with the source."""
+    return settings.default_package or default_package_dir()
+
+
 def ensure_default(session: Session, package_dir: Path,
                    store: Path | None = None) -> ModelVersion | None:
     """On first start, register (into ``store``, see :func:`register`) and activate the
@@ -304,3 +316,10 @@ def smoke_test_due(session: Session, version: ModelVersion) -> bool:
         .order_by(AuditEvent.id.desc()).limit(1))
     # Registrations before this rule wrote "not run (bundled package, ...)".
     return registered is None or str(registered.get("smoke_test", "")).startswith("not run")
+
+
+def jobs_by_state(session: Session, version: ModelVersion) -> dict[str, int]:
+    """How many of ``version``'s jobs are in each state."""
+    rows = session.execute(select(Job.state, func.count()).where(Job.model_version_id == version.id)
+                           .group_by(Job.state)).all()
+    return {state: count for state, count in rows}

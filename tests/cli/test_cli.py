@@ -181,7 +181,7 @@ def test_verify_names_a_version_whose_files_changed_and_show_describes_one(
 def test_destinations_list_and_echo_against_dcmtk_storescp(
     configured: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from node.demo import PACS_AE, free_port, start_storescp
+    from harness.peers import PACS_AE, free_port, start_storescp
 
     port, closed = free_port(), free_port()
     monkeypatch.setenv("LACUNA_DESTINATIONS", json.dumps([

@@ -16,9 +16,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from node.app import EmbeddedNode
-from node.config import Settings
-from node.demo import (
+from harness.peers import (
     DICOMWEB_PLUGIN,
     PACS_AE,
     Orthanc,
@@ -27,6 +25,8 @@ from node.demo import (
     running_orthanc,
     start_storescp,
 )
+from node.app import EmbeddedNode
+from node.config import Settings
 from tests.conftest import require_tool
 
 

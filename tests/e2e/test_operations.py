@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
+from harness.peers import free_port
 from node.cli import EXIT_OK, main
-from node.demo import free_port
 from tests.conftest import wait_for
 from tests.e2e.conftest import Pacs, listening, node_environment, spawn, storescu, terminate
 

@@ -16,11 +16,11 @@ from pydicom import dcmread
 from pynetdicom import AE
 from sqlalchemy import select
 
+from harness.peers import local_settings
 from node.app import EmbeddedNode
 from node.cli import EXIT_OK, main
 from node.config import Destination
 from node.db.tables import AuditEvent, Delivery, Job
-from node.demo import local_settings
 from node.domain.delivery import DeliveryState
 from node.domain.jobs import JobState
 from node.results.readback import read_report_statements

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from harness.peers import free_port
 from node.db.engine import build_engine, session_factory
 from node.db.tables import AuditEvent, Job
-from node.demo import free_port
 from node.domain.jobs import JobState
 from node.services import audit
 from tests.conftest import wait_for

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from harness.peers import free_port, local_settings, start_storescp
 from node.app import EmbeddedNode
 from node.config import DatabaseSettings
 from node.db.tables import AuditEvent, Delivery, Job
-from node.demo import free_port, local_settings, start_storescp
 from node.domain.delivery import DeliveryState
 from node.domain.jobs import JobState
 from tests.conftest import wait_for

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select
 
+from harness.peers import free_port
 from node.db.tables import Instance
-from node.demo import free_port
 from tests.conftest import require_tool, wait_for
 from tests.e2e.conftest import Pacs, listening, node_environment, spawn, terminate
 

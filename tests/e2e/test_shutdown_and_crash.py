@@ -14,9 +14,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 from sqlalchemy import Engine, func, select
 
+from harness.peers import free_port
 from node.db.engine import build_engine, session_factory
 from node.db.tables import AuditEvent, Instance, Job
-from node.demo import free_port
 from node.dicom.status import Status
 from node.domain.jobs import JobState
 from node.services import audit

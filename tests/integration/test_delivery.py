@@ -16,15 +16,15 @@ from pydicom import dcmread
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from sqlalchemy import Engine, select
 
-from models.inference import LesionClass
+from harness.peers import free_port, start_storescp
 from models.package import default_package_dir
 from node.cli import EXIT_OK, main
 from node.config import Destination, WorkerSettings
 from node.db.engine import SessionFactory
 from node.db.tables import AuditEvent, Delivery, Job, ResultObject
-from node.demo import free_port, start_storescp
 from node.domain.delivery import DeliveryState
 from node.domain.jobs import JobState
+from node.domain.lesions import LesionClass
 from node.results.fallbacks import build_presentation_state
 from node.results.seg import build_segmentation, segment_numbers
 from node.results.sr import build_report

@@ -12,7 +12,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from models.inference import LesionClass, LesionSegmentation
+from node.domain.lesions import LesionClass, LesionSegmentation
 from node.results import codes
 from node.results.fallbacks import (
     build_key_images,

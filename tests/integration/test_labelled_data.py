@@ -10,7 +10,7 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from models.inference import LesionClass
+from node.domain.lesions import LesionClass
 from node.results.seg import build_segmentation
 from node.services.volumes import load_study_volumes
 from tests.integration.test_results import MODEL, NODE, truth_segmentation

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.peers import local_settings
 from models.package import default_package_dir
 from node.app import open_node_database, synthetic_model_warning
 from node.cli import EXIT_OK, main
 from node.config import ModelSettings
-from node.demo import local_settings
 from node.errors import ConfigError
 from node.services import audit, registry
 

@@ -9,12 +9,12 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import Engine, select
 
-from models.inference import LesionClass, LesionSegmentation
 from models.package import default_package_dir
 from node.config import WorkerSettings
 from node.db.engine import SessionFactory, build_engine, session_factory, upgrade
 from node.db.tables import AuditEvent, Instance, Job, ResultObject, Series
 from node.domain.jobs import JobState
+from node.domain.lesions import LesionClass, LesionSegmentation
 from node.domain.series import SeriesRole
 from node.errors import ModelError
 from node.services import audit, registry

@@ -19,7 +19,7 @@ from pydicom import Dataset, dcmread
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
-from models.inference import LesionClass
+from node.domain.lesions import LesionClass
 from node.results import codes
 from node.results.fallbacks import build_key_images, build_presentation_state, shown_slices
 from node.results.patient import PATIENT_AND_STUDY

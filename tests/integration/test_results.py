@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from models.inference import LABEL_VALUES, Lesion, LesionClass, LesionSegmentation, in_plane_diameter_mm
+from models.inference import in_plane_diameter_mm
+from node.domain.lesions import LABEL_VALUES, Lesion, LesionClass, LesionSegmentation
 from node.results.identity import ModelIdentity, NodeIdentity
 from node.results.readback import read_report_statements, read_segmentation
 from node.results.seg import build_segmentation, new_tracking_uids, segment_numbers

@@ -15,9 +15,10 @@ from sqlalchemy import Engine, inspect, select, text
 from node.config import ScpSettings
 from node.db.engine import session_factory, upgrade
 from node.db.tables import AuditEvent
-from node.dicom.scp import ScpContext, start_scp
+from node.dicom.scp import start_scp
 from node.dicom.status import Status
 from node.services.intake import Intake
+from node.services.reception import NodeReception
 from training.synth import write_study
 
 
@@ -44,7 +45,7 @@ def scp(engine: Engine, tmp_path: Path) -> Iterator[tuple[int, Intake, Path]]:
     sessions = session_factory(engine)
     root = tmp_path / "storage"
     intake = Intake(root, sessions)
-    server = start_scp(ScpSettings(host="127.0.0.1", port=0), ScpContext(intake, sessions))
+    server = start_scp(ScpSettings(host="127.0.0.1", port=0), NodeReception(intake, sessions))
     yield int(server.server_address[1]), intake, root
     server.shutdown()
 
@@ -94,7 +95,7 @@ def test_a_dataset_over_the_limit_is_refused_and_nothing_is_kept(
     sessions = session_factory(engine)
     root = tmp_path / "storage"
     intake = Intake(root, sessions, max_dataset_bytes=2**20)
-    server = start_scp(ScpSettings(host="127.0.0.1", port=0), ScpContext(intake, sessions))
+    server = start_scp(ScpSettings(host="127.0.0.1", port=0), NodeReception(intake, sessions))
     try:
         port = int(server.server_address[1])
         assert send(port, large_instance(instance, 12)) == Status.OUT_OF_RESOURCES  # 1.5 MiB
@@ -145,8 +146,8 @@ def test_a_streamed_dataset_cut_short_is_refused(
     engine: Engine, tmp_path: Path, instance: pydicom.Dataset
 ) -> None:
     """A value left on disk (too big to read at intake) must still lie inside the file."""
+    from node.dicom.ports import ReceivedInstance
     from node.errors import InstanceRejected
-    from node.services.intake import ReceivedInstance
 
     upgrade(engine)
     path = tmp_path / "incoming.dcm"

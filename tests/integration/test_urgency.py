@@ -14,10 +14,11 @@ from sqlalchemy import Engine, select
 from models.package import default_package_dir
 from node.db.engine import session_factory, upgrade
 from node.db.tables import AuditEvent, Job, Study
+from node.dicom.ports import ReceivedInstance
 from node.domain.completeness import CompletenessRules
 from node.domain.priority import URGENT, UrgencyRule
 from node.services import registry
-from node.services.intake import Intake, ReceivedInstance
+from node.services.intake import Intake
 from node.services.scheduler import Scheduler
 from training.synth import write_study
 

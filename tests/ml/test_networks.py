@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.inference import InferenceSettings, LesionClass, TwoStageEngine
+from models.inference import InferenceSettings, TwoStageEngine
 from models.networks import build_primary_network, build_secondary_network
 from models.package import default_package_dir, verify_package
 from models.preprocessing import ROI_GAMMA, extract_roi, normalise_volume, slice_context
 from node.cli import EXIT_OK, main
+from node.domain.lesions import LesionClass
 from training.phantom import Contrast, axial_geometry, make_phantom, render_series
 
 

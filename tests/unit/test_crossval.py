@@ -174,7 +174,7 @@ def test_secondary_rois_skip_slices_without_t1_flair() -> None:
 @pytest.mark.parametrize(("argv", "expected"), [
     ([], None), (["--cosine-decay"], True), (["--no-cosine-decay"], False)])
 def test_cosine_decay_is_overridden_only_when_given(argv: list[str], expected: bool | None) -> None:
-    from node.cli import _recipe_flags, build_parser
+    from training.cli import _recipe_flags, build_parser
 
     args = build_parser().parse_args(["train", "--out", "unused", *argv])
     assert _recipe_flags(args).get("cosine_decay") is expected
@@ -185,7 +185,7 @@ def test_cosine_decay_is_overridden_only_when_given(argv: list[str], expected: b
 @pytest.mark.parametrize(("argv", "expected"), [
     ([], TrainingPlan().version), (["--version", "9.1.0"], "9.1.0")])
 def test_train_version_is_the_plans_unless_given(argv: list[str], expected: str) -> None:
-    from node.cli import _train_plan, build_parser
+    from training.cli import _train_plan, build_parser
 
     args = build_parser().parse_args(["train", "--out", "unused", "--seed", "4", *argv])
     plan = _train_plan(args)
@@ -195,14 +195,14 @@ def test_train_version_is_the_plans_unless_given(argv: list[str], expected: str)
 @pytest.mark.parametrize(("argv", "expected"), [
     ([], "ce"), (["--loss", "crop-dice+ce"], "crop-dice+ce"), (["--loss", "dice+ce"], "dice+ce")])
 def test_loss_flag_overrides_the_recipes_loss(argv: list[str], expected: str) -> None:
-    from node.cli import _recipe_flags, build_parser
+    from training.cli import _recipe_flags, build_parser
 
     args = build_parser().parse_args(["crossval", "--out", "unused", *argv])
     assert recipe_plan("paper", **_recipe_flags(args)).loss == expected
 
 
 def test_ablation_rows_vary_the_recipe_and_flags_given() -> None:
-    from node.cli import _ablation_plan, build_parser
+    from training.cli import _ablation_plan, build_parser
 
     args = build_parser().parse_args(["ablation", "--out", "unused", "--recipe", "paper",
                                       "--loss", "crop-dice+ce", "--context-slices", "3",

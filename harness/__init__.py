@@ -1,0 +1,1 @@
+"""Test and demo harness: real DICOM peers (see :mod:`harness.peers`)."""

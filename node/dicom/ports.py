@@ -1,0 +1,56 @@
+"""What a DICOM receiver needs from the rest of the node, and nothing more: a storage port
+that keeps one received instance and answers with the C-STORE status, and a sink for
+association events. ``node.app`` wires the node's implementation (``services.reception``)
+into whichever receiver runs, so the receivers never import intake, audit or metrics."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """A C-STORE request: the Part 10 dataset as received, in memory or streamed to a file
+    (which intake moves into storage when it keeps it), and who sent it."""
+
+    data: bytes | Path
+    calling_ae: str
+    peer_address: str
+    affected_sop_class_uid: str
+    affected_sop_instance_uid: str
+
+    @property
+    def size(self) -> int:
+        """Bytes of the Part 10 file (preamble and file meta included)."""
+        return self.data.stat().st_size if isinstance(self.data, Path) else len(self.data)
+
+    def sha256(self) -> str:
+        if isinstance(self.data, Path):
+            with self.data.open("rb") as stream:
+                return hashlib.file_digest(stream, "sha256").hexdigest()
+        return hashlib.sha256(self.data).hexdigest()
+
+
+class InstanceStore(Protocol):
+    """The storage port."""
+
+    def store(self, received: ReceivedInstance) -> int:
+        """Keep ``received`` and return the C-STORE status to answer: success (0x0000) only
+        once the instance is durably stored and indexed; never raises."""
+        ...
+
+
+class AssociationEvents(Protocol):
+    """The events sink: what a receiver reports about associations."""
+
+    def association_accepted(self, calling_ae: str, peer_address: str) -> None: ...
+
+    def association_rejected(self, calling_ae: str, peer_address: str,
+                             reason: str | None = None) -> None: ...
+
+
+class Reception(InstanceStore, AssociationEvents, Protocol):
+    """Both, as one object: what a receiver is started with."""
