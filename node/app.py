@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import pydicom.config
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 
 from node.config import Settings
 from node.db.engine import SessionFactory, build_engine, migrate, session_factory, startup_lock, upgrade
+from node.dicom.aioscp import start_asyncio_scp
+from node.dicom.ports import Receiver
 from node.dicom.scp import start_scp
 from node.dicom.storage import remove_stale_files
 from node.errors import ConfigError
@@ -157,7 +158,7 @@ class EmbeddedNode:
         self.model_error: str | None = None  # why the active model could not be loaded
         self._load_failed_at = 0.0
         self._warned_at: float | None = None  # when the synthetic-model warning was last logged
-        self._server: ThreadedAssociationServer | None = None
+        self._server: Receiver | None = None
         self._thread: threading.Thread | None = None
         self.http: HealthServer | None = None  # bound in start(), after the DICOM port
 
@@ -191,9 +192,9 @@ class EmbeddedNode:
 
     def start(self) -> None:
         if self.receive:
-            self._server = start_scp(
-                self.settings.scp, NodeReception(self.intake, self.database.sessions, self.metrics)
-            )
+            reception = NodeReception(self.intake, self.database.sessions, self.metrics)
+            start = start_asyncio_scp if self.settings.scp.engine == "asyncio" else start_scp
+            self._server = start(self.settings.scp, reception)
         # The DICOM port first: an HTTP port of 0 must not be handed the port the SCP was
         # configured for.
         if self.settings.metrics.enabled:

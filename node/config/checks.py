@@ -167,3 +167,13 @@ def storage_sop_classes(key: str, value: Any) -> tuple[str, ...]:
             raise ConfigError(key, f"{name} is not a storage SOP class")
         uids.append(uid)
     return tuple(uids)
+
+
+RECEIVER_ENGINES = ("pynetdicom", "asyncio")
+
+
+def receiver_engine(key: str, value: Any) -> str:
+    engine = text(key, value).lower()
+    if engine not in RECEIVER_ENGINES:
+        raise ConfigError(key, f"must be {' or '.join(RECEIVER_ENGINES)}, got {engine!r}")
+    return engine

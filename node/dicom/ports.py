@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,22 @@ class AssociationEvents(Protocol):
 
     def association_rejected(self, calling_ae: str, peer_address: str,
                              reason: str | None = None) -> None: ...
+
+    def association_aborted(self, calling_ae: str, peer_address: str, reason: str) -> None:
+        """An established association ended by an A-ABORT (either way), a protocol error
+        or a lost connection; any instance it was sending was not kept."""
+        ...
+
+
+class Receiver(Protocol):
+    """A running receiver, whichever engine: where it listens, and how it stops."""
+
+    @property
+    def server_address(self) -> Any:
+        """(host, port, ...) as bound."""
+        ...
+
+    def shutdown(self) -> None: ...
 
 
 class Reception(InstanceStore, AssociationEvents, Protocol):

@@ -78,3 +78,9 @@ class NodeReception:
             else:
                 audit.record(session, "association.rejected", calling_ae=calling_ae,
                              peer_address=peer_address)
+
+    def association_aborted(self, calling_ae: str, peer_address: str, reason: str) -> None:
+        self._metrics.associations.labels(outcome="aborted").inc()
+        with self._sessions.begin() as session:
+            audit.record(session, "association.aborted", calling_ae=calling_ae or None,
+                         peer_address=peer_address, reason=reason[:500])

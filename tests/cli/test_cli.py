@@ -126,6 +126,32 @@ def test_synth_writes_a_study(configured: Path, capsys: pytest.CaptureFixture[st
     assert len(list((configured / "out").rglob("*.dcm"))) == 48
 
 
+def test_research_commands_are_lacuna_train_and_the_old_names_say_so(
+    configured: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.cli import main as train_main
+
+    assert train_main(["synth", str(configured / "new"), "--seed", "3"]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert "48 instances" in captured.out and captured.err == ""
+    assert main(["synth", str(configured / "old"), "--seed", "3"]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert "48 instances" in captured.out
+    assert "`lacuna synth` is now `lacuna-train synth`" in captured.err
+    with pytest.raises(SystemExit) as refused:  # the admin commands are not lacuna-train's
+        train_main(["serve"])
+    assert refused.value.code == EXIT_USAGE
+
+
+def test_lacuna_train_is_installed() -> None:
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("lacuna-train")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
+    assert "evaluate" in result.stdout and "serve" not in result.stdout
+
+
 def candidate_package(configured: Path, version_prefix: str, **manifest_changes: object) -> Path:
     copy = configured / version_prefix
     shutil.copytree(default_package_dir(), copy)

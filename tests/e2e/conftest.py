@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -58,14 +58,26 @@ def pacs(tmp_path: Path) -> Iterator[Pacs]:
     process.wait(timeout=10)
 
 
-def node_settings(tmp_path: Path, pacs: Pacs, allowed: tuple[str, ...] = ()) -> Settings:
-    return local_settings(tmp_path, pacs.port, stable_seconds=1.0, poll_seconds=0.2,
-                          allowed_calling_aes=allowed)
+# The receivers ([scp] engine); tests that take an `engine` argument run on each.
+ENGINES = ("pynetdicom", "asyncio")
+
+
+def node_settings(tmp_path: Path, pacs: Pacs, allowed: tuple[str, ...] = (),
+                  engine: str = "pynetdicom") -> Settings:
+    settings = local_settings(tmp_path, pacs.port, stable_seconds=1.0, poll_seconds=0.2,
+                              allowed_calling_aes=allowed)
+    return replace(settings, scp=replace(settings.scp, engine=engine))
+
+
+def requested_engine(request: pytest.FixtureRequest) -> str:
+    """The test's `engine` parameter, when it has one."""
+    callspec = getattr(request.node, "callspec", None)
+    return str(callspec.params.get("engine", "pynetdicom")) if callspec else "pynetdicom"
 
 
 @pytest.fixture
-def node(tmp_path: Path, pacs: Pacs) -> Iterator[EmbeddedNode]:
-    running = EmbeddedNode(node_settings(tmp_path, pacs))
+def node(tmp_path: Path, pacs: Pacs, request: pytest.FixtureRequest) -> Iterator[EmbeddedNode]:
+    running = EmbeddedNode(node_settings(tmp_path, pacs, engine=requested_engine(request)))
     running.start()
     yield running
     running.stop()

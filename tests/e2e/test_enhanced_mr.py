@@ -19,7 +19,7 @@ from node.domain.jobs import JobState
 from node.results.readback import segmentation_pixels
 from node.services.volumes import read_series, source_slices
 from tests.conftest import dciodvfy_errors, wait_for
-from tests.e2e.conftest import storescu
+from tests.e2e.conftest import ENGINES, storescu
 from training.phantom import Contrast
 from training.synth import multiframe_series
 
@@ -40,8 +40,9 @@ def lesion_mask(node: EmbeddedNode, job: Job, t2_files: list[Path]) -> np.ndarra
     return segmentation_pixels(seg, source_slices(read_series(t2_files).planes)).any(axis=-1)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_enhanced_mr_studies_find_the_same_lesions_as_single_frame(
-    node: EmbeddedNode, synthetic_study, tmp_path: Path  # type: ignore[no-untyped-def]
+    node: EmbeddedNode, synthetic_study, tmp_path: Path, engine: str  # type: ignore[no-untyped-def]
 ) -> None:
     t2_files = {"single-frame": synthetic_study.series[Contrast.T2_FLAIR]}
     assert storescu(node.port, synthetic_study.folder).returncode == 0

@@ -22,17 +22,19 @@ from sqlalchemy import select
 from node.app import EmbeddedNode
 from node.db.tables import Instance
 from node.dicom.status import Status
-from tests.e2e.conftest import Pacs, node_settings
+from tests.e2e.conftest import ENGINES, Pacs, node_settings
 
 pytestmark = pytest.mark.e2e
 
 NAMED = {int(status) for status in Status}
 
 
-@pytest.fixture(scope="module")
-def scp_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNode]:
+@pytest.fixture(scope="module", params=ENGINES)
+def scp_node(tmp_path_factory: pytest.TempPathFactory,
+             request: pytest.FixtureRequest) -> Iterator[EmbeddedNode]:
     folder = tmp_path_factory.mktemp("fuzz")
-    node = EmbeddedNode(node_settings(folder, Pacs(folder / "pacs", 1)), process=False)
+    node = EmbeddedNode(node_settings(folder, Pacs(folder / "pacs", 1), engine=request.param),
+                        process=False)
     node.start()
     chunked = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True  # send the mutated bytes, not a re-encoding

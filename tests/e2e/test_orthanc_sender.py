@@ -10,13 +10,14 @@ from node.app import EmbeddedNode
 from node.db.tables import AuditEvent, Instance, Job
 from node.domain.jobs import JobState
 from tests.conftest import wait_for
-from tests.e2e.conftest import Orthanc, Pacs
+from tests.e2e.conftest import ENGINES, Orthanc, Pacs
 
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_orthanc_sends_a_study_and_every_instance_arrives(
-    node: EmbeddedNode, orthanc: Orthanc, pacs: Pacs, synthetic_study  # type: ignore[no-untyped-def]
+    node: EmbeddedNode, orthanc: Orthanc, pacs: Pacs, synthetic_study, engine: str  # type: ignore[no-untyped-def]
 ) -> None:
     [study_id] = orthanc.upload(synthetic_study.folder)
     orthanc.add_modality("lacuna", "LACUNA", node.port)

@@ -16,20 +16,21 @@ from node.app import EmbeddedNode
 from node.db.tables import AuditEvent, Instance, Job, Study
 from node.domain.jobs import JobState
 from tests.conftest import require_tool, wait_for
-from tests.e2e.conftest import Pacs, node_settings
+from tests.e2e.conftest import ENGINES, Pacs, node_settings
 
 pytestmark = pytest.mark.e2e
 
 STUDIES, SPLIT = 4, 5
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_twenty_parallel_associations_lose_and_duplicate_nothing(
-    tmp_path: Path, pacs: Pacs
+    tmp_path: Path, pacs: Pacs, engine: str
 ) -> None:
     from training.synth import write_study
 
     studies = [write_study(tmp_path / f"study{n}", seed=500 + n) for n in range(STUDIES)]
-    settings = node_settings(tmp_path, pacs)
+    settings = node_settings(tmp_path, pacs, engine=engine)
     settings = replace(settings, scp=replace(settings.scp, max_associations=2 * STUDIES * SPLIT),
                        study=replace(settings.study, stable_seconds=3.0))
     node = EmbeddedNode(settings)

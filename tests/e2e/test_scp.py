@@ -14,10 +14,10 @@ from sqlalchemy import select
 from node.app import EmbeddedNode
 from node.db.tables import AuditEvent, Instance
 from tests.conftest import require_tool, wait_for
-from tests.e2e.conftest import Pacs, node_settings, storescu
+from tests.e2e.conftest import ENGINES, Pacs, node_settings, storescu
 from training.synth import write_study
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("engine", ENGINES)]
 
 
 def echoscu(port: int, calling_ae: str = "SCANNER") -> subprocess.CompletedProcess[str]:
@@ -37,13 +37,13 @@ def small_study(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     return write_study(tmp_path_factory.mktemp("small"), seed=5, include_t1=False, lesion_count=1)
 
 
-def test_echo(node: EmbeddedNode) -> None:
+def test_echo(node: EmbeddedNode, engine: str) -> None:
     assert echoscu(node.port).returncode == 0
     assert "association.accepted" in audit_actions(node)
 
 
 def test_bad_instances_get_failure_statuses_and_the_node_keeps_serving(
-    node: EmbeddedNode, small_study, tmp_path: Path  # type: ignore[no-untyped-def]
+    node: EmbeddedNode, small_study, tmp_path: Path, engine: str  # type: ignore[no-untyped-def]
 ) -> None:
     source = small_study.series[next(iter(small_study.series))][0]
     short_pixels = tmp_path / "short.dcm"
@@ -79,8 +79,8 @@ def test_bad_instances_get_failure_statuses_and_the_node_keeps_serving(
     assert not any(".." in str(p) for p in (node.settings.storage.root).rglob("*"))
 
 
-def test_unknown_calling_ae_is_rejected(tmp_path: Path, pacs: Pacs) -> None:
-    node = EmbeddedNode(node_settings(tmp_path, pacs, allowed=("SCANNER",)))
+def test_unknown_calling_ae_is_rejected(tmp_path: Path, pacs: Pacs, engine: str) -> None:
+    node = EmbeddedNode(node_settings(tmp_path, pacs, allowed=("SCANNER",), engine=engine))
     node.start()
     try:
         assert echoscu(node.port, calling_ae="INTRUDER").returncode != 0
@@ -93,9 +93,9 @@ def test_unknown_calling_ae_is_rejected(tmp_path: Path, pacs: Pacs) -> None:
 
 
 def test_a_calling_ae_is_refused_from_a_host_it_is_not_configured_for(
-    tmp_path: Path, pacs: Pacs
+    tmp_path: Path, pacs: Pacs, engine: str
 ) -> None:
-    settings = node_settings(tmp_path, pacs, allowed=("SCANNER", "PACS1", "MRI2"))
+    settings = node_settings(tmp_path, pacs, allowed=("SCANNER", "PACS1", "MRI2"), engine=engine)
     hosts = {"SCANNER": ("10.20.30.40", "192.168.0.0/16"), "PACS1": ("127.0.0.0/8",),
              "MRI2": ("localhost",)}
     node = EmbeddedNode(replace(settings, scp=replace(settings.scp, calling_ae_hosts=hosts)))

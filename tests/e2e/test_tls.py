@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from node.app import EmbeddedNode
 from node.db.tables import Instance
 from tests.conftest import require_tool
-from tests.e2e.conftest import Pacs, node_settings, storescu
+from tests.e2e.conftest import ENGINES, Pacs, node_settings, requested_engine, storescu
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,8 @@ def issue(folder: Path, name: str, ca: tuple[Path, Path], server: bool) -> tuple
 
 
 @pytest.fixture
-def tls_node(tmp_path: Path, pacs: Pacs) -> Iterator[tuple[EmbeddedNode, dict[str, Path]]]:
+def tls_node(tmp_path: Path, pacs: Pacs, request: pytest.FixtureRequest,
+             ) -> Iterator[tuple[EmbeddedNode, dict[str, Path]]]:
     pki = tmp_path / "pki"
     pki.mkdir()
     trusted = make_ca(pki, "hospital-ca")
@@ -52,7 +53,7 @@ def tls_node(tmp_path: Path, pacs: Pacs) -> Iterator[tuple[EmbeddedNode, dict[st
     server_key, server_cert = issue(pki, "lacuna", trusted, server=True)
     client_key, client_cert = issue(pki, "scanner", trusted, server=False)
     rogue_key, rogue_cert = issue(pki, "rogue", other, server=False)
-    settings = node_settings(tmp_path, pacs)
+    settings = node_settings(tmp_path, pacs, engine=requested_engine(request))
     settings = replace(settings, scp=replace(
         settings.scp, tls_certificate=server_cert, tls_private_key=server_key,
         tls_ca_certificates=trusted[1], tls_require_client_certificate=True))
@@ -68,8 +69,9 @@ def stored(node: EmbeddedNode) -> int:
         return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_tls_stores_from_trusted_clients_and_refuses_the_others(
-    tls_node: tuple[EmbeddedNode, dict[str, Path]], synthetic_study  # type: ignore[no-untyped-def]
+    tls_node: tuple[EmbeddedNode, dict[str, Path]], synthetic_study, engine: str  # type: ignore[no-untyped-def]
 ) -> None:
     node, pki = tls_node
     one = next(synthetic_study.folder.rglob("*.dcm"))

@@ -23,7 +23,7 @@ from node.db.tables import Instance, Job, ResultObject, Series, Study
 from node.dicom.transfer_syntaxes import ACCEPTED
 from node.domain.jobs import JobState
 from tests.conftest import require_tool, wait_for
-from tests.e2e.conftest import storescu
+from tests.e2e.conftest import ENGINES, storescu
 
 pytestmark = pytest.mark.e2e
 
@@ -95,8 +95,9 @@ def lesion_voxels(node: EmbeddedNode, job_id: int) -> int:
     return int(np.count_nonzero(seg.pixel_array))
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_each_transfer_syntax_is_stored_as_received_and_finds_the_same_lesions(
-    node: EmbeddedNode, synthetic_study, tmp_path: Path  # type: ignore[no-untyped-def]
+    node: EmbeddedNode, synthetic_study, tmp_path: Path, engine: str  # type: ignore[no-untyped-def]
 ) -> None:
     for variant in VARIANTS:
         folder = tmp_path / variant.name

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, inspect, select, text
 from node.config import ScpSettings
 from node.db.engine import session_factory, upgrade
 from node.db.tables import AuditEvent
+from node.dicom.aioscp import start_asyncio_scp
 from node.dicom.scp import start_scp
 from node.dicom.status import Status
 from node.services.intake import Intake
@@ -39,13 +40,19 @@ def send(port: int, dataset: pydicom.Dataset) -> int:
         assoc.release()
 
 
-@pytest.fixture
-def scp(engine: Engine, tmp_path: Path) -> Iterator[tuple[int, Intake, Path]]:
+# Both receivers ([scp] engine) store through the same port.
+RECEIVERS = {"pynetdicom": start_scp, "asyncio": start_asyncio_scp}
+
+
+@pytest.fixture(params=list(RECEIVERS))
+def scp(engine: Engine, tmp_path: Path,
+        request: pytest.FixtureRequest) -> Iterator[tuple[int, Intake, Path]]:
     upgrade(engine)
     sessions = session_factory(engine)
     root = tmp_path / "storage"
     intake = Intake(root, sessions)
-    server = start_scp(ScpSettings(host="127.0.0.1", port=0), NodeReception(intake, sessions))
+    server = RECEIVERS[request.param](ScpSettings(host="127.0.0.1", port=0),
+                                      NodeReception(intake, sessions))
     yield int(server.server_address[1]), intake, root
     server.shutdown()
 
@@ -88,14 +95,16 @@ def large_instance(instance: pydicom.Dataset, frames: int) -> pydicom.Dataset:
     return large
 
 
+@pytest.mark.parametrize("receiver", list(RECEIVERS))
 def test_a_dataset_over_the_limit_is_refused_and_nothing_is_kept(
-    engine: Engine, tmp_path: Path, instance: pydicom.Dataset
+    engine: Engine, tmp_path: Path, instance: pydicom.Dataset, receiver: str
 ) -> None:
     upgrade(engine)
     sessions = session_factory(engine)
     root = tmp_path / "storage"
     intake = Intake(root, sessions, max_dataset_bytes=2**20)
-    server = start_scp(ScpSettings(host="127.0.0.1", port=0), NodeReception(intake, sessions))
+    server = RECEIVERS[receiver](ScpSettings(host="127.0.0.1", port=0),
+                                 NodeReception(intake, sessions))
     try:
         port = int(server.server_address[1])
         assert send(port, large_instance(instance, 12)) == Status.OUT_OF_RESOURCES  # 1.5 MiB
