@@ -48,8 +48,8 @@ def configure_libraries() -> None:
 
 
 def receive_on_the_storage_volume(settings: Settings) -> None:
-    """Incoming datasets stream to temporary files (pynetdicom writes them where ``tempfile``
-    says); put those beside the storage so keeping one is a rename, and the free-space check
+    """Incoming datasets stream to temporary files (either receiver writes them where
+    ``tempfile`` says); put those beside the storage so keeping one is a rename, and the free-space check
     covers them. A transfer older than a day was left by a crashed process. For a process
     that receives, once, before any association."""
     incoming = settings.storage.root / "incoming"
