@@ -402,12 +402,14 @@ class AsyncioScp:
         limit = self.settings.max_pdu_size or (1 << 31)
         try:
             while True:
+                # Between messages the network timeout applies; within one (the rest of a
+                # command or dataset still to come), the DIMSE timeout.
+                timeout = (self.settings.network_timeout if incoming is None
+                           else self.settings.dimse_timeout)
                 try:
-                    pdu_type, body = await asyncio.wait_for(
-                        read_pdu(reader, limit + 6), self.settings.network_timeout)
+                    pdu_type, body = await asyncio.wait_for(read_pdu(reader, limit + 6), timeout)
                 except TimeoutError:
-                    raise ProtocolError(0x00, f"no data for {self.settings.network_timeout:g} s"
-                                        ) from None
+                    raise ProtocolError(0x00, f"no data for {timeout:g} s") from None
                 if pdu_type == P_DATA_TF:
                     incoming = await self._p_data(body, incoming, negotiated, writer,
                                                   peer_address)

@@ -353,6 +353,26 @@ def test_an_idle_association_is_aborted(receiver: Receiver) -> None:
     assert "association.aborted" in receiver.actions()
 
 
+def test_a_message_stalled_mid_dataset_is_aborted_after_the_dimse_timeout(
+    tmp_path: Path, incoming: Path, instance_file: Path
+) -> None:
+    running = start(tmp_path, dimse_timeout=1.0, network_timeout=30.0)
+    try:
+        pdus = p_data_pdus(store_message(instance_file), 1, 4096)
+        with connect(running.port) as stream:
+            stream.sendall(associate_rq())
+            assert read_pdu(stream) is not None
+            stream.sendall(b"".join(pdus[:3]))
+            started = time.monotonic()
+            answer = read_pdu(stream)
+            assert answer is not None and answer[0] == 0x07
+            assert time.monotonic() - started < 10  # the DIMSE timeout, not the network one
+        wait_for(lambda: running.leftovers() == [] or None, timeout_s=10)
+        assert running.stored() == 0
+    finally:
+        running.scp.shutdown()
+
+
 def test_responses_respect_the_requestors_maximum_pdu(receiver: Receiver) -> None:
     with connect(receiver.port) as stream:
         stream.sendall(associate_rq(max_pdu=32))  # 26 bytes of PDV data per PDU
