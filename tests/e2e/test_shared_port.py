@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, func, select
 from harness.peers import free_port
 from node.db.tables import Instance
 from tests.conftest import require_tool, wait_for
-from tests.e2e.conftest import Pacs, listening, node_environment, spawn, terminate
+from tests.e2e.conftest import ENGINES, Pacs, listening, node_environment, spawn, terminate
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +29,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def test_two_receiving_processes_share_the_port_and_the_work(tmp_path: Path, pacs: Pacs) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_receiving_processes_share_the_port_and_the_work(tmp_path: Path, pacs: Pacs,
+                                                             engine: str) -> None:
     from training.synth import write_study
 
     studies = [write_study(tmp_path / f"study{n}", seed=800 + n, include_t1=False)
@@ -38,7 +40,7 @@ def test_two_receiving_processes_share_the_port_and_the_work(tmp_path: Path, pac
     port = free_port()
     database = f"sqlite:///{tmp_path / 'lacuna.db'}"
     scp = spawn("scp", node_environment(tmp_path, port, pacs, database,
-                                        LACUNA_SCP_PROCESSES="2",
+                                        LACUNA_SCP_PROCESSES="2", LACUNA_SCP_ENGINE=engine,
                                         # all 16 may hash to one process: no refusals here
                                         LACUNA_SCP_MAX_ASSOCIATIONS=str(ASSOCIATIONS)))
     try:
