@@ -466,7 +466,7 @@ class AsyncioScp:
             offset = end
             if header & 0x01:
                 incoming = await self._command_fragment(incoming, fragment, header, negotiated,
-                                                        writer, peer_address)
+                                                        writer)
             else:
                 incoming = await self._data_fragment(incoming, fragment, header, negotiated,
                                                      writer, peer_address)
@@ -474,7 +474,7 @@ class AsyncioScp:
 
     async def _command_fragment(self, incoming: _Incoming, fragment: memoryview, header: int,
                                 negotiated: _Negotiated, writer: asyncio.StreamWriter,
-                                peer_address: str) -> _Incoming | None:
+                                ) -> _Incoming | None:
         if incoming.elements is not None:
             raise ProtocolError(UNEXPECTED_PDU, "command fragment after the command set")
         incoming.command += fragment
