@@ -179,11 +179,13 @@ def supported_contexts(settings: ScpSettings) -> list[PresentationContext]:
 
 @dataclass
 class _Negotiated:
-    """What an accepted association agreed: contexts by ID -> (abstract, transfer syntax)."""
+    """An accepted association: what it agreed (contexts by ID -> (abstract syntax, transfer
+    syntax)) and the message it is receiving, if any."""
 
     contexts: dict[int, tuple[str, str]]
     peer_max_pdu: int
     calling_ae: str
+    incoming: _Incoming | None = None
 
 
 @dataclass
@@ -397,26 +399,24 @@ class AsyncioScp:
         return bytes(A_ASSOCIATE_AC(primitive).encode())
 
     async def _established(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           negotiated: _Negotiated, peer_address: str) -> bool:
-        incoming: _Incoming | None = None
+                           association: _Negotiated, peer_address: str) -> bool:
         limit = self.settings.max_pdu_size or (1 << 31)
         try:
             while True:
                 # Between messages the network timeout applies; within one (the rest of a
                 # command or dataset still to come), the DIMSE timeout.
-                timeout = (self.settings.network_timeout if incoming is None
+                timeout = (self.settings.network_timeout if association.incoming is None
                            else self.settings.dimse_timeout)
                 try:
                     pdu_type, body = await asyncio.wait_for(read_pdu(reader, limit + 6), timeout)
                 except TimeoutError:
                     raise ProtocolError(0x00, f"no data for {timeout:g} s") from None
                 if pdu_type == P_DATA_TF:
-                    incoming = await self._p_data(body, incoming, negotiated, writer,
-                                                  peer_address)
+                    await self._p_data(body, association, writer, peer_address)
                 elif pdu_type == RELEASE_RQ:
                     writer.write(pdu(RELEASE_RP, bytes(4)))
                     await writer.drain()
-                    if incoming is not None:  # released mid-message: nothing to keep
+                    if association.incoming is not None:  # released mid-message: keep nothing
                         raise AssociationEnded("released during a message")
                     return True
                 elif pdu_type == ABORT:
@@ -426,26 +426,38 @@ class AsyncioScp:
                 else:
                     raise ProtocolError(UNRECOGNISED_PDU, f"unknown PDU type 0x{pdu_type:02X}")
         except ProtocolError as error:
-            logger.warning("aborted association from %s at %s: %s", negotiated.calling_ae,
-                           peer_address, error)
-            writer.write(abort_pdu(2, error.reason))
-            self.reception.association_aborted(negotiated.calling_ae, peer_address, str(error))
-            return True
+            return self._abort(writer, association, peer_address, error.reason, str(error))
         except (AssociationEnded, asyncio.IncompleteReadError, ConnectionError) as error:
             ended = (str(error) if isinstance(error, AssociationEnded)
                      else "connection closed by the peer")
-            if incoming is not None or isinstance(error, AssociationEnded):
-                logger.warning("association from %s at %s ended: %s", negotiated.calling_ae,
+            if association.incoming is not None or isinstance(error, AssociationEnded):
+                logger.warning("association from %s at %s ended: %s", association.calling_ae,
                                peer_address, ended)
-                self.reception.association_aborted(negotiated.calling_ae, peer_address, ended)
+                self.reception.association_aborted(association.calling_ae, peer_address, ended)
             return False
+        except Exception as error:  # the edge: an internal failure ends this association only
+            logger.exception("association from %s at %s failed", association.calling_ae,
+                             peer_address)
+            return self._abort(writer, association, peer_address, 0x00,
+                               f"internal error: {type(error).__name__}")
         finally:
-            if incoming is not None:
-                incoming.discard()
+            if association.incoming is not None:
+                association.incoming.discard()
+                association.incoming = None
 
-    async def _p_data(self, body: bytes, incoming: _Incoming | None, negotiated: _Negotiated,
-                      writer: asyncio.StreamWriter, peer_address: str) -> _Incoming | None:
-        """Take one P-DATA-TF's PDVs; run each message once its last fragment is in."""
+    def _abort(self, writer: asyncio.StreamWriter, association: _Negotiated, peer_address: str,
+               reason: int, why: str) -> bool:
+        logger.warning("aborted association from %s at %s: %s", association.calling_ae,
+                       peer_address, why)
+        writer.write(abort_pdu(2, reason))
+        self.reception.association_aborted(association.calling_ae, peer_address, why)
+        return True
+
+    async def _p_data(self, body: bytes, association: _Negotiated,
+                      writer: asyncio.StreamWriter, peer_address: str) -> None:
+        """Take one P-DATA-TF's PDVs; run each message once its last fragment is in. The
+        message being received is ``association.incoming`` throughout, so whatever is raised
+        midway, the association's clean-up finds its file."""
         view = memoryview(body)
         offset = 0
         while offset < len(body):
@@ -455,81 +467,81 @@ class AsyncioScp:
             end = offset + 4 + length
             if length < 2 or end > len(body):
                 raise ProtocolError(INVALID_PARAMETER_VALUE, "PDV item length out of range")
-            if context_id not in negotiated.contexts:
+            if context_id not in association.contexts:
                 raise ProtocolError(INVALID_PARAMETER_VALUE,
                                     f"PDV for presentation context {context_id}, never accepted")
-            if incoming is None:
-                incoming = _Incoming(context_id)
-            elif incoming.context_id != context_id:
+            if association.incoming is None:
+                association.incoming = _Incoming(context_id)
+            elif association.incoming.context_id != context_id:
                 raise ProtocolError(UNEXPECTED_PDU, "PDVs of two messages interleaved")
             fragment = view[offset + 6:end]
             offset = end
             if header & 0x01:
-                incoming = await self._command_fragment(incoming, fragment, header, negotiated,
-                                                        writer)
+                await self._command_fragment(association, fragment, header, writer)
             else:
-                incoming = await self._data_fragment(incoming, fragment, header, negotiated,
-                                                     writer, peer_address)
-        return incoming
+                await self._data_fragment(association, fragment, header, writer, peer_address)
 
-    async def _command_fragment(self, incoming: _Incoming, fragment: memoryview, header: int,
-                                negotiated: _Negotiated, writer: asyncio.StreamWriter,
-                                ) -> _Incoming | None:
+    async def _command_fragment(self, association: _Negotiated, fragment: memoryview,
+                                header: int, writer: asyncio.StreamWriter) -> None:
+        incoming = association.incoming
+        assert incoming is not None
         if incoming.elements is not None:
             raise ProtocolError(UNEXPECTED_PDU, "command fragment after the command set")
         incoming.command += fragment
         if not header & 0x02:
-            return incoming
+            return
         elements = incoming.elements = parse_command(bytes(incoming.command))
         command_field = _us(elements[COMMAND_FIELD])
         has_data = _us(elements.get(COMMAND_DATA_SET_TYPE, b"\x01\x01")) != NO_DATA_SET
         if command_field == C_ECHO_RQ and not has_data:
-            await self._send(writer, negotiated, incoming.context_id,
+            association.incoming = None
+            await self._send(writer, association, incoming.context_id,
                              response(C_ECHO_RSP, elements, Status.SUCCESS))
-            return None
+            return
         if command_field == C_STORE_RQ and has_data:
-            incoming.path, incoming.file = self._open_dataset(
-                elements, negotiated.contexts[incoming.context_id][1])
-            return incoming
+            self._open_dataset(incoming, association.contexts[incoming.context_id][1])
+            return
         raise ProtocolError(UNEXPECTED_PDU, f"DIMSE command 0x{command_field:04X} not served")
 
-    async def _data_fragment(self, incoming: _Incoming, fragment: memoryview, header: int,
-                             negotiated: _Negotiated, writer: asyncio.StreamWriter,
-                             peer_address: str) -> _Incoming | None:
+    async def _data_fragment(self, association: _Negotiated, fragment: memoryview, header: int,
+                             writer: asyncio.StreamWriter, peer_address: str) -> None:
+        incoming = association.incoming
+        assert incoming is not None
         if incoming.file is None or incoming.elements is None or incoming.path is None:
             raise ProtocolError(UNEXPECTED_PDU, "dataset fragment before a C-STORE command")
         incoming.file.write(fragment)
         if not header & 0x02:
-            return incoming
+            return
         incoming.file.close()
         incoming.file = None
         elements = incoming.elements
         received = ReceivedInstance(
-            data=incoming.path, calling_ae=negotiated.calling_ae, peer_address=peer_address,
+            data=incoming.path, calling_ae=association.calling_ae, peer_address=peer_address,
             affected_sop_class_uid=_ui(elements.get(AFFECTED_SOP_CLASS_UID, b"")),
             affected_sop_instance_uid=_ui(elements.get(AFFECTED_SOP_INSTANCE_UID, b"")))
         loop = asyncio.get_running_loop()
         status = await loop.run_in_executor(self._pool, self.reception.store, received)
         incoming.discard()  # kept files were moved into storage; a refused one goes
-        await self._send(writer, negotiated, incoming.context_id,
+        association.incoming = None
+        await self._send(writer, association, incoming.context_id,
                          response(C_STORE_RSP, elements, status))
-        return None
 
-    def _open_dataset(self, elements: dict[int, bytes], transfer_syntax: str,
-                      ) -> tuple[Path, BinaryIO]:
-        """A temporary Part 10 file (in tempfile's folder: the node puts it on the storage
-        volume) with the file meta written; the dataset's fragments are appended as they
-        arrive."""
+    @staticmethod
+    def _open_dataset(incoming: _Incoming, transfer_syntax: str) -> None:
+        """A temporary Part 10 file for ``incoming`` (in tempfile's folder: the node puts it on
+        the storage volume) with the file meta written; the dataset's fragments are appended
+        as they arrive. The file is the message's from the start, so it is removed with it."""
+        elements = incoming.elements or {}
         descriptor, name = tempfile.mkstemp(suffix=".dcm")
-        stream = os.fdopen(descriptor, "wb", buffering=1 << 20)
-        stream.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(stream, create_file_meta(  # type: ignore[arg-type]
+        incoming.path = Path(name)
+        incoming.file = os.fdopen(descriptor, "wb", buffering=1 << 20)
+        incoming.file.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(incoming.file, create_file_meta(  # type: ignore[arg-type]
             sop_class_uid=UID(_ui(elements.get(AFFECTED_SOP_CLASS_UID, b""))),
             sop_instance_uid=UID(_ui(elements.get(AFFECTED_SOP_INSTANCE_UID, b""))),
             transfer_syntax=UID(transfer_syntax),
             implementation_uid=UID(IMPLEMENTATION_CLASS_UID),
             implementation_version=IMPLEMENTATION_VERSION_NAME))
-        return Path(name), stream
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, negotiated: _Negotiated, context_id: int,

@@ -454,7 +454,8 @@ def fuzz_receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver
     tempfile.tempdir = before
 
 
-@settings(max_examples=40, deadline=None,
+# 40 fixed examples in CI; random runs of 200 found a leaked temporary file (fixed), then passed.
+@settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=mutations)
 def test_mutated_associations_never_get_a_false_success(
