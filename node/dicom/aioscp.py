@@ -22,6 +22,7 @@ import os
 import struct
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,6 +281,11 @@ class AsyncioScp:
             except (ConnectionError, OSError):
                 pass
 
+    async def _report(self, event: Callable[..., None], *arguments: str) -> None:
+        """Call the events sink in the pool: it writes audit rows, and a commit must not
+        stall the loop every other association runs on."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, event, *arguments)
+
     async def _await_close(self, reader: asyncio.StreamReader) -> None:
         """After our A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT the requestor closes the
         connection (PS3.8 Sta13); closing first could cut our last PDU off. ARTIM bounds it."""
@@ -313,8 +319,7 @@ class AsyncioScp:
         negotiated = await self._negotiate(body, writer, host, peer_address)
         if negotiated is None:
             return True
-        self._active += 1
-        try:
+        try:  # counted as active by _negotiate
             return await self._established(reader, writer, negotiated, peer_address)
         finally:
             self._active -= 1
@@ -329,7 +334,8 @@ class AsyncioScp:
         except Exception as error:  # any malformed request: pynetdicom raises several types
             logger.warning("aborted %s: malformed A-ASSOCIATE-RQ (%s)", peer_address, error)
             writer.write(abort_pdu(2, INVALID_PARAMETER_VALUE))
-            self.reception.association_aborted("", peer_address, "malformed A-ASSOCIATE-RQ")
+            await self._report(self.reception.association_aborted, "", peer_address,
+                               "malformed A-ASSOCIATE-RQ")
             return None
         calling_ae = str(primitive.calling_ae_title).strip()
         refusal = await self._refusal(primitive, request.protocol_version, calling_ae, host)
@@ -338,8 +344,20 @@ class AsyncioScp:
             logger.warning("rejected association from %s at %s: %s", calling_ae, peer_address,
                            why)
             writer.write(reject_pdu(result, source, reason))
-            self.reception.association_rejected(calling_ae, peer_address, why)
+            await self._report(self.reception.association_rejected, calling_ae, peer_address,
+                               why)
             return None
+        # Counted from here, before anything else can run on the loop: the limit holds.
+        self._active += 1
+        try:
+            return await self._accept_association(primitive, calling_ae, writer, peer_address)
+        except BaseException:
+            self._active -= 1
+            raise
+
+    async def _accept_association(self, primitive: A_ASSOCIATE, calling_ae: str,
+                                  writer: asyncio.StreamWriter, peer_address: str,
+                                  ) -> _Negotiated:
         roles = {UID(str(item.sop_class_uid)): (item.scu_role, item.scp_role)
                  for item in primitive.user_information
                  if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
@@ -347,7 +365,7 @@ class AsyncioScp:
             primitive.presentation_context_definition_list, self._contexts, roles)
         writer.write(self._accept(primitive, results, role_items))
         await writer.drain()
-        self.reception.association_accepted(calling_ae, peer_address)
+        await self._report(self.reception.association_accepted, calling_ae, peer_address)
         peer_max = next((int(item.maximum_length_received or 0)
                          for item in primitive.user_information
                          if isinstance(item, MaximumLengthNotification)), 0)
@@ -426,31 +444,33 @@ class AsyncioScp:
                 else:
                     raise ProtocolError(UNRECOGNISED_PDU, f"unknown PDU type 0x{pdu_type:02X}")
         except ProtocolError as error:
-            return self._abort(writer, association, peer_address, error.reason, str(error))
+            return await self._abort(writer, association, peer_address, error.reason, str(error))
         except (AssociationEnded, asyncio.IncompleteReadError, ConnectionError) as error:
             ended = (str(error) if isinstance(error, AssociationEnded)
                      else "connection closed by the peer")
             if association.incoming is not None or isinstance(error, AssociationEnded):
                 logger.warning("association from %s at %s ended: %s", association.calling_ae,
                                peer_address, ended)
-                self.reception.association_aborted(association.calling_ae, peer_address, ended)
+                await self._report(self.reception.association_aborted, association.calling_ae,
+                                   peer_address, ended)
             return False
         except Exception as error:  # the edge: an internal failure ends this association only
             logger.exception("association from %s at %s failed", association.calling_ae,
                              peer_address)
-            return self._abort(writer, association, peer_address, 0x00,
-                               f"internal error: {type(error).__name__}")
+            return await self._abort(writer, association, peer_address, 0x00,
+                                     f"internal error: {type(error).__name__}")
         finally:
             if association.incoming is not None:
                 association.incoming.discard()
                 association.incoming = None
 
-    def _abort(self, writer: asyncio.StreamWriter, association: _Negotiated, peer_address: str,
-               reason: int, why: str) -> bool:
+    async def _abort(self, writer: asyncio.StreamWriter, association: _Negotiated,
+                     peer_address: str, reason: int, why: str) -> bool:
         logger.warning("aborted association from %s at %s: %s", association.calling_ae,
                        peer_address, why)
         writer.write(abort_pdu(2, reason))
-        self.reception.association_aborted(association.calling_ae, peer_address, why)
+        await self._report(self.reception.association_aborted, association.calling_ae,
+                           peer_address, why)
         return True
 
     async def _p_data(self, body: bytes, association: _Negotiated,
