@@ -152,46 +152,24 @@ def echo_round_trip_ms(port: int, ae_title: str, echoes: int = 300) -> float:
     encoders, no reactor of its own in the way): send the request, read the response."""
     import socket
 
-    from pynetdicom import build_context
-    from pynetdicom.dimse_messages import C_ECHO_RQ
-    from pynetdicom.dimse_primitives import C_ECHO
-    from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
-    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from harness import wire
 
-    request = A_ASSOCIATE()
-    request.application_context_name = "1.2.840.10008.3.1.1.1"
-    request.calling_ae_title, request.called_ae_title = "BENCH", ae_title
-    context = build_context("1.2.840.10008.1.1")
-    context.context_id = 1
-    request.presentation_context_definition_list = [context]
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = 16384
-    request.user_information = [maximum]
-    primitive = C_ECHO()
-    primitive.MessageID = 1
-    primitive.AffectedSOPClassUID = "1.2.840.10008.1.1"
-    message = C_ECHO_RQ()
-    message.primitive_to_message(primitive)
-    echo = b"".join(bytes(P_DATA_TF(p).encode()) for p in message.encode_msg(1, 16384))
-
-    def read_pdu(stream: socket.socket) -> bytes:
-        header = stream.recv(6, socket.MSG_WAITALL)
-        length = int.from_bytes(header[2:6], "big")
-        return header + (stream.recv(length, socket.MSG_WAITALL) if length else b"")
+    echo = b"".join(wire.p_data_pdus(wire.echo_message(), 1, 16384))
 
     with socket.create_connection(("127.0.0.1", port)) as stream:
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        stream.sendall(bytes(A_ASSOCIATE_RQ(request).encode()))
-        if read_pdu(stream)[0] != 0x02:
+        stream.sendall(wire.associate_rq(ae_title, calling="BENCH"))
+        answer = wire.read_pdu(stream)
+        if answer is None or answer[0] != 0x02:
             raise RuntimeError("C-ECHO association not accepted")
         times = []
         for _ in range(echoes):
             started = time.perf_counter()
             stream.sendall(echo)
-            read_pdu(stream)
+            wire.read_pdu(stream)
             times.append(time.perf_counter() - started)
-        stream.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
-        read_pdu(stream)
+        stream.sendall(wire.RELEASE_RQ)
+        wire.read_pdu(stream)
     return 1000 * statistics.median(times)
 
 

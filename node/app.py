@@ -90,10 +90,9 @@ def open_node_database(settings: Settings) -> Database:
                         f"the active model {active.name} {active.version} was activated by the "
                         "node at its first start, not by an administrator; activate a "
                         "registered model (lacuna models activate NAME VERSION) first")
-            elif registry.ensure_default(session, registry.bundled_package(settings.models),
-                                         store=settings.storage.model_store):
-                logger.info("registered and activated the bundled model %s",
-                            registry.bundled_package(settings.models))
+            elif registry.ensure_default(session, bundled := registry.bundled_package(
+                    settings.models), store=settings.storage.model_store):
+                logger.info("registered and activated the bundled model %s", bundled)
             node_identity(session)  # made once, on the first start
     return Database(engine, sessions)
 

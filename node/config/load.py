@@ -14,35 +14,21 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from node.config import checks
-from node.config.settings import (
-    RESULT_KINDS,
-    Check,
-    DatabaseSettings,
-    Destination,
-    MetricsSettings,
-    ModelSettings,
-    ResultSettings,
-    ScpSettings,
-    Settings,
-    StorageSettings,
-    StudySettings,
-    WorkerSettings,
-)
+from node.config.settings import RESULT_KINDS, Check, Destination, ScpSettings, Settings
 from node.domain.series import RoleRules
 from node.domain.transfer_syntaxes import uncompressed_uid
 from node.errors import ConfigError
 
-# The declared sections, by their TOML table name.
+# The declared sections by their TOML table name: the fields of Settings whose keys carry
+# checks ([series_roles] is the domain's RoleRules, read by _role_rules).
 SECTIONS: dict[str, type[Any]] = {
-    "scp": ScpSettings, "storage": StorageSettings, "database": DatabaseSettings,
-    "study": StudySettings, "worker": WorkerSettings, "models": ModelSettings,
-    "metrics": MetricsSettings, "results": ResultSettings,
-}
+    f.name: f.default_factory for f in fields(Settings)  # type: ignore[misc]
+    if f.default_factory is not MISSING and f.name != "series_roles"}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _LOG_FORMATS = ("text", "json")
 

@@ -30,7 +30,6 @@ from typing import BinaryIO
 
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
@@ -45,7 +44,7 @@ from pynetdicom.presentation import PresentationContext, build_context, negotiat
 from node.config import ScpSettings
 from node.dicom import transfer_syntaxes
 from node.dicom.ports import ReceivedInstance, Reception
-from node.dicom.scp import resolve_host, tls_context
+from node.dicom.scp import accepted_storage_classes, resolve_host, tls_context
 from node.dicom.status import Status
 from node.domain.peers import host_allowed
 
@@ -132,23 +131,17 @@ def encode_command(elements: list[tuple[int, bytes]]) -> bytes:
     return _ELEMENT.pack(0, 0, 4) + struct.pack("<I", len(body)) + body
 
 
-def _ui_value(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
 def response(command_field: int, request: dict[int, bytes], status: int) -> bytes:
     """The C-ECHO-RSP or C-STORE-RSP to ``request``."""
-    elements = [(AFFECTED_SOP_CLASS_UID, _ui_value(_ui(request.get(AFFECTED_SOP_CLASS_UID, b""))))]
+    elements = [(AFFECTED_SOP_CLASS_UID, request.get(AFFECTED_SOP_CLASS_UID, b""))]
     elements += [
         (COMMAND_FIELD, struct.pack("<H", command_field)),
         (MESSAGE_ID_BEING_RESPONDED_TO, request.get(MESSAGE_ID, b"\x00\x00")),
         (COMMAND_DATA_SET_TYPE, struct.pack("<H", NO_DATA_SET)),
         (STATUS, struct.pack("<H", status)),
     ]
-    if AFFECTED_SOP_INSTANCE_UID in request:
-        elements.append((AFFECTED_SOP_INSTANCE_UID,
-                         _ui_value(_ui(request[AFFECTED_SOP_INSTANCE_UID]))))
+    if AFFECTED_SOP_INSTANCE_UID in request:  # UIDs go back as they came (even length)
+        elements.append((AFFECTED_SOP_INSTANCE_UID, request[AFFECTED_SOP_INSTANCE_UID]))
     return encode_command(elements)
 
 
@@ -168,18 +161,13 @@ def p_data(context_id: int, command: bytes, max_pdu_length: int) -> bytes:
 def supported_contexts(settings: ScpSettings) -> list[PresentationContext]:
     """The contexts the SCP accepts: every storage SOP class (or those configured) and
     Verification, each in every transfer syntax the node can decode (as pynetdicom's AE)."""
-    accepted = set(settings.accepted_sop_classes)
     syntaxes = [str(uid) for uid in transfer_syntaxes.ACCEPTED]
-    contexts = [build_context(str(cx.abstract_syntax), syntaxes)
-                for cx in AllStoragePresentationContexts
-                if cx.abstract_syntax is not None
-                and (not accepted or cx.abstract_syntax in accepted)]
-    contexts.append(build_context(VERIFICATION, syntaxes))
-    return contexts
+    return [build_context(sop_class, syntaxes)
+            for sop_class in [*accepted_storage_classes(settings), VERIFICATION]]
 
 
 @dataclass
-class _Negotiated:
+class _Association:
     """An accepted association: what it agreed (contexts by ID -> (abstract syntax, transfer
     syntax)) and the message it is receiving, if any."""
 
@@ -316,16 +304,16 @@ class AsyncioScp:
                            pdu_type)
             writer.write(abort_pdu(2, UNEXPECTED_PDU))
             return True
-        negotiated = await self._negotiate(body, writer, host, peer_address)
-        if negotiated is None:
+        association = await self._negotiate(body, writer, host, peer_address)
+        if association is None:
             return True
         try:  # counted as active by _negotiate
-            return await self._established(reader, writer, negotiated, peer_address)
+            return await self._established(reader, writer, association, peer_address)
         finally:
             self._active -= 1
 
     async def _negotiate(self, body: bytes, writer: asyncio.StreamWriter, host: str,
-                         peer_address: str) -> _Negotiated | None:
+                         peer_address: str) -> _Association | None:
         """Accept (A-ASSOCIATE-AC sent) or reject/abort (None) an A-ASSOCIATE-RQ."""
         request = A_ASSOCIATE_RQ()
         try:
@@ -357,7 +345,7 @@ class AsyncioScp:
 
     async def _accept_association(self, primitive: A_ASSOCIATE, calling_ae: str,
                                   writer: asyncio.StreamWriter, peer_address: str,
-                                  ) -> _Negotiated:
+                                  ) -> _Association:
         roles = {UID(str(item.sop_class_uid)): (item.scu_role, item.scp_role)
                  for item in primitive.user_information
                  if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
@@ -371,7 +359,7 @@ class AsyncioScp:
                          if isinstance(item, MaximumLengthNotification)), 0)
         contexts = {int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
                     for cx in results if cx.result == 0 and cx.context_id is not None}
-        return _Negotiated(contexts, peer_max, calling_ae)
+        return _Association(contexts, peer_max, calling_ae)
 
     async def _refusal(self, primitive: A_ASSOCIATE, version: int, calling_ae: str,
                        host: str) -> tuple[tuple[int, int, int], str] | None:
@@ -417,7 +405,7 @@ class AsyncioScp:
         return bytes(A_ASSOCIATE_AC(primitive).encode())
 
     async def _established(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           association: _Negotiated, peer_address: str) -> bool:
+                           association: _Association, peer_address: str) -> bool:
         limit = self.settings.max_pdu_size or (1 << 31)
         try:
             while True:
@@ -464,7 +452,7 @@ class AsyncioScp:
                 association.incoming.discard()
                 association.incoming = None
 
-    async def _abort(self, writer: asyncio.StreamWriter, association: _Negotiated,
+    async def _abort(self, writer: asyncio.StreamWriter, association: _Association,
                      peer_address: str, reason: int, why: str) -> bool:
         logger.warning("aborted association from %s at %s: %s", association.calling_ae,
                        peer_address, why)
@@ -473,7 +461,7 @@ class AsyncioScp:
                            peer_address, why)
         return True
 
-    async def _p_data(self, body: bytes, association: _Negotiated,
+    async def _p_data(self, body: bytes, association: _Association,
                       writer: asyncio.StreamWriter, peer_address: str) -> None:
         """Take one P-DATA-TF's PDVs; run each message once its last fragment is in. The
         message being received is ``association.incoming`` throughout, so whatever is raised
@@ -501,7 +489,7 @@ class AsyncioScp:
             else:
                 await self._data_fragment(association, fragment, header, writer, peer_address)
 
-    async def _command_fragment(self, association: _Negotiated, fragment: memoryview,
+    async def _command_fragment(self, association: _Association, fragment: memoryview,
                                 header: int, writer: asyncio.StreamWriter) -> None:
         incoming = association.incoming
         assert incoming is not None
@@ -523,7 +511,7 @@ class AsyncioScp:
             return
         raise ProtocolError(UNEXPECTED_PDU, f"DIMSE command 0x{command_field:04X} not served")
 
-    async def _data_fragment(self, association: _Negotiated, fragment: memoryview, header: int,
+    async def _data_fragment(self, association: _Association, fragment: memoryview, header: int,
                              writer: asyncio.StreamWriter, peer_address: str) -> None:
         incoming = association.incoming
         assert incoming is not None
@@ -564,9 +552,9 @@ class AsyncioScp:
             implementation_version=IMPLEMENTATION_VERSION_NAME))
 
     @staticmethod
-    async def _send(writer: asyncio.StreamWriter, negotiated: _Negotiated, context_id: int,
+    async def _send(writer: asyncio.StreamWriter, association: _Association, context_id: int,
                     command: bytes) -> None:
-        writer.write(p_data(context_id, command, negotiated.peer_max_pdu))
+        writer.write(p_data(context_id, command, association.peer_max_pdu))
         await writer.drain()
 
 

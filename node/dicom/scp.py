@@ -90,15 +90,19 @@ def handle_rejected(event: Any, reception: Reception) -> None:
     reception.association_rejected(calling_ae, peer)
 
 
+def accepted_storage_classes(settings: ScpSettings) -> list[str]:
+    """Every storage SOP class pynetdicom knows, or those configured: accepted and stored
+    (only MR is processed), by either receiver."""
+    accepted = set(settings.accepted_sop_classes)
+    return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
+            if cx.abstract_syntax is not None and (not accepted or cx.abstract_syntax in accepted)]
+
+
 def build_ae(settings: ScpSettings) -> AE:
     ae = AE(ae_title=settings.ae_title)
-    # Every storage SOP class (or those configured) is accepted and stored; only MR is
-    # processed. Stored as received, in any transfer syntax we can also decode.
-    accepted = set(settings.accepted_sop_classes)
-    for context in AllStoragePresentationContexts:
-        if context.abstract_syntax is not None and (
-                not accepted or context.abstract_syntax in accepted):
-            ae.add_supported_context(context.abstract_syntax, list(transfer_syntaxes.ACCEPTED))
+    # Stored as received, in any transfer syntax we can also decode.
+    for sop_class in accepted_storage_classes(settings):
+        ae.add_supported_context(sop_class, list(transfer_syntaxes.ACCEPTED))
     ae.supported_contexts = [*ae.supported_contexts, *VerificationPresentationContexts]
     ae.require_called_aet = True
     ae.maximum_associations = settings.max_associations

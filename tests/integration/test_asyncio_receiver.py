@@ -18,19 +18,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
-from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
+from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
     SOPClassExtendedNegotiation,
 )
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
+from harness import wire
+from harness.wire import echo_message, p_data_pdus, read_pdu
 from node.config import ScpSettings
 from node.db.engine import SessionFactory, build_engine, session_factory, upgrade
 from node.db.tables import AuditEvent, Instance
@@ -104,26 +103,9 @@ def instance_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def associate_rq(called: str = "LACUNA", max_pdu: int = 16384,
                  extra: tuple[object, ...] = ()) -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "RAW"
-    primitive.called_ae_title = called
-    contexts = [build_context(MR, [ExplicitVRLittleEndian]), build_context(Verification)]
-    for number, context in enumerate(contexts):
-        context.context_id = 2 * number + 1
-    primitive.presentation_context_definition_list = contexts
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = max_pdu
-    from pynetdicom.pdu_primitives import ImplementationClassUIDNotification
-
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = "1.2.3.4"
-    primitive.user_information = [maximum, implementation, *extra]
-    return bytes(A_ASSOCIATE_RQ(primitive).encode())
-
-
-def p_data_pdus(message: C_STORE_RQ | C_ECHO_RQ, context_id: int, max_pdu: int) -> list[bytes]:
-    return [bytes(P_DATA_TF(p).encode()) for p in message.encode_msg(context_id, max_pdu)]
+    return wire.associate_rq(called, contexts=((MR, (ExplicitVRLittleEndian,)),
+                                               (Verification, ())),
+                             max_pdu=max_pdu, extra=extra)
 
 
 def store_message(path: Path, message_id: int = 1) -> C_STORE_RQ:
@@ -142,32 +124,6 @@ def store_message(path: Path, message_id: int = 1) -> C_STORE_RQ:
     message = C_STORE_RQ()
     message.primitive_to_message(primitive)
     return message
-
-
-def echo_message(message_id: int = 1) -> C_ECHO_RQ:
-    primitive = C_ECHO()
-    primitive.MessageID = message_id
-    primitive.AffectedSOPClassUID = Verification
-    message = C_ECHO_RQ()
-    message.primitive_to_message(primitive)
-    return message
-
-
-def read_pdu(stream: socket.socket) -> tuple[int, bytes] | None:
-    header = b""
-    while len(header) < 6:
-        chunk = stream.recv(6 - len(header))
-        if not chunk:
-            return None
-        header += chunk
-    pdu_type, length = struct.unpack(">BxI", header)
-    body = b""
-    while len(body) < length:
-        chunk = stream.recv(length - len(body))
-        if not chunk:
-            return None
-        body += chunk
-    return pdu_type, body
 
 
 def connect(port: int) -> socket.socket:
