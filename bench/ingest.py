@@ -82,7 +82,7 @@ def lacuna(workdir: Path, engine: str = "pynetdicom") -> Iterator[
 
 
 @contextmanager
-def lacuna_processes(workdir: Path, processes: int = 2) -> Iterator[
+def lacuna_processes(workdir: Path, processes: int = 2, engine: str = "pynetdicom") -> Iterator[
         tuple[int, str, Callable[[], float]]]:
     """`lacuna scp` with ``[scp] processes``: receivers sharing the port (SO_REUSEPORT)."""
     import sys
@@ -91,6 +91,7 @@ def lacuna_processes(workdir: Path, processes: int = 2) -> Iterator[
     workdir.mkdir(parents=True)
     environment = {**os.environ, "LACUNA_SCP_PORT": str(port), "LACUNA_SCP_HOST": "127.0.0.1",
                    "LACUNA_SCP_PROCESSES": str(processes), "LACUNA_METRICS_ENABLED": "false",
+                   "LACUNA_SCP_ENGINE": engine,
                    "LACUNA_DATABASE_URL": f"sqlite:///{workdir / 'lacuna.db'}",
                    "LACUNA_STORAGE_ROOT": str(workdir / "storage"), "LACUNA_LOG_LEVEL": "WARNING"}
     log = (workdir / "scp.log").open("wb")
@@ -142,8 +143,13 @@ def lacuna_asyncio(workdir: Path) -> Any:
     return lacuna(workdir, engine="asyncio")
 
 
+def lacuna_asyncio_processes(workdir: Path) -> Any:
+    return lacuna_processes(workdir, engine="asyncio")
+
+
 # Each receiver starts in a folder and yields (port, AE title, a reader of its CPU seconds).
 RECEIVERS = {"lacuna": lacuna, "lacuna-aio": lacuna_asyncio, "lacuna-2p": lacuna_processes,
+             "lacuna-aio-2p": lacuna_asyncio_processes,
              "storescp": storescp, "orthanc": orthanc}
 
 
@@ -179,26 +185,30 @@ def main() -> None:
     parser.add_argument("--matrix", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--receivers", nargs="+", choices=sorted(RECEIVERS),
+                        default=list(RECEIVERS), help="a subset to measure (default: all)")
     args = parser.parse_args()
+    receivers = {name: RECEIVERS[name] for name in RECEIVERS if name in args.receivers}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print("C-ECHO round trip on loopback, median of 300 on one association:")
-        for name, receiver in RECEIVERS.items():
+        for name, receiver in receivers.items():
             with receiver(folder / f"echo-{name}") as (port, ae_title, _cpu):
-                print(f"  {name:<10} {echo_round_trip_ms(port, ae_title):.3f} ms", flush=True)
+                print(f"  {name:<13} {echo_round_trip_ms(port, ae_title):.3f} ms", flush=True)
         for matrix in args.matrix:
             files = make_files(folder / f"files-{matrix}", args.instances, matrix)
             megabytes = sum(p.stat().st_size for p in files) / 1e6
             print(f"\n{len(files)} MR instances, {matrix}x{matrix}, {megabytes:.1f} MB; "
                   f"medians of {args.repeats} interleaved runs")
-            print(f"{'receiver':<10} {'assocs':>6} {'inst/s':>8} {'MB/s':>7} {'CPU ms/inst':>12} "
-                  f"{'aio/peer':>12}")
-            # aio/peer: Lacuna's asyncio receiver (one process) against the peer.
+            print(f"{'receiver':<13} {'assocs':>6} {'inst/s':>8} {'MB/s':>7} {'CPU ms/inst':>12} "
+                  f"{'aio/peer':>9} {'aio-2p/peer':>12}")
+            # aio/peer: Lacuna's asyncio receiver (one process) against the peer; aio-2p/peer:
+            # the asyncio receiver in two processes on the port (`[scp] processes = 2`).
             for associations in args.associations:
-                seconds: dict[str, list[float]] = {name: [] for name in RECEIVERS}
-                cpu: dict[str, list[float]] = {name: [] for name in RECEIVERS}
+                seconds: dict[str, list[float]] = {name: [] for name in receivers}
+                cpu: dict[str, list[float]] = {name: [] for name in receivers}
                 for repeat in range(args.repeats):
-                    for name, receiver in RECEIVERS.items():
+                    for name, receiver in receivers.items():
                         workdir = folder / f"{name}-{matrix}-{associations}-{repeat}"
                         with receiver(workdir) as (port, ae_title, cpu_seconds):
                             cpu_before = cpu_seconds()
@@ -207,13 +217,14 @@ def main() -> None:
                         shutil.rmtree(workdir, ignore_errors=True)
                 rates = {name: len(files) / statistics.median(times)
                          for name, times in seconds.items()}
-                for name in RECEIVERS:
-                    ratio = ("" if name.startswith("lacuna")
-                             else f"{rates['lacuna-aio'] / rates[name]:.2f}")
+                for name in receivers:
+                    ratios = ["" if name.startswith("lacuna") or ours not in rates
+                              else f"{rates[ours] / rates[name]:.2f}"
+                              for ours in ("lacuna-aio", "lacuna-aio-2p")]
                     cpu_ms = 1000 * statistics.median(cpu[name]) / len(files)
-                    print(f"{name:<10} {associations:>6} {rates[name]:>8.0f} "
+                    print(f"{name:<13} {associations:>6} {rates[name]:>8.0f} "
                           f"{rates[name] * megabytes / len(files):>7.1f} {cpu_ms:>12.2f} "
-                          f"{ratio:>12}", flush=True)
+                          f"{ratios[0]:>9} {ratios[1]:>12}", flush=True)
 
 
 if __name__ == "__main__":

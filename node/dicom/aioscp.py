@@ -17,6 +17,7 @@ Depends on pynetdicom 3.0 (pinned): ``pdu.A_ASSOCIATE_RQ``/``A_ASSOCIATE_AC``,
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import struct
@@ -28,9 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -43,6 +42,7 @@ from pynetdicom.presentation import PresentationContext, build_context, negotiat
 
 from node.config import ScpSettings
 from node.dicom import transfer_syntaxes
+from node.dicom.part10 import FileMetaError, part10_head
 from node.dicom.ports import ReceivedInstance, Reception
 from node.dicom.scp import accepted_storage_classes, resolve_host, tls_context
 from node.dicom.status import Status
@@ -413,8 +413,9 @@ class AsyncioScp:
                 # command or dataset still to come), the DIMSE timeout.
                 timeout = (self.settings.network_timeout if association.incoming is None
                            else self.settings.dimse_timeout)
-                try:
-                    pdu_type, body = await asyncio.wait_for(read_pdu(reader, limit + 6), timeout)
+                try:  # asyncio.timeout, not wait_for: no task per PDU read
+                    async with asyncio.timeout(timeout):
+                        pdu_type, body = await read_pdu(reader, limit + 6)
                 except TimeoutError:
                     raise ProtocolError(0x00, f"no data for {timeout:g} s") from None
                 if pdu_type == P_DATA_TF:
@@ -507,7 +508,10 @@ class AsyncioScp:
                              response(C_ECHO_RSP, elements, Status.SUCCESS))
             return
         if command_field == C_STORE_RQ and has_data:
-            self._open_dataset(incoming, association.contexts[incoming.context_id][1])
+            try:
+                self._open_dataset(incoming, association.contexts[incoming.context_id][1])
+            except FileMetaError as error:
+                raise ProtocolError(INVALID_PARAMETER_VALUE, str(error)) from None
             return
         raise ProtocolError(UNEXPECTED_PDU, f"DIMSE command 0x{command_field:04X} not served")
 
@@ -529,7 +533,9 @@ class AsyncioScp:
             affected_sop_instance_uid=_ui(elements.get(AFFECTED_SOP_INSTANCE_UID, b"")))
         loop = asyncio.get_running_loop()
         status = await loop.run_in_executor(self._pool, self.reception.store, received)
-        incoming.discard()  # kept files were moved into storage; a refused one goes
+        if status == Status.SUCCESS:  # the store has moved the file into storage
+            incoming.path = None
+        incoming.discard()  # a refused instance's file goes
         association.incoming = None
         await self._send(writer, association, incoming.context_id,
                          response(C_STORE_RSP, elements, status))
@@ -540,22 +546,36 @@ class AsyncioScp:
         the storage volume) with the file meta written; the dataset's fragments are appended
         as they arrive. The file is the message's from the start, so it is removed with it."""
         elements = incoming.elements or {}
-        descriptor, name = tempfile.mkstemp(suffix=".dcm")
+        head = part10_head(elements.get(AFFECTED_SOP_CLASS_UID, b""),
+                           elements.get(AFFECTED_SOP_INSTANCE_UID, b""), transfer_syntax,
+                           IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
+        descriptor, name = _create_temporary_file()
         incoming.path = Path(name)
         incoming.file = os.fdopen(descriptor, "wb", buffering=1 << 20)
-        incoming.file.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(incoming.file, create_file_meta(  # type: ignore[arg-type]
-            sop_class_uid=UID(_ui(elements.get(AFFECTED_SOP_CLASS_UID, b""))),
-            sop_instance_uid=UID(_ui(elements.get(AFFECTED_SOP_INSTANCE_UID, b""))),
-            transfer_syntax=UID(transfer_syntax),
-            implementation_uid=UID(IMPLEMENTATION_CLASS_UID),
-            implementation_version=IMPLEMENTATION_VERSION_NAME))
+        incoming.file.write(head)
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, association: _Association, context_id: int,
                     command: bytes) -> None:
         writer.write(p_data(context_id, command, association.peer_max_pdu))
         await writer.drain()
+
+
+_temporary_names = itertools.count()
+
+
+def _create_temporary_file() -> tuple[int, str]:
+    """A new, empty file in ``tempfile``'s folder (0600, opened for writing): like
+    ``tempfile.mkstemp`` but named by process and counter, without its random names (a
+    twentieth of the receiver's CPU per instance). A name left by an earlier process with the
+    same pid is skipped."""
+    folder = tempfile.gettempdir()
+    while True:
+        name = os.path.join(folder, f"lacuna-{os.getpid()}-{next(_temporary_names)}.dcm")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), name
+        except FileExistsError:
+            continue
 
 
 async def read_pdu(reader: asyncio.StreamReader, limit: int) -> tuple[int, bytes]:

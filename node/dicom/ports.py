@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,9 +23,9 @@ class ReceivedInstance:
     affected_sop_class_uid: str
     affected_sop_instance_uid: str
 
-    @property
+    @cached_property
     def size(self) -> int:
-        """Bytes of the Part 10 file (preamble and file meta included)."""
+        """Bytes of the Part 10 file (preamble and file meta included); read once."""
         return self.data.stat().st_size if isinstance(self.data, Path) else len(self.data)
 
     def sha256(self) -> str:
@@ -39,7 +40,9 @@ class InstanceStore(Protocol):
 
     def store(self, received: ReceivedInstance) -> int:
         """Keep ``received`` and return the C-STORE status to answer: success (0x0000) only
-        once the instance is durably stored and indexed; never raises."""
+        once the instance is durably stored and indexed, and then a file ``data`` has been
+        moved into storage (any other status leaves that file to the receiver to remove);
+        never raises."""
         ...
 
 

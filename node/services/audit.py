@@ -9,12 +9,12 @@ lock while the rest of the transaction runs (and without lock-order deadlocks).
 from __future__ import annotations
 
 import getpass
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, event, select
+from sqlalchemy import Connection, bindparam, event, select
 from sqlalchemy.orm import Session
 
 from node.db.tables import AuditChainHead, AuditEvent, Base, utcnow
@@ -41,7 +41,7 @@ def admin_actor() -> str:
 
 
 def record(
-    session: Session,
+    into: Session | list[AuditEvent],
     action: str,
     *,
     actor: str = NODE_ACTOR,
@@ -54,10 +54,11 @@ def record(
     model_version: str | None = None,
     **details: Any,
 ) -> AuditEvent:
-    """Record an audit row in ``session``; it is chained and inserted when the session commits,
-    and discarded if it rolls back. The returned object is not attached to the session (its
-    ``id`` stays unset); query the table for the stored row. ``details`` must be
-    JSON-serialisable and free of patient names, IDs and birth dates."""
+    """Record an audit row ``into`` a session: it is chained and inserted when the session
+    commits, and discarded if it rolls back; or into a list, for a caller on a bare Connection,
+    which passes the list to :func:`append` before it commits. The returned object is not
+    attached to a session (its ``id`` stays unset); query the table for the stored row.
+    ``details`` must be JSON-serialisable and free of patient names, IDs and birth dates."""
     audit_event = AuditEvent(
         occurred_at=utcnow(),
         action=action,
@@ -71,15 +72,18 @@ def record(
         model_version=model_version,
         details=details,
     )
-    pending = session.info.get(_PENDING)
+    if isinstance(into, list):
+        into.append(audit_event)
+        return audit_event
+    pending = into.info.get(_PENDING)
     if pending is None:
         # The chain hooks only the sessions that record audit rows, not every SQLAlchemy
         # session of the process; once per session (SessionEvents take an instance).
-        if not session.info.get(_HOOKED):
-            event.listen(session, "before_commit", _chain_pending)
-            event.listen(session, "after_soft_rollback", _discard_pending)
-            session.info[_HOOKED] = True
-        pending = session.info[_PENDING] = []
+        if not into.info.get(_HOOKED):
+            event.listen(into, "before_commit", _chain_pending)
+            event.listen(into, "after_soft_rollback", _discard_pending)
+            into.info[_HOOKED] = True
+        pending = into.info[_PENDING] = []
     pending.append(audit_event)
     return audit_event
 
@@ -105,7 +109,15 @@ def _chain_pending(session: Session) -> None:
     if not pending:
         return
     session.flush()  # everything else first: the head lock is the last one taken
-    connection = session.connection()
+    append(session.connection(), pending)
+
+
+def append(connection: Connection, pending: Sequence[AuditEvent]) -> None:
+    """Chain ``pending`` onto the trail and insert them, in ``connection``'s transaction. Call
+    it last before the commit, after every other statement of the transaction: it takes the
+    chain head's lock, which is held until the commit."""
+    if not pending:
+        return
     head = connection.execute(_ADVANCE_HEAD, {"appended": len(pending)}).one_or_none()
     if head is None:
         raise RuntimeError("audit chain head is missing: run the migrations")
