@@ -159,6 +159,27 @@ class Mimic:
 
 
 @dataclass(frozen=True)
+class SliceProfile:
+    """A 2D acquisition's through-slice sensitivity in units of the slice thickness ``u``:
+    a Fermi edge, ``1 / (1 + exp((|u| - half_width) / edge))``, so that each image voxel
+    sees a little of the slab beside it and less than all of its own edges, as a real
+    selective pulse gives. ``edge`` near 0 is the nominal box; about 0.2 is close to a
+    Gaussian of FWHM ``2 * half_width``. The truth never uses it: a voxel's partial volume
+    is always its nominal box (:mod:`training.truth`)."""
+
+    half_width: float
+    edge: float
+
+    def samples(self, count: int = 16, reach: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets along the normal in thicknesses, weights summing to 1): ``count``
+        midpoints over ``-reach..reach``."""
+        offsets = ((np.arange(count) + 0.5) / count - 0.5) * 2 * reach
+        weights = 1.0 / (1.0 + np.exp((np.abs(offsets) - self.half_width)
+                                      / max(self.edge, 1e-3)))
+        return offsets, weights / weights.sum()
+
+
+@dataclass(frozen=True)
 class Phantom:
     """One synthetic subject: anatomy, lesions and the random state that made them. The
     realistic generator (:func:`make_realistic_phantom`) adds look-alikes that are not lesions:
@@ -173,6 +194,7 @@ class Phantom:
     speckles: float = 0.0
     stored_scale: float = 1.0  # multiplies STORED_SCALE: each scanner's own value range
     in_plane_samples: int = 1  # partial volume across each pixel too (realistic: 2 x 2)
+    slice_profile: SliceProfile | None = None  # None: the image's partial volume is the box
 
 
 @dataclass(frozen=True)
@@ -387,10 +409,11 @@ def scanner_geometries(
 
 def _lesion_fraction(
     lesion: PhantomLesion, geometry: StackGeometry, shrink: float = 1.0, samples: int = 5,
-    in_plane: int = 1,
+    in_plane: int = 1, profile: SliceProfile | None = None,
 ) -> np.ndarray:
     """Partial-volume fraction of each voxel inside the (shrunk, possibly bumpy or lobulated)
-    lesion, sampled ``samples`` times through the slice thickness and ``in_plane`` x
+    lesion, sampled ``samples`` times through the slice thickness (the nominal box) or, with a
+    ``profile``, weighted by that slice profile over and beyond the slab, and ``in_plane`` x
     ``in_plane`` times across the pixel (1: the pixel centre only)."""
     fraction = np.zeros((geometry.slices, geometry.rows, geometry.columns), dtype=np.float32)
     rotation = np.asarray(lesion.rotation)
@@ -400,19 +423,27 @@ def _lesion_fraction(
     reach = float(radii.max()) * (1.0 + sum(w for *_, w in lesion.bumps))
     for dx, dy, dz, scale in lesion.blobs:
         reach = max(reach, float(np.linalg.norm([dx, dy, dz])) + float(radii.max()) * scale)
-    box = _bounding_box(geometry, centre, reach)
+    if profile is None:
+        # Counts divided once at the end: the truth compares k / n with 0.5 exactly.
+        through = (np.arange(samples) + 0.5) / samples - 0.5
+        weights, total = np.ones(samples), float(samples)
+    else:
+        through, weights = profile.samples()
+        total = 1.0
+    through_mm = float(np.abs(through).max()) * geometry.slice_thickness
+    box = _bounding_box(geometry, centre, reach, through_mm)
     if box is None:
         return fraction
     row, column = np.asarray(geometry.row_cosine), np.asarray(geometry.column_cosine)
-    through = (np.arange(samples) + 0.5) / samples - 0.5
     across = (np.arange(in_plane) + 0.5) / in_plane - 0.5
-    for offset in through * geometry.slice_thickness:
-        points = geometry.world(offset, box)
+    for offset, weight in zip(through * geometry.slice_thickness, weights, strict=True):
+        points = geometry.world(float(offset), box)
         for dr in across * geometry.pixel_spacing[0]:
             for dc in across * geometry.pixel_spacing[1]:
                 relative = points + dr * column + dc * row - centre
-                fraction[box] += _inside(lesion, relative, rotation, radii).astype(np.float32)
-    return fraction / (samples * in_plane * in_plane)
+                fraction[box] += (_inside(lesion, relative, rotation, radii).astype(np.float32)
+                                  * np.float32(weight))
+    return fraction / np.float32(total * in_plane * in_plane)
 
 
 def _inside(lesion: PhantomLesion, relative: np.ndarray, rotation: np.ndarray,
@@ -432,10 +463,10 @@ def _inside(lesion: PhantomLesion, relative: np.ndarray, rotation: np.ndarray,
 
 
 def _bounding_box(
-    geometry: StackGeometry, centre: np.ndarray, radius: float
+    geometry: StackGeometry, centre: np.ndarray, radius: float, through_mm: float | None = None,
 ) -> tuple[slice, slice, slice] | None:
-    """Index ranges of the voxels within ``radius`` (+ one voxel) of ``centre``; None if off
-    the stack."""
+    """Index ranges of the voxels within ``radius`` (+ one voxel, + ``through_mm``, default
+    half the slice thickness) of ``centre``; None if off the stack."""
     relative = centre - np.asarray(geometry.origin)
     index = np.array(
         [
@@ -445,7 +476,7 @@ def _bounding_box(
         ]
     )
     reach = (
-        radius + geometry.slice_thickness / 2
+        radius + (geometry.slice_thickness / 2 if through_mm is None else through_mm)
     ) / np.array([geometry.slice_spacing, *geometry.pixel_spacing]) + 1
     size = (geometry.slices, geometry.rows, geometry.columns)
     bounds = [
@@ -479,9 +510,17 @@ def render_series(
             anatomy, world, wm, csf, geometry)
     labels = np.zeros(image.shape, dtype=np.uint8)
     samples = phantom.in_plane_samples
+    profile = phantom.slice_profile
+
+    def seen(shape: PhantomLesion, shrink: float = 1.0) -> np.ndarray:
+        """What the image shows of ``shape``: its partial volume through the slice profile."""
+        return _lesion_fraction(shape, geometry, shrink=shrink, in_plane=samples,
+                                profile=profile)
+
     for lesion in phantom.lesions:
-        fraction = _lesion_fraction(lesion, geometry, in_plane=samples)
-        labels[lesion_voxels(fraction)] = LESION_LABELS[lesion.lesion_class]
+        nominal = _lesion_fraction(lesion, geometry, in_plane=samples)
+        labels[lesion_voxels(nominal)] = LESION_LABELS[lesion.lesion_class]
+        fraction = nominal if profile is None else seen(lesion)
         if contrast is Contrast.T2_FLAIR:
             if lesion.t2_contrast is None:
                 brightness = signal["lesion"] * float(rng.uniform(0.9, 1.15))
@@ -489,7 +528,7 @@ def render_series(
                 brightness = lesion.t2_contrast * wm_level
             image = image * (1 - fraction) + fraction * brightness
             if lesion.cavitated:  # a chronic lacune: CSF-dark core inside the bright rim
-                core = _lesion_fraction(lesion, geometry, shrink=0.55, in_plane=samples)
+                core = seen(lesion, shrink=0.55)
                 image = image * (1 - core) + core * csf_level * float(rng.uniform(1.0, 2.0))
         elif lesion.lesion_class == "FCI":
             # Iso on T1 FLAIR: the lesion takes the white-matter signal (the realistic
@@ -497,13 +536,13 @@ def render_series(
             low = 0.95 if lesion.t2_contrast is None else 0.85
             image = image * (1 - fraction) + fraction * wm_level * float(rng.uniform(low, 1.02))
         else:
-            core = _lesion_fraction(lesion, geometry, shrink=0.8, in_plane=samples)
+            core = seen(lesion, shrink=0.8)
             image = image * (1 - fraction) + fraction * wm_level * 0.9
             dark = signal["lesion"] if lesion.t2_contrast is None else \
                 csf_level * float(rng.uniform(1.0, 2.5))
             image = image * (1 - core) + core * dark
     for mimic in phantom.mimics:
-        fraction = _lesion_fraction(mimic.shape, geometry, in_plane=samples)
+        fraction = seen(mimic.shape)
         level = mimic.signal if contrast is Contrast.T2_FLAIR else mimic.t1_signal
         image = image * (1 - fraction) + fraction * level * wm_level
     # Smooth multiplicative bias field, then Rician noise.
@@ -558,7 +597,10 @@ def make_realistic_phantom(seed: int, geometry: StackGeometry) -> Phantom:
     - look-alikes, unlabelled: 0-12 perivascular spaces, 0-3 FLAIR flow artefacts in CSF, 0-6
       vessels, periventricular caps (0-0.6 x WM added), 0-3 bright speckles per slice;
     - noise sigma 0.8-6 % of full scale (white matter SNR about 8-60), bias fields up to 30 %
-      per 100 mm, tissue signals +-18 %, each scanner's own stored range."""
+      per 100 mm, tissue signals +-18 %, each scanner's own stored range;
+    - a slice profile (:class:`SliceProfile`): FWHM 0.9-1.2 x the thickness, edges from
+      nearly a box to about a Gaussian, so a lesion shows faintly on the slice beside it and
+      less than fully on its own (the truth stays the nominal box)."""
     rng = np.random.default_rng([seed, 22])
     anatomy = sample_anatomy(rng, REALISTIC_ANATOMY)
     count = 0 if rng.random() < 0.15 else int(rng.integers(1, 21))
@@ -573,10 +615,15 @@ def make_realistic_phantom(seed: int, geometry: StackGeometry) -> Phantom:
         + _mimics(rng, "vessel", int(rng.integers(0, 7)), world, wm + gm > 0.6,
                   radii=((0.3, 0.7), (0.3, 0.7), (5.0, 12.0)), signal=(0.1, 0.4), t1=(0.1, 0.4))
     )
+    # Its own stream, so every other draw of a seed stays what it was before profiles.
+    profile_rng = np.random.default_rng([seed, 22, 1])
+    profile = SliceProfile(half_width=float(profile_rng.uniform(0.45, 0.6)),
+                           edge=float(profile_rng.uniform(0.01, 0.22)))
     return Phantom(anatomy=anatomy, lesions=lesions, seed=seed, mimics=mimics,
                    cap_strength=float(rng.uniform(0.0, 0.6)),
                    speckles=float(rng.uniform(0.0, 3.0)),
-                   stored_scale=float(rng.uniform(0.5, 1.4)), in_plane_samples=2)
+                   stored_scale=float(rng.uniform(0.5, 1.4)), in_plane_samples=2,
+                   slice_profile=profile)
 
 
 def _mimics(rng: np.random.Generator, kind: str, count: int, world: np.ndarray,

@@ -58,7 +58,7 @@ class TrainingPlan:
     batch_size: int = 16
     learning_rate: float = 1e-3
     name: str = "lacuna-synthetic"
-    version: str = "0.6.0"
+    version: str = "0.7.0"
     # Subjects of the realistic generator (issue 22: tiny lobulated lesions of drawn contrast,
     # look-alikes, wide noise, 3-7 mm slices) on varied scanners; ``varied`` wins when both
     # are set; neither: the first generator's single geometry.
@@ -371,7 +371,8 @@ def training_data_description(plan: TrainingPlan) -> str:
         return ("from MNI152 2009 tissue maps, the realistic generator: 0-20 lesions, most "
                 "2-6 mm, lobulated, T2 FLAIR contrast 1.15-2.5 x white matter, cavitated LACI; "
                 "look-alikes (perivascular spaces, caps, vessels, flow, speckles); scanners of "
-                "0.45-1 mm in-plane, 3-7 mm slices, tilted, T1 FLAIR on its own geometry")
+                "0.45-1 mm in-plane, 3-7 mm slices with a drawn slice profile (box to about "
+                "Gaussian), tilted, T1 FLAIR on its own geometry")
     return "from MNI152 2009 tissue maps; " + (
         "varied scanners: 0.45-1 mm in-plane, 3-6 mm slices, tilted stacks, T1 FLAIR on its own "
         "geometry; irregular lesions" if plan.varied

@@ -7,6 +7,7 @@ import numpy as np
 
 from training.phantom import (
     PhantomLesion,
+    SliceProfile,
     _lesion_fraction,
     axial_geometry,
     scanner_geometries,
@@ -99,3 +100,43 @@ def test_blobs_make_one_elongated_lesion_and_in_plane_samples_give_partial_volum
     # With in-plane samples a pixel can be partly inside: fractions other than n/5.
     fractions = np.unique(_lesion_fraction(single, geometry, in_plane=2))
     assert any(abs(f * 5 - round(f * 5)) > 1e-3 for f in fractions)
+
+
+def test_a_slice_profile_shows_a_lesion_beside_its_slab_and_never_moves_the_truth() -> None:
+    geometry = axial_geometry(matrix=64, fov_mm=57.5, slices=5, slice_spacing=5.0,
+                              centre=(0.0, 0.0, 0.0))
+    axes = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    # 4 mm tall, centred 1 mm below the middle slice's centre: inside its slab only.
+    lesion = PhantomLesion(1, "FCI", (0.0, 0.0, -1.0), (3.0, 3.0, 2.0), axes)
+    nominal = _lesion_fraction(lesion, geometry, in_plane=2)
+    assert nominal[[0, 1, 3, 4]].max() == 0.0 and nominal[2].max() >= 0.5
+    # A sharp edge is (nearly) the nominal box; a Gaussian-like one spreads signal into the
+    # slice beside the slab and shows less of the lesion on its own slice.
+    sharp, soft = SliceProfile(0.5, 0.01), SliceProfile(0.5, 0.2)
+    for profile in (sharp, soft):
+        offsets, weights = profile.samples()
+        assert np.isclose(weights.sum(), 1.0) and np.allclose(offsets, -offsets[::-1])
+    boxed = _lesion_fraction(lesion, geometry, in_plane=2, profile=sharp)
+    seen = _lesion_fraction(lesion, geometry, in_plane=2, profile=soft)
+    # (16 profile samples against the box's 5: close, not equal)
+    assert abs(boxed[2].max() - nominal[2].max()) < 0.1 and boxed[1].max() < 0.01
+    assert 0.05 < seen[1].max() < 0.3 and seen[2].max() < boxed[2].max() - 0.08
+    # The truth is the nominal box whatever the image's profile.
+    assert lesion_voxels(nominal).sum() > 0 and not lesion_voxels(nominal)[1].any()
+
+
+def test_realistic_subjects_draw_a_slice_profile_and_label_the_nominal_box() -> None:
+    from dataclasses import replace
+
+    from training.phantom import Contrast, make_realistic_phantom, render_series
+
+    geometry = axial_geometry(matrix=96, slices=8, slice_spacing=6.0)
+    phantom = make_realistic_phantom(0, geometry)
+    profiles = [make_realistic_phantom(seed, geometry).slice_profile for seed in range(12)]
+    assert all(p is not None and 0.45 <= p.half_width <= 0.6 and 0.01 <= p.edge <= 0.22
+               for p in profiles)
+    assert len({p.edge for p in profiles if p is not None}) == 12
+    with_profile = render_series(phantom, geometry, Contrast.T2_FLAIR)
+    boxed = render_series(replace(phantom, slice_profile=None), geometry, Contrast.T2_FLAIR)
+    assert phantom.lesions and np.array_equal(with_profile.labels, boxed.labels)
+    assert not np.array_equal(with_profile.pixels, boxed.pixels)
