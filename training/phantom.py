@@ -158,6 +158,11 @@ class Mimic:
     t1_signal: float
 
 
+def _midpoints(count: int) -> np.ndarray:
+    """``count`` equal parts' midpoints over -0.5..0.5 (sampling a voxel or a profile)."""
+    return (np.arange(count) + 0.5) / count - 0.5
+
+
 @dataclass(frozen=True)
 class SliceProfile:
     """A 2D acquisition's through-slice sensitivity in units of the slice thickness ``u``:
@@ -173,7 +178,7 @@ class SliceProfile:
     def samples(self, count: int = 16, reach: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
         """(offsets along the normal in thicknesses, weights summing to 1): ``count``
         midpoints over ``-reach..reach``."""
-        offsets = ((np.arange(count) + 0.5) / count - 0.5) * 2 * reach
+        offsets = _midpoints(count) * 2 * reach
         weights = 1.0 / (1.0 + np.exp((np.abs(offsets) - self.half_width)
                                       / max(self.edge, 1e-3)))
         return offsets, weights / weights.sum()
@@ -425,17 +430,15 @@ def _lesion_fraction(
         reach = max(reach, float(np.linalg.norm([dx, dy, dz])) + float(radii.max()) * scale)
     if profile is None:
         # Counts divided once at the end: the truth compares k / n with 0.5 exactly.
-        through = (np.arange(samples) + 0.5) / samples - 0.5
-        weights, total = np.ones(samples), float(samples)
+        through, weights = _midpoints(samples), np.ones(samples)
     else:
         through, weights = profile.samples()
-        total = 1.0
     through_mm = float(np.abs(through).max()) * geometry.slice_thickness
     box = _bounding_box(geometry, centre, reach, through_mm)
     if box is None:
         return fraction
     row, column = np.asarray(geometry.row_cosine), np.asarray(geometry.column_cosine)
-    across = (np.arange(in_plane) + 0.5) / in_plane - 0.5
+    across = _midpoints(in_plane)
     for offset, weight in zip(through * geometry.slice_thickness, weights, strict=True):
         points = geometry.world(float(offset), box)
         for dr in across * geometry.pixel_spacing[0]:
@@ -443,7 +446,7 @@ def _lesion_fraction(
                 relative = points + dr * column + dc * row - centre
                 fraction[box] += (_inside(lesion, relative, rotation, radii).astype(np.float32)
                                   * np.float32(weight))
-    return fraction / np.float32(total * in_plane * in_plane)
+    return fraction / np.float32(weights.sum() * in_plane * in_plane)
 
 
 def _inside(lesion: PhantomLesion, relative: np.ndarray, rotation: np.ndarray,

@@ -98,3 +98,16 @@ def test_independent_subjects_span_vendors_and_matrices_and_label_only_lesions()
         assert 1.15 <= lesion.contrast <= 2.5 and 1.0 <= lesion.radius <= 7.5
     assert {style.manufacturer for style in VENDORS.values()} == {
         "GE MEDICAL SYSTEMS", "SIEMENS", "Philips Medical Systems", "CANON_MEC"}
+
+
+def test_realistic_subjects_draw_a_slice_profile_and_label_the_nominal_box() -> None:
+    geometry = axial_geometry(matrix=96, slices=8, slice_spacing=6.0)
+    phantom = make_realistic_phantom(0, geometry)
+    profiles = [make_realistic_phantom(seed, geometry).slice_profile for seed in range(12)]
+    assert all(p is not None and 0.45 <= p.half_width <= 0.6 and 0.01 <= p.edge <= 0.22
+               for p in profiles)
+    assert len({p.edge for p in profiles if p is not None}) == 12
+    with_profile = render_series(phantom, geometry, Contrast.T2_FLAIR)
+    boxed = render_series(replace(phantom, slice_profile=None), geometry, Contrast.T2_FLAIR)
+    assert phantom.lesions and np.array_equal(with_profile.labels, boxed.labels)
+    assert not np.array_equal(with_profile.pixels, boxed.pixels)

@@ -124,19 +124,3 @@ def test_a_slice_profile_shows_a_lesion_beside_its_slab_and_never_moves_the_trut
     # The truth is the nominal box whatever the image's profile.
     assert lesion_voxels(nominal).sum() > 0 and not lesion_voxels(nominal)[1].any()
 
-
-def test_realistic_subjects_draw_a_slice_profile_and_label_the_nominal_box() -> None:
-    from dataclasses import replace
-
-    from training.phantom import Contrast, make_realistic_phantom, render_series
-
-    geometry = axial_geometry(matrix=96, slices=8, slice_spacing=6.0)
-    phantom = make_realistic_phantom(0, geometry)
-    profiles = [make_realistic_phantom(seed, geometry).slice_profile for seed in range(12)]
-    assert all(p is not None and 0.45 <= p.half_width <= 0.6 and 0.01 <= p.edge <= 0.22
-               for p in profiles)
-    assert len({p.edge for p in profiles if p is not None}) == 12
-    with_profile = render_series(phantom, geometry, Contrast.T2_FLAIR)
-    boxed = render_series(replace(phantom, slice_profile=None), geometry, Contrast.T2_FLAIR)
-    assert phantom.lesions and np.array_equal(with_profile.labels, boxed.labels)
-    assert not np.array_equal(with_profile.pixels, boxed.pixels)
