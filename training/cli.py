@@ -172,6 +172,9 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-slices", type=int, choices=[1, 3, 5],
                         help="T2 FLAIR slices the primary network sees at once: the slice and "
                              "its neighbours (both recipes: 1; docs/recipes.md measures 3)")
+    parser.add_argument("--min-training-cnr", type=float,
+                        help="realistic training subjects leave out lesions whose peak T2 FLAIR "
+                             "contrast-to-noise is under this (validation and test untouched)")
 
 
 
@@ -234,7 +237,8 @@ def _ablation(args: argparse.Namespace, settings: Settings) -> int:
 # Recipe flags: argparse destination -> TrainingPlan field.
 _RECIPE_FLAGS = {"rotate": "rotate_lesion_crops", "secondary_from_primary": "secondary_from_primary",
                  "pretrain_epochs": "pretrain_epochs", "per_lesion": "oversample_per_lesion",
-                 "cosine_decay": "cosine_decay", "context_slices": "context_slices", "loss": "loss"}
+                 "cosine_decay": "cosine_decay", "context_slices": "context_slices", "loss": "loss",
+                 "min_training_cnr": "min_training_cnr"}
 
 
 
@@ -378,6 +382,7 @@ def _evaluation_report(args: argparse.Namespace, model: str, generator: str, see
     from training.evaluate import (
         breakdown_markdown,
         froc_markdown,
+        outline_markdown,
         reliability_markdown,
         report_markdown,
         size_markdown,
@@ -386,6 +391,7 @@ def _evaluation_report(args: argparse.Namespace, model: str, generator: str, see
         bootstrap_intervals,
         breakdown,
         froc,
+        outlines,
         recall_by_size,
         reliability,
         summarise,
@@ -402,6 +408,8 @@ def _evaluation_report(args: argparse.Namespace, model: str, generator: str, see
                           "froc": froc(counts),
                           "breakdown": {k: [vars(r) for r in rows]
                                         for k, rows in breakdown(counts).items()},
+                          "outlines": [{"what": what, "lesions": lesions, "voxels": voxels}
+                                       for what, lesions, voxels in outlines(counts)],
                           "expected_calibration_error": calibration.expected_calibration_error,
                           "earlier_truth_metrics": summarise(earlier) if earlier else None},
                          indent=2))
@@ -414,6 +422,7 @@ def _evaluation_report(args: argparse.Namespace, model: str, generator: str, see
             "comparison only")
     table += "\nFROC:\n\n" + froc_markdown(counts)
     table += "\nWhere it fails:\n\n" + breakdown_markdown(counts)
+    table += "\nHow found lesions are outlined:\n\n" + outline_markdown(counts)
     table += "\nClassifier certainty (as reported in the SR):\n\n" + reliability_markdown(counts)
     table += "\nDetection recall by true lesion volume:\n\n" + size_markdown(by_size)
     if not args.json:

@@ -46,10 +46,12 @@ def make_subject_arrays(seed: int, matrix: tuple[int, int] = (256, 256)) -> Subj
     )
 
 
-def varied_study(seed: int, realistic: bool = False) -> tuple[StudyVolumes, np.ndarray]:
+def varied_study(seed: int, realistic: bool = False,
+                 min_cnr: float = 0.0) -> tuple[StudyVolumes, np.ndarray]:
     """A subject of the richer generator (or with ``realistic`` the realistic one, with slices
-    of 3-7 mm) on its own scanners (``scanner_geometries``), written as DICOM and read back
-    through the node's pairing: its volumes and the T2 FLAIR labels."""
+    of 3-7 mm, leaving out lesions under ``min_cnr``: training only) on its own scanners
+    (``scanner_geometries``), written as DICOM and read back through the node's pairing: its
+    volumes and the T2 FLAIR labels."""
     import tempfile
     from pathlib import Path
 
@@ -60,17 +62,17 @@ def varied_study(seed: int, realistic: bool = False) -> tuple[StudyVolumes, np.n
         np.random.default_rng([seed, 5]), slice_mm=(3.0, 7.0) if realistic else (3.0, 6.0))
     with tempfile.TemporaryDirectory(prefix="lacuna-varied-") as folder:
         study = write_study(Path(folder), seed, t2_geometry, t1_geometry, varied=not realistic,
-                            realistic=realistic)
+                            realistic=realistic, min_cnr=min_cnr)
         volumes = load_study_volumes(study.series[Contrast.T2_FLAIR], study.series[Contrast.T1_FLAIR])
         return volumes, np.load(Path(folder) / "labels.npy")
 
 
-def make_scanner_subject_arrays(seed: int, realistic: bool,
-                                grid_spacing_mm: float | None) -> SubjectArrays:
+def make_scanner_subject_arrays(seed: int, realistic: bool, grid_spacing_mm: float | None,
+                                min_cnr: float = 0.0) -> SubjectArrays:
     """A subject of the realistic generator (:func:`training.phantom.make_realistic_phantom`)
     or the richer one on its own scanners, on the grid the engine puts it on: the
     fixed-spacing grid of ``grid_spacing_mm``, or (None) the 256x256 model matrix."""
-    volumes, labels = varied_study(seed, realistic=realistic)
+    volumes, labels = varied_study(seed, realistic=realistic, min_cnr=min_cnr)
     matrix = (256, 256) if grid_spacing_mm is None else spacing_grid_shape(
         volumes.t2.shape[1:], volumes.pixel_spacing, grid_spacing_mm)
     return subject_from_volumes(volumes.t2, volumes.t1, volumes.t1_available, labels, matrix)

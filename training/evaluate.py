@@ -20,6 +20,7 @@ from training.metrics import (
     breakdown,
     count_subject,
     froc,
+    outlines,
     reliability,
     summarise,
 )
@@ -327,6 +328,13 @@ def breakdown_markdown(subjects: Sequence[SubjectCounts]) -> str:
     return "\n".join(out)
 
 
+def outline_markdown(subjects: Sequence[SubjectCounts]) -> str:
+    """The table of :func:`training.metrics.outlines`."""
+    lines = ["| outline | lesions | voxels |", "| --- | --- | --- |"]
+    lines += [f"| {what} | {lesions} | {voxels} |" for what, lesions, voxels in outlines(subjects)]
+    return "\n".join(lines) + "\n"
+
+
 def reliability_markdown(subjects: Sequence[SubjectCounts]) -> str:
     """The classifier's reliability table and expected calibration error."""
     result = reliability(subjects)
@@ -338,7 +346,8 @@ def reliability_markdown(subjects: Sequence[SubjectCounts]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["GENERATORS", "PAPER", "TARGETS", "breakdown_markdown", "froc_markdown",
-           "reliability_markdown", "OperatingPoint", "SubjectInputs", "bootstrap_intervals",
-           "calibrate_operating_point", "evaluate_engine", "evaluate_subjects", "labels_at_least",
-           "percent_cell", "report_markdown", "size_markdown", "subject_inputs"]
+__all__ = ["GENERATORS", "PAPER", "TARGETS", "OperatingPoint", "SubjectInputs",
+           "bootstrap_intervals", "breakdown_markdown", "calibrate_operating_point",
+           "evaluate_engine", "evaluate_subjects", "froc_markdown", "labels_at_least",
+           "outline_markdown", "percent_cell", "reliability_markdown", "report_markdown",
+           "size_markdown", "subject_inputs"]

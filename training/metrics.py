@@ -12,6 +12,8 @@
 * Where it fails (:func:`breakdown`): recall by true lesion size, diameter and contrast,
   precision by predicted size; detection by scanner (matrix, vendor).
 * Calibration of the classifier's certainty (:func:`reliability`): expected calibration error.
+* How found lesions are outlined (:func:`outlines`): of those at IoU <= 0.6, which reach a
+  slice the truth lacks, miss one it holds, or are too small or too large in-plane.
 
 Percentages throughout. Confidence intervals are percentile bootstraps over subjects.
 """
@@ -43,6 +45,19 @@ class LesionPair:
     true_class: int
     predicted_class: int
     certainty: float | None = None
+    outline: Outline | None = None
+
+
+@dataclass(frozen=True)
+class Outline:
+    """A paired prediction's shape against its true lesion, in voxels: on the slices (first
+    axis) both reach, ``predicted_shared`` against ``true_shared``; ``predicted_off`` on
+    slices the truth does not reach; ``true_off`` on slices the prediction does not."""
+
+    predicted_shared: int
+    true_shared: int
+    predicted_off: int
+    true_off: int
 
 
 @dataclass(frozen=True)
@@ -168,8 +183,9 @@ def count_subject(truth: np.ndarray, predicted: np.ndarray,
         if laci_probability is not None and predicted_class in CLASSES:
             p_laci = float(laci_probability[predicted_mask].mean())
             certainty = p_laci if predicted_class == 2 else 1.0 - p_laci
-        pairs.append(LesionPair(float(iou), _majority(truth, true_components == t),
-                                predicted_class, certainty))
+        true_mask = true_components == t
+        pairs.append(LesionPair(float(iou), _majority(truth, true_mask), predicted_class,
+                                certainty, _outline(true_mask, predicted_mask)))
     true_slices = find_objects(true_components)
     predicted_slices = find_objects(predicted_components)
 
@@ -208,6 +224,14 @@ def count_subject(truth: np.ndarray, predicted: np.ndarray,
         candidates=() if probability is None else _candidates(probability, true_components),
         scanner=scanner,
     )
+
+
+def _outline(true_mask: np.ndarray, predicted_mask: np.ndarray) -> Outline:
+    true_per_slice = true_mask.reshape(len(true_mask), -1).sum(axis=1)
+    predicted_per_slice = predicted_mask.reshape(len(predicted_mask), -1).sum(axis=1)
+    shared = (true_per_slice > 0) & (predicted_per_slice > 0)
+    return Outline(int(predicted_per_slice[shared].sum()), int(true_per_slice[shared].sum()),
+                   int(predicted_per_slice[~shared].sum()), int(true_per_slice[~shared].sum()))
 
 
 def _candidates(probability: np.ndarray, true_components: np.ndarray) -> tuple[Candidate, ...]:
@@ -396,6 +420,38 @@ def breakdown(subjects: Sequence[SubjectCounts]) -> dict[str, list[BinRow]]:
                                metrics["detection_precision_any"]))
         result["by scanner"] = rows
     return result
+
+
+# In-plane size ratios (predicted / true voxels on shared slices) called too small, too large.
+TOO_SMALL, TOO_LARGE = 0.8, 1.25
+
+
+def outlines(subjects: Sequence[SubjectCounts]) -> list[tuple[str, int, int]]:
+    """How the found lesions (paired at any overlap) outlined at IoU <= 0.6 fail, as rows of
+    (what, lesions, voxels): the predicted voxels on slices the truth does not reach, the true
+    voxels on slices the prediction misses, and on shared slices those too small (predicted
+    under :data:`TOO_SMALL` x true), too large (over :data:`TOO_LARGE` x) or about the right
+    size but displaced (voxels: the true ones not covered). A lesion can be in several rows;
+    the first row counts every such lesion and their true voxels."""
+    poor = [pair.outline for s in subjects for pair in s.pairs
+            if 0 < pair.iou <= PAPER_IOU and pair.outline is not None]
+    small = [o for o in poor if o.predicted_shared < TOO_SMALL * o.true_shared]
+    large = [o for o in poor if o.predicted_shared > TOO_LARGE * o.true_shared]
+    displaced = [o for o in poor if o not in small and o not in large]
+    return [
+        ("found, outlined at IoU <= 0.6", len(poor),
+         sum(o.true_shared + o.true_off for o in poor)),
+        ("reach a slice the truth does not (predicted voxels there)",
+         sum(1 for o in poor if o.predicted_off), sum(o.predicted_off for o in poor)),
+        ("miss a slice the truth reaches (true voxels there)",
+         sum(1 for o in poor if o.true_off), sum(o.true_off for o in poor)),
+        (f"too small in-plane (< {TOO_SMALL:g} x; true minus predicted on shared slices)",
+         len(small), sum(o.true_shared - o.predicted_shared for o in small)),
+        (f"too large in-plane (> {TOO_LARGE:g} x; predicted minus true on shared slices)",
+         len(large), sum(o.predicted_shared - o.true_shared for o in large)),
+        ("about the right size, displaced (true voxels on shared slices)", len(displaced),
+         sum(o.true_shared for o in displaced)),
+    ]
 
 
 @dataclass(frozen=True)

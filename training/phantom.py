@@ -185,6 +185,28 @@ class SliceProfile:
 
 
 @dataclass(frozen=True)
+class InPlaneResolution:
+    """How sharp a reconstructed slice is in-plane. A scanner acquires ``acquired_mm`` voxels
+    (never finer than the pixels it writes: a finer display matrix is zero-filled k-space)
+    and apodises k-space, which widens the point spread by ``apodisation``; the result is
+    modelled as a Gaussian of FWHM ``apodisation * max(acquired_mm, pixel spacing)`` applied
+    to the complex signal and noise before the magnitude, so edges spread over more than a
+    pixel and neighbouring pixels' noise is correlated. The truth never uses it."""
+
+    acquired_mm: float
+    apodisation: float
+
+    def sigma_px(self, pixel_spacing: tuple[float, float]) -> tuple[float, float]:
+        """The Gaussian's standard deviation along rows and columns, in pixels."""
+        return tuple(  # type: ignore[return-value]
+            self.apodisation * max(self.acquired_mm, spacing) / FWHM_PER_SIGMA / spacing
+            for spacing in pixel_spacing)
+
+
+FWHM_PER_SIGMA = 2.0 * float(np.sqrt(2.0 * np.log(2.0)))
+
+
+@dataclass(frozen=True)
 class Phantom:
     """One synthetic subject: anatomy, lesions and the random state that made them. The
     realistic generator (:func:`make_realistic_phantom`) adds look-alikes that are not lesions:
@@ -200,6 +222,7 @@ class Phantom:
     stored_scale: float = 1.0  # multiplies STORED_SCALE: each scanner's own value range
     in_plane_samples: int = 1  # partial volume across each pixel too (realistic: 2 x 2)
     slice_profile: SliceProfile | None = None  # None: the image's partial volume is the box
+    in_plane_resolution: InPlaneResolution | None = None  # None: each pixel is its own sample
 
 
 @dataclass(frozen=True)
@@ -554,9 +577,11 @@ def render_series(
     bias = np.exp(c[0] + centred[..., 0] * c[1] + centred[..., 1] * c[2] + centred[..., 2] * c[3])
     image = image * bias
     sigma = anatomy.noise_sigma
-    noisy = np.sqrt(
-        (image + rng.normal(0, sigma, image.shape)) ** 2 + rng.normal(0, sigma, image.shape) ** 2
-    )
+    real, imaginary = rng.normal(0, sigma, image.shape), rng.normal(0, sigma, image.shape)
+    if phantom.in_plane_resolution is not None:
+        image, real, imaginary = _reconstruct(image, real, imaginary, sigma,
+                                              phantom.in_plane_resolution, geometry)
+    noisy = np.sqrt((image + real) ** 2 + imaginary**2)
     if contrast is Contrast.T2_FLAIR and phantom.speckles > 0:
         # Isolated bright pixels (spikes, flow): single voxels a detector must not call lesions.
         count = rng.poisson(phantom.speckles * geometry.slices)
@@ -567,6 +592,21 @@ def render_series(
     stored = STORED_SCALE * phantom.stored_scale
     pixels = np.clip(np.round(noisy * stored), 0, 4095).astype(np.uint16)
     return SeriesImage(geometry=geometry, pixels=pixels, labels=labels)
+
+
+def _reconstruct(image: np.ndarray, real: np.ndarray, imaginary: np.ndarray, sigma: float,
+                 resolution: InPlaneResolution, geometry: StackGeometry,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``image`` and both noise channels through the in-plane point spread, slice by slice;
+    the noise is scaled back to ``sigma`` per pixel, so a subject's SNR means what it meant
+    before (only its texture is now correlated)."""
+    from scipy.ndimage import gaussian_filter
+
+    spread = (0.0, *resolution.sigma_px(geometry.pixel_spacing))
+    # Noise wraps around (it is stationary): a reflected edge would raise its variance there.
+    real, imaginary = (gaussian_filter(noise, spread, mode="wrap") for noise in (real, imaginary))
+    gain = sigma / max(float(np.hypot(real.std(), imaginary.std()) / np.sqrt(2)), 1e-12)
+    return gaussian_filter(image, spread), real * gain, imaginary * gain
 
 
 def _periventricular(anatomy: SubjectAnatomy, world: np.ndarray, wm: np.ndarray,
@@ -589,7 +629,34 @@ REALISTIC_ANATOMY = AnatomyRanges(rotation_deg=10.0, scale=(0.88, 1.12), shift_m
                                   signal=(0.82, 1.18), noise=(0.008, 0.06), bias=0.3)
 
 
-def make_realistic_phantom(seed: int, geometry: StackGeometry) -> Phantom:
+def peak_cnr(phantom: Phantom, lesion: PhantomLesion, geometry: StackGeometry) -> float:
+    """``lesion``'s peak contrast-to-noise on T2 FLAIR as the realistic generator images it on
+    ``geometry``: its largest profile-weighted, point-spread-blurred partial volume times its
+    contrast over the white matter, in units of the noise sigma (bias field ignored; a
+    cavitated lesion by its bright rim, as if solid)."""
+    from scipy.ndimage import gaussian_filter
+
+    if lesion.t2_contrast is None:
+        raise ValueError("peak_cnr is for lesions of drawn contrast (the realistic generator)")
+    fraction = _lesion_fraction(lesion, geometry, in_plane=phantom.in_plane_samples,
+                                profile=phantom.slice_profile)
+    inside = np.argwhere(fraction > 0)
+    if not len(inside):
+        return 0.0
+    if phantom.in_plane_resolution is not None:  # blurred around the lesion only (zeros beyond)
+        spread = (0.0, *phantom.in_plane_resolution.sigma_px(geometry.pixel_spacing))
+        margin = [0] + [int(np.ceil(4 * sigma)) + 1 for sigma in spread[1:]]
+        box = tuple(slice(max(int(low) - pad, 0), int(high) + pad + 1) for low, high, pad in
+                    zip(inside.min(axis=0), inside.max(axis=0), margin, strict=True))
+        fraction = gaussian_filter(np.pad(fraction[box], [(0, 0), *[(m, m) for m in margin[1:]]]),
+                                   spread)
+    white_matter = TISSUE_SIGNAL[Contrast.T2_FLAIR]["wm"] * phantom.anatomy.signal_scale["wm"]
+    return (float(fraction.max()) * (lesion.t2_contrast - 1.0) * white_matter
+            / phantom.anatomy.noise_sigma)
+
+
+def make_realistic_phantom(seed: int, geometry: StackGeometry,
+                           min_cnr: float = 0.0) -> Phantom:
     """A subject of the realistic generator, drawn per subject:
 
     - 0-20 lesions (15 % of subjects none), most tiny: 75 % of diameters log-uniform in
@@ -603,7 +670,14 @@ def make_realistic_phantom(seed: int, geometry: StackGeometry) -> Phantom:
       per 100 mm, tissue signals +-18 %, each scanner's own stored range;
     - a slice profile (:class:`SliceProfile`): FWHM 0.9-1.2 x the thickness, edges from
       nearly a box to about a Gaussian, so a lesion shows faintly on the slice beside it and
-      less than fully on its own (the truth stays the nominal box)."""
+      less than fully on its own (the truth stays the nominal box);
+    - an in-plane point spread (:class:`InPlaneResolution`): acquired voxels of 0.7-1.2 mm
+      (zero-filled to finer matrices), k-space apodisation widening it 1.0-1.4 x, so a
+      512 matrix's edges spread over 2-4 pixels and its noise is correlated.
+
+    ``min_cnr`` > 0 (training only, never a test or validation set): lesions whose
+    :func:`peak_cnr` on ``geometry`` is below it are left out, neither imaged nor labelled, so
+    that no training label marks what the image cannot show; every other draw is unchanged."""
     rng = np.random.default_rng([seed, 22])
     anatomy = sample_anatomy(rng, REALISTIC_ANATOMY)
     count = 0 if rng.random() < 0.15 else int(rng.integers(1, 21))
@@ -622,11 +696,18 @@ def make_realistic_phantom(seed: int, geometry: StackGeometry) -> Phantom:
     profile_rng = np.random.default_rng([seed, 22, 1])
     profile = SliceProfile(half_width=float(profile_rng.uniform(0.45, 0.6)),
                            edge=float(profile_rng.uniform(0.01, 0.22)))
-    return Phantom(anatomy=anatomy, lesions=lesions, seed=seed, mimics=mimics,
-                   cap_strength=float(rng.uniform(0.0, 0.6)),
-                   speckles=float(rng.uniform(0.0, 3.0)),
-                   stored_scale=float(rng.uniform(0.5, 1.4)), in_plane_samples=2,
-                   slice_profile=profile)
+    resolution_rng = np.random.default_rng([seed, 22, 2])
+    resolution = InPlaneResolution(acquired_mm=float(resolution_rng.uniform(0.7, 1.2)),
+                                   apodisation=float(resolution_rng.uniform(1.0, 1.4)))
+    phantom = Phantom(anatomy=anatomy, lesions=lesions, seed=seed, mimics=mimics,
+                      cap_strength=float(rng.uniform(0.0, 0.6)),
+                      speckles=float(rng.uniform(0.0, 3.0)),
+                      stored_scale=float(rng.uniform(0.5, 1.4)), in_plane_samples=2,
+                      slice_profile=profile, in_plane_resolution=resolution)
+    if min_cnr <= 0:
+        return phantom
+    return replace(phantom, lesions=tuple(
+        lesion for lesion in lesions if peak_cnr(phantom, lesion, geometry) >= min_cnr))
 
 
 def _mimics(rng: np.random.Generator, kind: str, count: int, world: np.ndarray,

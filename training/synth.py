@@ -164,14 +164,15 @@ def write_study(
     shuffle_instance_numbers: bool = False,
     varied: bool = False,
     realistic: bool = False,
+    min_cnr: float = 0.0,
 ) -> SyntheticStudy:
     """Render one subject and write its series under ``out``; ``varied`` draws the subject
     from the richer generator (see :func:`training.phantom.make_phantom`), ``realistic`` from
     the realistic one (:func:`training.phantom.make_realistic_phantom`; ``lesion_count`` is
-    then drawn)."""
+    then drawn; ``min_cnr``: see there, training only)."""
     t2_geometry = t2_geometry or axial_geometry()
     t1_geometry = t1_geometry or t2_geometry
-    phantom = (make_realistic_phantom(seed, t2_geometry) if realistic
+    phantom = (make_realistic_phantom(seed, t2_geometry, min_cnr) if realistic
                else make_phantom(seed, t2_geometry, lesion_count, varied=varied))
     rng = np.random.default_rng(seed)
     study_uid, frame_uid = str(generate_uid()), str(generate_uid())

@@ -58,7 +58,7 @@ class TrainingPlan:
     batch_size: int = 16
     learning_rate: float = 1e-3
     name: str = "lacuna-synthetic"
-    version: str = "0.7.0"
+    version: str = "0.8.0"
     # Subjects of the realistic generator (issue 22: tiny lobulated lesions of drawn contrast,
     # look-alikes, wide noise, 3-7 mm slices) on varied scanners; ``varied`` wins when both
     # are set; neither: the first generator's single geometry.
@@ -102,6 +102,10 @@ class TrainingPlan:
     # adds both neighbours, which show how far a lesion reaches through the slab (its partial
     # volume). Measured, not adopted: docs/recipes.md, "Three slices in".
     context_slices: int = 1
+    # Realistic training subjects leave out lesions whose peak contrast-to-noise on T2 FLAIR
+    # is under this (training.phantom.peak_cnr): no label marks what the image cannot show.
+    # 0: every drawn lesion. Never applied to validation or test subjects.
+    min_training_cnr: float = 0.0
 
 
 # Named recipes (``lacuna-train train --recipe``): this project's, which the shipped model was trained
@@ -307,7 +311,8 @@ def make_training_subjects(plan: TrainingPlan, seeds: list[int]) -> tuple[list[S
     those there were."""
     generator = plan_generator(plan)
     subjects: list[SubjectArrays] = list(map_on_cores(
-        _subject_arrays, [(generator, seed, plan.grid_spacing_mm) for seed in seeds], at_least=4))
+        _subject_arrays, [(generator, seed, plan.grid_spacing_mm, plan.min_training_cnr)
+                          for seed in seeds], at_least=4))
     labelled = 0
     if plan.data_dir is not None:
         from training.dicom_data import load_labelled_studies
@@ -320,8 +325,8 @@ def make_training_subjects(plan: TrainingPlan, seeds: list[int]) -> tuple[list[S
     return subjects, labelled
 
 
-def _subject_arrays(job: tuple[str, int, float | None]) -> SubjectArrays:
-    generator, seed, grid_spacing_mm = job
+def _subject_arrays(job: tuple[str, int, float | None, float]) -> SubjectArrays:
+    generator, seed, grid_spacing_mm, min_cnr = job
     if generator == "standard":
         from models.preprocessing import spacing_grid_shape
         from training.phantom import axial_geometry
@@ -330,7 +335,7 @@ def _subject_arrays(job: tuple[str, int, float | None]) -> SubjectArrays:
         matrix = (256, 256) if grid_spacing_mm is None else spacing_grid_shape(
             (geometry.rows, geometry.columns), geometry.pixel_spacing, grid_spacing_mm)
         return make_subject_arrays(seed, matrix)
-    return make_scanner_subject_arrays(seed, generator == "realistic", grid_spacing_mm)
+    return make_scanner_subject_arrays(seed, generator == "realistic", grid_spacing_mm, min_cnr)
 
 
 def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
@@ -372,7 +377,8 @@ def training_data_description(plan: TrainingPlan) -> str:
                 "2-6 mm, lobulated, T2 FLAIR contrast 1.15-2.5 x white matter, cavitated LACI; "
                 "look-alikes (perivascular spaces, caps, vessels, flow, speckles); scanners of "
                 "0.45-1 mm in-plane, 3-7 mm slices with a drawn slice profile (box to about "
-                "Gaussian), tilted, T1 FLAIR on its own geometry")
+                "Gaussian) and in-plane point spread (0.7-1.2 mm acquired, apodised; noise "
+                "correlated), tilted, T1 FLAIR on its own geometry")
     return "from MNI152 2009 tissue maps; " + (
         "varied scanners: 0.45-1 mm in-plane, 3-6 mm slices, tilted stacks, T1 FLAIR on its own "
         "geometry; irregular lesions" if plan.varied

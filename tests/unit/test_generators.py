@@ -13,10 +13,12 @@ from skimage.measure import label
 
 from training.independent import VENDORS, IndependentLesion, Stack, _coverage, independent_subject
 from training.phantom import (
+    FWHM_PER_SIGMA,
     REALISTIC_ANATOMY,
     Contrast,
     axial_geometry,
     make_realistic_phantom,
+    peak_cnr,
     render_series,
     sample_anatomy,
 )
@@ -98,6 +100,57 @@ def test_independent_subjects_span_vendors_and_matrices_and_label_only_lesions()
         assert 1.15 <= lesion.contrast <= 2.5 and 1.0 <= lesion.radius <= 7.5
     assert {style.manufacturer for style in VENDORS.values()} == {
         "GE MEDICAL SYSTEMS", "SIEMENS", "Philips Medical Systems", "CANON_MEC"}
+
+
+def test_realistic_subjects_blur_in_plane_keep_their_noise_level_and_label_the_box() -> None:
+    geometry = axial_geometry(matrix=448, fov_mm=224.0, slices=4, slice_spacing=6.0)  # 0.5 mm
+    resolutions = [make_realistic_phantom(seed, geometry).in_plane_resolution
+                   for seed in range(12)]
+    assert all(r is not None and 0.7 <= r.acquired_mm <= 1.2 and 1.0 <= r.apodisation <= 1.4
+               for r in resolutions)
+    # Never sharper than the pixels written: at 2 mm pixels the FWHM is at least 2 mm.
+    assert all(r is not None and r.sigma_px((2.0, 2.0))[0] * FWHM_PER_SIGMA >= 1.0 - 1e-9
+               for r in resolutions)
+    phantom = next(p for p in (make_realistic_phantom(seed, geometry) for seed in range(20))
+                   if p.lesions and p.in_plane_resolution is not None
+                   and p.in_plane_resolution.sigma_px(geometry.pixel_spacing)[0] > 1.0)
+    blurred = render_series(phantom, geometry, Contrast.T2_FLAIR)
+    sharp = render_series(replace(phantom, in_plane_resolution=None), geometry,
+                          Contrast.T2_FLAIR)
+    assert np.array_equal(blurred.labels, sharp.labels)  # the truth is the nominal box
+    # Background (air) is Rayleigh of the same sigma, so the subject's SNR is what it was;
+    # neighbouring pixels' noise is now correlated.
+    air = (slice(None), slice(2, 30), slice(2, 30))
+    assert abs(blurred.pixels[air].mean() / sharp.pixels[air].mean() - 1) < 0.05
+    def neighbour_correlation(pixels: np.ndarray) -> float:
+        patch = pixels[air].astype(float)
+        return float(np.corrcoef(patch[:, :, :-1].ravel(), patch[:, :, 1:].ravel())[0, 1])
+    assert neighbour_correlation(sharp.pixels) < 0.1 < 0.5 < neighbour_correlation(
+        blurred.pixels)
+
+
+def test_a_training_visibility_floor_leaves_out_only_the_lesions_under_it() -> None:
+    geometry = axial_geometry(matrix=96, slices=8, slice_spacing=6.0)
+    phantom = next(p for p in (make_realistic_phantom(seed, geometry) for seed in range(40))
+                   if len(p.lesions) >= 6)
+    cnrs = {lesion.number: peak_cnr(phantom, lesion, geometry) for lesion in phantom.lesions}
+    floor = float(np.median(list(cnrs.values())))
+    floored = make_realistic_phantom(phantom.seed, geometry, min_cnr=floor)
+    assert [lesion.number for lesion in floored.lesions] == [
+        number for number, cnr in cnrs.items() if cnr >= floor]
+    assert 0 < len(floored.lesions) < len(phantom.lesions)
+    for name in ("mimics", "cap_strength", "speckles", "stored_scale", "slice_profile",
+                 "in_plane_resolution"):  # every other draw the same
+        assert getattr(floored, name) == getattr(phantom, name), name
+    assert floored.anatomy.noise_sigma == phantom.anatomy.noise_sigma
+    # The peak CNR scales with the contrast over white matter and falls with the noise.
+    lesion = phantom.lesions[0]
+    assert lesion.t2_contrast is not None
+    brighter = replace(lesion, t2_contrast=1.0 + 2 * (lesion.t2_contrast - 1.0))
+    assert np.isclose(peak_cnr(phantom, brighter, geometry), 2 * cnrs[lesion.number], rtol=1e-5)
+    noisier = replace(phantom, anatomy=replace(phantom.anatomy,
+                                               noise_sigma=2 * phantom.anatomy.noise_sigma))
+    assert np.isclose(peak_cnr(noisier, lesion, geometry), cnrs[lesion.number] / 2, rtol=1e-5)
 
 
 def test_realistic_subjects_draw_a_slice_profile_and_label_the_nominal_box() -> None:

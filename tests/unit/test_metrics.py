@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from training.evaluate import size_markdown
-from training.metrics import bootstrap_intervals, count_subject, recall_by_size, summarise
+from training.metrics import (
+    bootstrap_intervals,
+    count_subject,
+    outlines,
+    recall_by_size,
+    summarise,
+)
 
 
 def volume() -> np.ndarray:
@@ -91,3 +97,23 @@ def test_bootstrap_resamples_subjects() -> None:
     assert low < 50.0 < high and 0.0 <= low and high <= 100.0
     with pytest.raises(ValueError, match="differ in shape"):
         count_subject(volume(), np.zeros((2, 2, 2), np.uint8))
+
+
+def test_outlines_say_how_a_found_lesion_misses_its_truth() -> None:
+    truth, predicted = np.zeros((6, 32, 32), np.uint8), np.zeros((6, 32, 32), np.uint8)
+    truth[1, 0:6, 0:6] = 1  # 36 voxels; found as a 2 x 6 strip: too small, IoU 1/3
+    predicted[1, 0:2, 0:6] = 1
+    truth[3, 10:14, 10:14] = 1  # 16 voxels; predicted 8 x 8 (64): too large, IoU 0.25
+    predicted[3, 8:16, 8:16] = 1
+    truth[3:5, 20:24, 20:24] = 1  # two slices of 16; predicted on the first and the one
+    predicted[2:4, 20:24, 22:26] = 1  # before it, shifted: a missed and an extra slice
+    truth[4, 0:4, 28:32] = 2  # outlined well (IoU 1): not a poor outline
+    predicted[4, 0:4, 28:32] = 2
+    rows = {what.split(" (")[0]: (lesions, voxels)
+            for what, lesions, voxels in outlines([count_subject(truth, predicted)])}
+    assert rows["found, outlined at IoU <= 0.6"] == (3, 36 + 16 + 32)
+    assert rows["reach a slice the truth does not"] == (1, 16)
+    assert rows["miss a slice the truth reaches"] == (1, 16)
+    assert rows["too small in-plane"] == (1, 24)
+    assert rows["too large in-plane"] == (1, 48)
+    assert rows["about the right size, displaced"] == (1, 16)
