@@ -431,13 +431,14 @@ def outlines(subjects: Sequence[SubjectCounts]) -> list[tuple[str, int, int]]:
     (what, lesions, voxels): the predicted voxels on slices the truth does not reach, the true
     voxels on slices the prediction misses, and on shared slices those too small (predicted
     under :data:`TOO_SMALL` x true), too large (over :data:`TOO_LARGE` x) or about the right
-    size but displaced (voxels: the true ones not covered). A lesion can be in several rows;
-    the first row counts every such lesion and their true voxels."""
+    size but displaced (voxels: the true ones on shared slices). A lesion can be in several
+    rows; the first row counts every such lesion and their true voxels."""
     poor = [pair.outline for s in subjects for pair in s.pairs
             if 0 < pair.iou <= PAPER_IOU and pair.outline is not None]
     small = [o for o in poor if o.predicted_shared < TOO_SMALL * o.true_shared]
     large = [o for o in poor if o.predicted_shared > TOO_LARGE * o.true_shared]
-    displaced = [o for o in poor if o not in small and o not in large]
+    displaced = [o for o in poor
+                 if TOO_SMALL * o.true_shared <= o.predicted_shared <= TOO_LARGE * o.true_shared]
     return [
         ("found, outlined at IoU <= 0.6", len(poor),
          sum(o.true_shared + o.true_off for o in poor)),

@@ -184,6 +184,9 @@ class SliceProfile:
         return offsets, weights / weights.sum()
 
 
+FWHM_PER_SIGMA = 2.0 * float(np.sqrt(2.0 * np.log(2.0)))  # of a Gaussian
+
+
 @dataclass(frozen=True)
 class InPlaneResolution:
     """How sharp a reconstructed slice is in-plane. A scanner acquires ``acquired_mm`` voxels
@@ -197,13 +200,12 @@ class InPlaneResolution:
     apodisation: float
 
     def sigma_px(self, pixel_spacing: tuple[float, float]) -> tuple[float, float]:
-        """The Gaussian's standard deviation along rows and columns, in pixels."""
-        return tuple(  # type: ignore[return-value]
-            self.apodisation * max(self.acquired_mm, spacing) / FWHM_PER_SIGMA / spacing
-            for spacing in pixel_spacing)
+        """The Gaussian's standard deviation along rows and columns, in pixels, for
+        ``pixel_spacing`` (between rows, between columns; mm)."""
+        def sigma(spacing: float) -> float:
+            return self.apodisation * max(self.acquired_mm, spacing) / FWHM_PER_SIGMA / spacing
 
-
-FWHM_PER_SIGMA = 2.0 * float(np.sqrt(2.0 * np.log(2.0)))
+        return sigma(pixel_spacing[0]), sigma(pixel_spacing[1])
 
 
 @dataclass(frozen=True)
@@ -672,8 +674,8 @@ def make_realistic_phantom(seed: int, geometry: StackGeometry,
       nearly a box to about a Gaussian, so a lesion shows faintly on the slice beside it and
       less than fully on its own (the truth stays the nominal box);
     - an in-plane point spread (:class:`InPlaneResolution`): acquired voxels of 0.7-1.2 mm
-      (zero-filled to finer matrices), k-space apodisation widening it 1.0-1.4 x, so a
-      512 matrix's edges spread over 2-4 pixels and its noise is correlated.
+      (zero-filled to finer matrices), k-space apodisation widening it 1.0-1.4 x, so at
+      0.45 mm pixels an edge spreads over about 1.5-4 pixels, and the noise is correlated.
 
     ``min_cnr`` > 0 (training only, never a test or validation set): lesions whose
     :func:`peak_cnr` on ``geometry`` is below it are left out, neither imaged nor labelled, so

@@ -310,6 +310,9 @@ def make_training_subjects(plan: TrainingPlan, seeds: list[int]) -> tuple[list[S
     """The synthetic subjects of ``seeds`` plus the plan's labelled studies, and how many of
     those there were."""
     generator = plan_generator(plan)
+    if plan.min_training_cnr > 0 and generator != "realistic":
+        raise ValueError(f"min_training_cnr needs the realistic generator (lesions of drawn "
+                         f"contrast); this plan's is {generator!r}")
     subjects: list[SubjectArrays] = list(map_on_cores(
         _subject_arrays, [(generator, seed, plan.grid_spacing_mm, plan.min_training_cnr)
                           for seed in seeds], at_least=4))

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 from skimage.measure import label
 
 from training.independent import VENDORS, IndependentLesion, Stack, _coverage, independent_subject
@@ -22,6 +23,7 @@ from training.phantom import (
     render_series,
     sample_anatomy,
 )
+from training.train import TrainingPlan, make_training_subjects
 from training.truth import lesion_voxels
 
 
@@ -151,6 +153,13 @@ def test_a_training_visibility_floor_leaves_out_only_the_lesions_under_it() -> N
     noisier = replace(phantom, anatomy=replace(phantom.anatomy,
                                                noise_sigma=2 * phantom.anatomy.noise_sigma))
     assert np.isclose(peak_cnr(noisier, lesion, geometry), cnrs[lesion.number] / 2, rtol=1e-5)
+
+
+def test_a_visibility_floor_is_refused_for_generators_without_drawn_contrast() -> None:
+    for plan in (TrainingPlan(varied=True, min_training_cnr=2.0),
+                 TrainingPlan(realistic=False, min_training_cnr=2.0)):
+        with pytest.raises(ValueError, match="realistic generator"):
+            make_training_subjects(plan, [1])
 
 
 def test_realistic_subjects_draw_a_slice_profile_and_label_the_nominal_box() -> None:
