@@ -207,6 +207,11 @@ class InPlaneResolution:
 
         return sigma(pixel_spacing[0]), sigma(pixel_spacing[1])
 
+    def spread(self, geometry: StackGeometry) -> tuple[float, float, float]:
+        """The Gaussian's sigmas over a ``(slices, rows, columns)`` volume on ``geometry``, in
+        voxels: none across slices (the slice profile is the through-plane blur)."""
+        return (0.0, *self.sigma_px(geometry.pixel_spacing))
+
 
 @dataclass(frozen=True)
 class Phantom:
@@ -604,7 +609,7 @@ def _reconstruct(image: np.ndarray, real: np.ndarray, imaginary: np.ndarray, sig
     before (only its texture is now correlated)."""
     from scipy.ndimage import gaussian_filter
 
-    spread = (0.0, *resolution.sigma_px(geometry.pixel_spacing))
+    spread = resolution.spread(geometry)
     # Noise wraps around (it is stationary): a reflected edge would raise its variance there.
     real, imaginary = (gaussian_filter(noise, spread, mode="wrap") for noise in (real, imaginary))
     gain = sigma / max(float(np.hypot(real.std(), imaginary.std()) / np.sqrt(2)), 1e-12)
@@ -646,7 +651,7 @@ def peak_cnr(phantom: Phantom, lesion: PhantomLesion, geometry: StackGeometry) -
     if not len(inside):
         return 0.0
     if phantom.in_plane_resolution is not None:  # blurred around the lesion only (zeros beyond)
-        spread = (0.0, *phantom.in_plane_resolution.sigma_px(geometry.pixel_spacing))
+        spread = phantom.in_plane_resolution.spread(geometry)
         margin = [0] + [int(np.ceil(4 * sigma)) + 1 for sigma in spread[1:]]
         box = tuple(slice(max(int(low) - pad, 0), int(high) + pad + 1) for low, high, pad in
                     zip(inside.min(axis=0), inside.max(axis=0), margin, strict=True))
