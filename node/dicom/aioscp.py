@@ -6,8 +6,9 @@ pynetdicom's codecs decode the A-ASSOCIATE-RQ and encode the A-ASSOCIATE-AC, and
 accept exactly the same; the P-DATA-TF framing, the PDVs and the few DIMSE command sets are
 read and written here (PS3.8 9.3, PS3.7 9.3), because that is where pynetdicom's threaded
 reactors spend their time. Datasets stream to a temporary file as their PDVs arrive (never
-whole in memory) and go to the storage port (:mod:`node.dicom.ports`) in a thread pool, which
-answers with the C-STORE status only once the instance is durable. Never imports TensorFlow.
+whole in memory) and go to the storage port (:mod:`node.dicom.ports`) in one storing thread,
+in batches of whatever is waiting; the port answers with the C-STORE status only once the
+instance is durable. Never imports TensorFlow.
 
 Depends on pynetdicom 3.0 (pinned): ``pdu.A_ASSOCIATE_RQ``/``A_ASSOCIATE_AC``,
 ``pdu_primitives`` (A_ASSOCIATE and the user information items), ``presentation``
@@ -20,6 +21,7 @@ import asyncio
 import itertools
 import logging
 import os
+import queue
 import struct
 import tempfile
 import threading
@@ -196,6 +198,66 @@ class _Incoming:
             self.path = None
 
 
+class _Storer:
+    """One thread stores what the event loop hands it: whatever is waiting when it is free,
+    as one batch through :meth:`Reception.store_many` (one index transaction). Many
+    associations then cost one thread beside the loop, not a thread each contending for the
+    GIL, and their instances still share transactions."""
+
+    MAX_BATCH = 64
+
+    def __init__(self, reception: Reception, loop: asyncio.AbstractEventLoop) -> None:
+        self._reception = reception
+        self._loop = loop
+        self._queue: queue.SimpleQueue[tuple[ReceivedInstance, asyncio.Future[int]] | None] = (
+            queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._run, name="lacuna-store", daemon=True)
+        self._thread.start()
+
+    def store(self, received: ReceivedInstance) -> asyncio.Future[int]:
+        """From the loop: the future C-STORE status of ``received``."""
+        future: asyncio.Future[int] = self._loop.create_future()
+        self._queue.put((received, future))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                statuses = self._reception.store_many([received for received, _ in batch])
+            except BaseException:  # the port never raises; if it does, nothing was stored
+                logger.exception("storing a batch of %d failed", len(batch))
+                statuses = [int(Status.PROCESSING_FAILURE)] * len(batch)
+            try:
+                self._loop.call_soon_threadsafe(_resolve, batch, statuses)
+            except RuntimeError:  # the loop is closed: shutdown, nobody waits for these
+                return
+
+
+def _resolve(batch: list[tuple[ReceivedInstance, asyncio.Future[int]]],
+             statuses: list[int]) -> None:
+    for (_, future), status in zip(batch, statuses, strict=True):
+        if not future.done():  # an association cancelled meanwhile no longer waits
+            future.set_result(status)
+
+
 class AsyncioScp:
     """Listens on ``settings.host:port`` in a thread of its own; ``server_address`` has the
     bound port once :meth:`start` returns; :meth:`shutdown` stops it."""
@@ -206,9 +268,11 @@ class AsyncioScp:
         self._contexts = supported_contexts(settings)
         self._tls = tls_context(settings)
         self._active = 0
+        # Association events (audit rows) and host name checks, off the loop.
         self._pool = ThreadPoolExecutor(max_workers=max(settings.max_associations, 1),
-                                        thread_name_prefix="lacuna-store")
+                                        thread_name_prefix="lacuna-events")
         self._loop = asyncio.new_event_loop()
+        self._storer = _Storer(reception, self._loop)
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="lacuna-aioscp",
                                         daemon=True)
@@ -237,6 +301,7 @@ class AsyncioScp:
         asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
+        self._storer.stop()
         self._loop.close()
         self._pool.shutdown(wait=True)
 
@@ -266,7 +331,9 @@ class AsyncioScp:
             writer.close()
             try:
                 await writer.wait_closed()
-            except (ConnectionError, OSError):
+            except (ConnectionError, OSError, asyncio.CancelledError):
+                # Cancelled here by shutdown: the task ends now anyway, and ending it
+                # cancelled makes Python 3.11's stream callback log a spurious traceback.
                 pass
 
     async def _report(self, event: Callable[..., None], *arguments: str) -> None:
@@ -531,8 +598,7 @@ class AsyncioScp:
             data=incoming.path, calling_ae=association.calling_ae, peer_address=peer_address,
             affected_sop_class_uid=_ui(elements.get(AFFECTED_SOP_CLASS_UID, b"")),
             affected_sop_instance_uid=_ui(elements.get(AFFECTED_SOP_INSTANCE_UID, b"")))
-        loop = asyncio.get_running_loop()
-        status = await loop.run_in_executor(self._pool, self.reception.store, received)
+        status = await self._storer.store(received)
         if status == Status.SUCCESS:  # the store has moved the file into storage
             incoming.path = None
         incoming.discard()  # a refused instance's file goes

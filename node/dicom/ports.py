@@ -6,6 +6,7 @@ into whichever receiver runs, so the receivers never import intake, audit or met
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -43,6 +44,11 @@ class InstanceStore(Protocol):
         once the instance is durably stored and indexed, and then a file ``data`` has been
         moved into storage (any other status leaves that file to the receiver to remove);
         never raises."""
+        ...
+
+    def store_many(self, batch: Sequence[ReceivedInstance]) -> list[int]:
+        """:meth:`store` for several instances at once, their index rows written in one
+        transaction where they can be: the statuses in order; never raises."""
         ...
 
 

@@ -9,6 +9,7 @@ lock while the rest of the transaction runs (and without lock-order deadlocks).
 from __future__ import annotations
 
 import getpass
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -112,16 +113,42 @@ def _chain_pending(session: Session) -> None:
     append(session.connection(), pending)
 
 
-def append(connection: Connection, pending: Sequence[AuditEvent]) -> None:
-    """Chain ``pending`` onto the trail and insert them, in ``connection``'s transaction. Call
-    it last before the commit, after every other statement of the transaction: it takes the
-    chain head's lock, which is held until the commit."""
-    if not pending:
-        return
-    head = connection.execute(_ADVANCE_HEAD, {"appended": len(pending)}).one_or_none()
-    if head is None:
-        raise RuntimeError("audit chain head is missing: run the migrations")
-    seq, prev_hash = head.length - len(pending), head.head_hash
+# The head this process last wrote, a guess at the current one: an append claims the head
+# with one conditional UPDATE (it matches only if the guess is right, so the database decides,
+# whatever other processes or a rolled-back transaction did), and falls back to reading the
+# head under its lock when it does not match.
+_CLAIM_HEAD = (
+    _HEAD.update()
+    .where(_HEAD.c.id == 1, _HEAD.c.length == bindparam("expected_length"),
+           _HEAD.c.head_hash == bindparam("expected_hash"))
+    .values(length=bindparam("new_length"), head_hash=bindparam("new_hash"))
+)
+
+
+class _LastHead:
+    """(length, head hash) as this process last wrote them; None before the first append."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value: tuple[int, str] | None = None
+
+    def get(self) -> tuple[int, str] | None:
+        with self._lock:
+            return self._value
+
+    def set(self, value: tuple[int, str]) -> None:
+        with self._lock:
+            self._value = value
+
+
+_last_head = _LastHead()
+
+
+def _chain(pending: Sequence[AuditEvent], length: int, head_hash: str) -> tuple[
+        list[dict[str, Any]], tuple[int, str]]:
+    """Link ``pending`` onto a head of ``length`` events ending in ``head_hash``: the rows to
+    insert and the new head."""
+    seq, prev_hash = length, head_hash
     rows = []
     for audit_event in pending:
         seq += 1
@@ -130,8 +157,32 @@ def append(connection: Connection, pending: Sequence[AuditEvent]) -> None:
         audit_event.hash = prev_hash = event_hash(prev_hash, hashed_fields(audit_event))
         rows.append({column.key: getattr(audit_event, column.key)
                      for column in _EVENTS.columns if column.key != "id"})
+    return rows, (seq, prev_hash)
+
+
+def append(connection: Connection, pending: Sequence[AuditEvent]) -> None:
+    """Chain ``pending`` onto the trail and insert them, in ``connection``'s transaction. Call
+    it last before the commit, after every other statement of the transaction: it takes the
+    chain head's lock, which is held until the commit."""
+    if not pending:
+        return
+    guess = _last_head.get()
+    if guess is not None:  # two statements, not three, when no one else appended meanwhile
+        rows, head = _chain(pending, *guess)
+        claimed = connection.execute(_CLAIM_HEAD, {
+            "expected_length": guess[0], "expected_hash": guess[1],
+            "new_length": head[0], "new_hash": head[1]})
+        if claimed.rowcount == 1:
+            connection.execute(_EVENTS.insert(), rows)
+            _last_head.set(head)
+            return
+    found = connection.execute(_ADVANCE_HEAD, {"appended": len(pending)}).one_or_none()
+    if found is None:
+        raise RuntimeError("audit chain head is missing: run the migrations")
+    rows, head = _chain(pending, found.length - len(pending), found.head_hash)
     connection.execute(_EVENTS.insert(), rows)
-    connection.execute(_SET_HEAD_HASH, {"last_hash": prev_hash})
+    connection.execute(_SET_HEAD_HASH, {"last_hash": head[1]})
+    _last_head.set(head)
 
 
 def _discard_pending(session: Session, _previous_transaction: Any) -> None:

@@ -7,6 +7,7 @@ failure status.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -129,39 +130,61 @@ def requested_priorities(dataset: Dataset) -> tuple[str, ...]:
     return tuple(v for v in values if v)
 
 
-# The top-level attributes intake and the series classifier read.
-_READ_TAGS = frozenset(
+# The top-level attributes intake reads for every instance: its UIDs, its number, the image
+# pixel module (for the pixel data length) and the requested priority. The series' and the
+# study's attributes are read (and so checked) only for the first instance of a new series or
+# study (see _series_row, _study_row): converting every value of every instance was a third of
+# decode's CPU time.
+_INSTANCE_TAGS = frozenset(
     Tag(keyword) for keyword in (
-        "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID",
-        "PatientName", "AccessionNumber", "StudyDate", "Modality", "SeriesNumber",
-        "SeriesDescription", "InstanceNumber", "ImageType", "ScanningSequence", "ScanOptions",
-        "RepetitionTime", "EchoTime", "InversionTime", "LossyImageCompression",
-        "RequestedProcedurePriority", "ImagesInAcquisition", "NumberOfFrames", "Rows", "Columns",
-        "SamplesPerPixel", "BitsAllocated", "EchoPulseSequence", "InversionRecovery",
+        "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+        "InstanceNumber", "RequestedProcedurePriority", "NumberOfFrames", "Rows", "Columns",
+        "SamplesPerPixel", "BitsAllocated",
     )
 )
 
 # Values larger than this are left on disk when a dataset is read from a file (large
 # multi-frame pixel data), so memory per association stays small whatever the sender sends.
 DEFER_BYTES = 2**20
+# A received file up to this size is read once, whole: parsed and hashed from memory (a file
+# object's tell() is a system call, and the parser asks at every element). Larger ones are
+# parsed from the file with their large values left on disk.
+READ_WHOLE_BYTES = 2 * DEFER_BYTES
 
 
-def decode(received: ReceivedInstance) -> Dataset:
-    """Parse and check a received dataset; :class:`InstanceRejected` with the status to answer."""
+def content(received: ReceivedInstance) -> bytes | None:
+    """The dataset's bytes when it is in memory or a file of at most READ_WHOLE_BYTES, else
+    None (parse and hash it from its file)."""
+    if isinstance(received.data, bytes):
+        return received.data
+    if received.size > READ_WHOLE_BYTES:
+        return None
     try:
-        if isinstance(received.data, Path):
-            dataset = dcmread(received.data, force=False, defer_size=DEFER_BYTES)
-            _check_deferred_values(dataset, received.size)
+        return received.data.read_bytes()
+    except OSError as error:
+        raise StorageError(f"cannot read the received dataset: {error.strerror}") from error
+
+
+def decode(received: ReceivedInstance, data: bytes | None) -> Dataset:
+    """Parse and check a received dataset, from ``data`` (see :func:`content`) or, when None,
+    from its file; :class:`InstanceRejected` with the status to answer."""
+    try:
+        if data is not None:
+            dataset = dcmread(BytesIO(data), force=False)
         else:
-            dataset = dcmread(BytesIO(received.data), force=False)
-        # Parse every sequence and every value intake reads, so malformed data fails here with
-        # a status, not later; other values are stored as received, unparsed (parsing all of
-        # them was a third of intake's CPU time).
+            assert isinstance(received.data, Path)
+            dataset = dcmread(received.data, force=False, defer_size=DEFER_BYTES)
+        # One pass: a value, left on disk or read, must be whole (a truncated transfer
+        # otherwise passes the parser, which reads short or seeks past); every sequence and
+        # every value read for each instance is parsed, so malformed data fails here with a
+        # status, not later; other values are stored as received, unparsed.
         for tag in list(dataset.keys()):
             raw = dataset.get_item(tag, keep_deferred=True)
-            if _is_deferred(raw):
-                continue
-            if getattr(raw, "VR", None) in ("SQ", None) or tag in _READ_TAGS:
+            if isinstance(raw, RawDataElement):
+                _check_whole(tag, raw, received.size)
+                if raw.value is None:  # left on disk
+                    continue
+            if getattr(raw, "VR", None) in ("SQ", None) or tag in _INSTANCE_TAGS:
                 _ = dataset[tag].value
     except InstanceRejected:
         raise
@@ -199,17 +222,20 @@ def _deferred(dataset: Dataset, tag: Any) -> RawDataElement | None:
     return raw if isinstance(raw, RawDataElement) and _is_deferred(raw) else None
 
 
-def _check_deferred_values(dataset: Dataset, file_size: int) -> None:
-    """A value left on disk must lie inside the file (a truncated transfer otherwise passes
-    the parser, which only seeks past it)."""
-    for tag in dataset.keys():
-        raw = _deferred(dataset, tag)
-        if raw is not None and raw.length != 0xFFFFFFFF:
-            if raw.value_tell + raw.length > file_size:
-                raise InstanceRejected(
-                    Status.CANNOT_UNDERSTAND,
-                    f"{tag} needs {raw.length} bytes; the dataset ends before them",
-                )
+def _check_whole(tag: Any, raw: RawDataElement, file_size: int) -> None:
+    """A value of defined length must be whole: read in full, or, left on disk, inside the
+    file."""
+    if raw.length == 0xFFFFFFFF:
+        return
+    if raw.value is None:
+        whole = raw.value_tell + raw.length <= file_size
+    else:
+        whole = len(raw.value) >= raw.length
+    if not whole:
+        raise InstanceRejected(
+            Status.CANNOT_UNDERSTAND,
+            f"{Tag(tag)} needs {raw.length} bytes; the dataset ends before them",
+        )
 
 
 def _check_pixel_length(dataset: Dataset) -> None:
@@ -240,14 +266,22 @@ _STUDIES = Base.metadata.tables["studies"]
 _SERIES = Base.metadata.tables["series"]
 _INSTANCES = Base.metadata.tables["instances"]
 _FIND_PATIENT = select(_PATIENTS.c.id).where(_PATIENTS.c.patient_id == bindparam("key"))
-_FIND_STUDY = select(_STUDIES.c.id, _STUDIES.c.state, _STUDIES.c.urgent).where(
-    _STUDIES.c.study_instance_uid == bindparam("key"))
+# A study's row is found and touched in one statement; series rows, never deleted, are
+# remembered by the process once committed (see Intake._known_series).
+_TOUCH_STUDY_BY_UID = (
+    _STUDIES.update().where(_STUDIES.c.study_instance_uid == bindparam("key"))
+    .values(last_received_at=bindparam("now"))
+    .returning(_STUDIES.c.id, _STUDIES.c.state, _STUDIES.c.urgent))
 _FIND_SERIES = select(_SERIES.c.id).where(_SERIES.c.series_instance_uid == bindparam("key"))
+_FIND_INSTANCE = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.id, _INSTANCES.c.sha256,
+                        _INSTANCES.c.path).where(_INSTANCES.c.sop_instance_uid == bindparam("key"))
 _FIND_INSTANCES = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.id, _INSTANCES.c.sha256,
                          _INSTANCES.c.path).where(
     _INSTANCES.c.sop_instance_uid.in_(bindparam("keys", expanding=True)))
 _TOUCH_STUDY = _STUDIES.update().where(_STUDIES.c.id == bindparam("study")).values(
     last_received_at=bindparam("now"))
+# How many series IDs a process remembers; past it, it starts again (a lookup each).
+KNOWN_SERIES_LIMIT = 10_000
 
 
 @dataclass
@@ -269,7 +303,8 @@ class _BatchRows:
 
     @classmethod
     def prefetch(cls, connection: Connection, sop_uids: list[str]) -> _BatchRows:
-        found = connection.execute(_FIND_INSTANCES, {"keys": sop_uids})
+        found = (connection.execute(_FIND_INSTANCE, {"key": sop_uids[0]}) if len(sop_uids) == 1
+                 else connection.execute(_FIND_INSTANCES, {"keys": sop_uids}))
         return cls(instances={uid: (row_id, digest, path) for uid, row_id, digest, path in found})
 
 
@@ -283,6 +318,47 @@ def index_value(dataset: Dataset, keyword: str) -> str:
     longer value is indexed the same on SQLite and PostgreSQL (whose columns enforce the
     length), and the stored file keeps it whole."""
     return str(dataset.get(keyword, "") or "")[:INDEX_VR_LENGTH[keyword]]
+
+
+def _instance_number(dataset: Dataset) -> int | None:
+    """Instance Number (an IS) as an integer, None when absent or empty; :class:`InstanceRejected`
+    (Cannot Understand) when it is not an integer string."""
+    value = dataset.get("InstanceNumber")
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InstanceRejected(Status.CANNOT_UNDERSTAND,
+                               f"Instance Number {str(value)[:16]!r} is not an integer") from None
+
+
+def _series_row(dataset: Dataset) -> dict[str, Any]:
+    """A new series' indexed values, read from its first instance; :class:`InstanceRejected`
+    (Cannot Understand) when one cannot be read."""
+    try:
+        series_number = dataset.get("SeriesNumber")
+        return {
+            "modality": index_value(dataset, "Modality"),
+            "series_number": None if series_number in (None, "") else int(series_number),
+            "series_description": index_value(dataset, "SeriesDescription"),
+            "attributes": series_attributes(dataset),
+        }
+    except Exception as error:  # pydicom raises assorted errors on malformed values
+        raise InstanceRejected(Status.CANNOT_UNDERSTAND,
+                               f"unreadable series attributes: {type(error).__name__}") from None
+
+
+def _study_row(dataset: Dataset) -> dict[str, Any]:
+    """A new study's indexed values (and its Patient ID), read from its first instance;
+    :class:`InstanceRejected` (Cannot Understand) when one cannot be read."""
+    try:
+        return {keyword: index_value(dataset, name) for keyword, name in (
+            ("patient_id", "PatientID"), ("accession_number", "AccessionNumber"),
+            ("study_date", "StudyDate"))}
+    except Exception as error:
+        raise InstanceRejected(Status.CANNOT_UNDERSTAND,
+                               f"unreadable study attributes: {type(error).__name__}") from None
 
 
 class ConflictingInstance(InstanceRejected):
@@ -301,6 +377,7 @@ class _Pending:
     study_uid: str
     series_uid: str
     sop_uid: str
+    instance_number: int | None
 
     def stored(self, duplicate: bool) -> StoredInstance:
         return StoredInstance(self.study_uid, self.series_uid, self.sop_uid, duplicate)
@@ -323,6 +400,9 @@ class Intake:
         self._engine: Engine = sessions.kw["bind"]
         self._clock = clock
         self._urgency = urgency or UrgencyRule()
+        # Series rows are never deleted, so a series ID, once committed, holds for the life of
+        # the process: the first instance of a series looks it up, the others do not.
+        self._known_series: dict[str, int] = {}
         # Associations storing at the same time share a transaction (see GroupCommit).
         self._group: GroupCommit[_Pending, StoredInstance] = GroupCommit(self._write_batch)
 
@@ -339,6 +419,29 @@ class Intake:
                                f"of {self._min_free_bytes // 2**20} MiB")
 
     def store(self, received: ReceivedInstance) -> StoredInstance:
+        """Keep one instance; returns once it is durable and indexed, else raises
+        (:class:`InstanceRejected` with the status to answer, or :class:`StorageError`).
+        Callers in several threads at once share a transaction (group commit)."""
+        return self._group.submit(self._prepare(received))
+
+    def store_many(self, batch: Sequence[ReceivedInstance]) -> list[StoredInstance | Exception]:
+        """Keep several instances, indexed in one transaction where they can be: per instance,
+        in order, what :meth:`store` would return or raise. For a caller that batches itself
+        (one thread, no group commit)."""
+        outcomes: list[StoredInstance | Exception | None] = []
+        prepared: list[_Pending] = []
+        for received in batch:
+            try:
+                prepared.append(self._prepare(received))
+                outcomes.append(None)
+            except Exception as error:
+                outcomes.append(error)
+        written = iter(self._write_batch(prepared) if prepared else [])
+        return [next(written) if outcome is None else outcome for outcome in outcomes]
+
+    def _prepare(self, received: ReceivedInstance) -> _Pending:
+        """Check, parse and move ``received`` into storage (its folder not yet synced): the
+        instance waiting for its index rows."""
         size = received.size
         if self._max_dataset_bytes and size > self._max_dataset_bytes:
             raise InstanceRejected(
@@ -346,17 +449,19 @@ class Intake:
                 f"dataset of {size / 2**20:.1f} MiB exceeds the limit of "
                 f"{self._max_dataset_bytes / 2**20:.1f} MiB",
             )
-        dataset = decode(received)
+        data = content(received)
+        dataset = decode(received, data)
         try:
             study_uid = checked_uid(dataset.StudyInstanceUID, "StudyInstanceUID")
             series_uid = checked_uid(dataset.SeriesInstanceUID, "SeriesInstanceUID")
             sop_uid = checked_uid(dataset.SOPInstanceUID, "SOPInstanceUID")
         except InvalidUid as error:
             raise InstanceRejected(Status.CANNOT_UNDERSTAND, str(error)) from None
+        instance_number = _instance_number(dataset)
 
         relative = relative_path("instances", study_uid, series_uid, sop_uid)
         self._check_free_space(size)
-        digest = received.sha256()
+        digest = hashlib.sha256(data).hexdigest() if data is not None else received.sha256()
         try:
             if isinstance(received.data, Path):
                 # The folder's fsync is left to the batch (one per folder, not per file).
@@ -365,10 +470,10 @@ class Intake:
                 write_atomically(self._root, relative, received.data)
         except OSError as error:
             raise StorageError(f"cannot write {relative}: {error.strerror}") from error
-        return self._group.submit(
-            _Pending(dataset, received, relative, digest, size, study_uid, series_uid, sop_uid))
+        return _Pending(dataset, received, relative, digest, size, study_uid, series_uid, sop_uid,
+                        instance_number)
 
-    def _write_batch(self, batch: Sequence[_Pending]) -> list[StoredInstance | BaseException]:
+    def _write_batch(self, batch: Sequence[_Pending]) -> list[StoredInstance | Exception]:
         """Index a batch of stored files in one transaction (after fsyncing their folders, so
         the renames are durable before the rows say they exist). If it fails, each is indexed
         on its own, so one bad instance cannot fail the others."""
@@ -382,46 +487,55 @@ class Intake:
                 with self._engine.begin() as connection:
                     events: list[AuditEvent] = []
                     rows = _BatchRows.prefetch(connection, [pending.sop_uid for pending in batch])
-                    stored: list[StoredInstance | BaseException] = [
+                    stored: list[StoredInstance | Exception] = [
                         pending.stored(self._index(connection, pending, events, rows))
                         for pending in batch]
                     audit.append(connection, events)
-                    return stored
+                self._remember(rows)
+                return stored
             except Exception:
                 logger.debug("batch of %d failed; indexing each on its own", len(batch))
         return [self._index_alone(pending) for pending in batch]
 
-    def _index_alone(self, pending: _Pending) -> StoredInstance | BaseException:
+    def _index_alone(self, pending: _Pending) -> StoredInstance | Exception:
         # Two processes may create the same study or series at once: the loser of the unique
         # constraint retries and finds the winner's row.
         for attempt in range(3):
             try:
                 with self._engine.begin() as connection:
                     events: list[AuditEvent] = []
-                    duplicate = self._index(connection, pending, events)
+                    rows = _BatchRows.prefetch(connection, [pending.sop_uid])
+                    duplicate = self._index(connection, pending, events, rows)
                     audit.append(connection, events)
+                self._remember(rows)
                 return pending.stored(duplicate)
             except IntegrityError:
                 if attempt == 2:
                     return StorageError(f"cannot index {pending.sop_uid}: constraint conflict")
             except SQLAlchemyError as error:
                 return StorageError(f"cannot index {pending.sop_uid}: {type(error).__name__}")
-            except ConflictingInstance as error:
+            except InstanceRejected as error:  # a conflict, or a new series' malformed values
                 (self._root / pending.relative).unlink(missing_ok=True)  # never indexed
                 return error
             except Exception as error:
                 return error
         raise AssertionError("unreachable")
 
+    def _remember(self, rows: _BatchRows) -> None:
+        """After a commit: the series IDs it found or created hold from now on."""
+        if len(self._known_series) + len(rows.series) > KNOWN_SERIES_LIMIT:
+            self._known_series.clear()
+        self._known_series.update(rows.series)
+
     def _index(self, connection: Connection, pending: _Pending, events: list[AuditEvent],
-               rows: _BatchRows | None = None) -> bool:
+               rows: _BatchRows) -> bool:
         """Index rows, with the audit rows appended to ``events`` (the caller chains them with
         :func:`audit.append` before its commit); returns True for an identical re-send, which
-        changes nothing but the audit trail. ``rows`` carries what earlier items of the same
-        batch (same transaction) looked up or created; without it, this instance's rows are
-        looked up on their own. On a bare Connection, not a Session: the ORM's unit of work
-        cost a fifth of intake's CPU per instance."""
-        rows = rows or _BatchRows.prefetch(connection, [pending.sop_uid])
+        changes nothing but the audit trail. ``rows`` has the batch's instances prefetched and
+        carries what earlier items of the same batch (same transaction) looked up or created.
+        On a bare Connection, not a Session: the ORM's unit of work cost a fifth of intake's
+        CPU per instance. :class:`InstanceRejected` when a new series' or study's attributes
+        cannot be read."""
         dataset, received, relative, digest, size = (
             pending.dataset, pending.received, pending.relative, pending.digest, pending.size)
         study_uid, series_uid, sop_uid = pending.study_uid, pending.series_uid, pending.sop_uid
@@ -453,8 +567,10 @@ class Intake:
             return True
 
         study = rows.studies.get(study_uid)
+        touched = study is None
         if study is None:
-            found = connection.execute(_FIND_STUDY, {"key": study_uid}).one_or_none()
+            found = connection.execute(_TOUCH_STUDY_BY_UID,
+                                       {"key": study_uid, "now": now}).one_or_none()
             study = (_StudyRow(found.id, found.state, bool(found.urgent)) if found is not None
                      else self._new_study(connection, dataset, study_uid, rows, now))
             rows.studies[study_uid] = study
@@ -471,33 +587,27 @@ class Intake:
                 reason="new or changed instance after the study was scheduled",
             )
             changes["state"] = study.state = StudyState.RECEIVING
-        connection.execute(_TOUCH_STUDY.values(**changes) if changes else _TOUCH_STUDY,
-                           {"study": study.id, "now": now})
+        if changes or not touched:
+            connection.execute(_TOUCH_STUDY.values(**changes) if changes else _TOUCH_STUDY,
+                               {"study": study.id, "now": now})
 
-        series_id = rows.series.get(series_uid)
+        series_id = rows.series.get(series_uid) or self._known_series.get(series_uid)
         if series_id is None:
             series_id = connection.execute(_FIND_SERIES, {"key": series_uid}).scalar()
             if series_id is None:
-                series_number = dataset.get("SeriesNumber")
                 series_id = connection.execute(_SERIES.insert().returning(_SERIES.c.id), {
-                    "series_instance_uid": series_uid,
-                    "study_id": study.id,
-                    "modality": index_value(dataset, "Modality"),
-                    "series_number": None if series_number in (None, "") else int(series_number),
-                    "series_description": index_value(dataset, "SeriesDescription"),
-                    "attributes": series_attributes(dataset),
-                }).scalar_one()
-            rows.series[series_uid] = series_id
+                    "series_instance_uid": series_uid, "study_id": study.id,
+                    **_series_row(dataset)}).scalar_one()
+        rows.series[series_uid] = series_id
 
         transfer_syntax = str(dataset.file_meta.TransferSyntaxUID)
         if instance is None:
-            instance_number = dataset.get("InstanceNumber")
             instance_id = connection.execute(_INSTANCES.insert().returning(_INSTANCES.c.id), {
                 "sop_instance_uid": sop_uid,
                 "series_id": series_id,
                 "sop_class_uid": str(dataset.SOPClassUID),
                 "transfer_syntax_uid": transfer_syntax,
-                "instance_number": None if instance_number in (None, "") else int(instance_number),
+                "instance_number": pending.instance_number,
                 "path": str(relative),
                 "size_bytes": size,
                 "sha256": digest,
@@ -515,7 +625,8 @@ class Intake:
     def _new_study(self, connection: Connection, dataset: Dataset, study_uid: str,
                    rows: _BatchRows, now: datetime) -> _StudyRow:
         """Insert a study (and its patient, when new) in state RECEIVING."""
-        patient_id = index_value(dataset, "PatientID")
+        values = _study_row(dataset)
+        patient_id = values.pop("patient_id")
         patient = rows.patients.get(patient_id)
         if patient is None:
             patient = connection.execute(_FIND_PATIENT, {"key": patient_id}).scalar()
@@ -527,8 +638,7 @@ class Intake:
         study_id = connection.execute(_STUDIES.insert().returning(_STUDIES.c.id), {
             "study_instance_uid": study_uid,
             "patient_id": patient,
-            "accession_number": index_value(dataset, "AccessionNumber"),
-            "study_date": index_value(dataset, "StudyDate"),
+            **values,
             "state": StudyState.RECEIVING,
             "urgent": False,
             "first_received_at": now,

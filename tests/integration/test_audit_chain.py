@@ -78,6 +78,23 @@ def test_a_rolled_back_transaction_leaves_no_event(trail: Engine) -> None:
     assert verify(trail)[1] == []
 
 
+def test_an_append_rolled_back_after_it_claimed_the_head_leaves_the_chain_whole(
+        trail: Engine) -> None:
+    """An append claims the head from what this process last wrote; a rollback after the
+    claim leaves that guess wrong, and the next append must find the real head."""
+    with pytest.raises(RuntimeError), trail.begin() as connection:
+        events: list[AuditEvent] = []
+        audit.record(events, "test.rolled_back")
+        audit.append(connection, events)
+        raise RuntimeError("the change failed after the append")
+    append(trail, 2, "after")
+    checked, breaks = verify(trail)
+    assert (checked, breaks) == (4 * (15 + 5) + 3, [])
+    with session_factory(trail).begin() as session:
+        seqs = list(session.scalars(select(AuditEvent.chain_seq).order_by(AuditEvent.chain_seq)))
+    assert seqs == list(range(1, 84))
+
+
 @pytest.mark.parametrize("statement", ["UPDATE audit_events SET actor = 'x'",
                                        "DELETE FROM audit_events"])
 def test_the_database_refuses_to_change_audit_rows(trail: Engine, statement: str) -> None:
