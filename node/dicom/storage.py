@@ -67,8 +67,11 @@ def move_atomically(
     caller must :func:`fsync_directory` the target's folder before relying on the move."""
     target = root / relative
     make_folder(target.parent)
-    with source.open("rb+") as stream:
-        os.fsync(stream.fileno())
+    descriptor = os.open(source, os.O_RDONLY)  # a bare descriptor: fsync needs no more
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
     try:
         os.replace(source, target)
     except OSError as error:
