@@ -146,6 +146,7 @@ _INSTANCE_TAGS = frozenset(
 # Values larger than this are left on disk when a dataset is read from a file (large
 # multi-frame pixel data), so memory per association stays small whatever the sender sends.
 DEFER_BYTES = 2**20
+PIXEL_DATA = Tag("PixelData")
 # A received file up to this size is read once, whole: parsed and hashed from memory (a file
 # object's tell() is a system call, and the parser asks at every element). Larger ones are
 # parsed from the file with their large values left on disk.
@@ -451,6 +452,9 @@ class Intake:
             )
         data = content(received)
         dataset = decode(received, data)
+        # Checked by decode and stored as received: the index needs none of the pixel data,
+        # and a batch of waiting instances should not hold it (up to 2 MiB each) in memory.
+        dataset.pop(PIXEL_DATA, None)
         try:
             study_uid = checked_uid(dataset.StudyInstanceUID, "StudyInstanceUID")
             series_uid = checked_uid(dataset.SeriesInstanceUID, "SeriesInstanceUID")
