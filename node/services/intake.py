@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import RawDataElement
@@ -183,7 +183,7 @@ def decode(received: ReceivedInstance, data: bytes | None) -> Dataset:
             raw = dataset.get_item(tag, keep_deferred=True)
             if isinstance(raw, RawDataElement):
                 _check_whole(tag, raw, received.size)
-                if raw.value is None:  # left on disk
+                if _is_deferred(raw):
                     continue
             if getattr(raw, "VR", None) in ("SQ", None) or tag in _INSTANCE_TAGS:
                 _ = dataset[tag].value
@@ -212,7 +212,7 @@ def decode(received: ReceivedInstance, data: bytes | None) -> Dataset:
     return dataset
 
 
-def _is_deferred(element: object) -> bool:
+def _is_deferred(element: object) -> TypeGuard[RawDataElement]:
     """True for an element whose value was left on disk (see DEFER_BYTES)."""
     return isinstance(element, RawDataElement) and element.value is None
 
@@ -220,7 +220,7 @@ def _is_deferred(element: object) -> bool:
 def _deferred(dataset: Dataset, tag: Any) -> RawDataElement | None:
     """The element at ``tag`` if its value was left on disk, else None."""
     raw = dataset.get_item(tag, keep_deferred=True)
-    return raw if isinstance(raw, RawDataElement) and _is_deferred(raw) else None
+    return raw if _is_deferred(raw) else None
 
 
 def _check_whole(tag: Any, raw: RawDataElement, file_size: int) -> None:
@@ -228,7 +228,7 @@ def _check_whole(tag: Any, raw: RawDataElement, file_size: int) -> None:
     file."""
     if raw.length == 0xFFFFFFFF:
         return
-    if raw.value is None:
+    if raw.value is None:  # left on disk
         whole = raw.value_tell + raw.length <= file_size
     else:
         whole = len(raw.value) >= raw.length
@@ -274,10 +274,10 @@ _TOUCH_STUDY_BY_UID = (
     .values(last_received_at=bindparam("now"))
     .returning(_STUDIES.c.id, _STUDIES.c.state, _STUDIES.c.urgent))
 _FIND_SERIES = select(_SERIES.c.id).where(_SERIES.c.series_instance_uid == bindparam("key"))
-_FIND_INSTANCE = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.id, _INSTANCES.c.sha256,
-                        _INSTANCES.c.path).where(_INSTANCES.c.sop_instance_uid == bindparam("key"))
-_FIND_INSTANCES = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.id, _INSTANCES.c.sha256,
-                         _INSTANCES.c.path).where(
+_INSTANCE_ROWS = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.id, _INSTANCES.c.sha256,
+                        _INSTANCES.c.path)
+_FIND_INSTANCE = _INSTANCE_ROWS.where(_INSTANCES.c.sop_instance_uid == bindparam("key"))
+_FIND_INSTANCES = _INSTANCE_ROWS.where(
     _INSTANCES.c.sop_instance_uid.in_(bindparam("keys", expanding=True)))
 _TOUCH_STUDY = _STUDIES.update().where(_STUDIES.c.id == bindparam("study")).values(
     last_received_at=bindparam("now"))
