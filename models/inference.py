@@ -47,7 +47,10 @@ class InferenceSettings:
     of ``grid_spacing_mm`` (their own field of view, no shrinking of fine matrices) and the
     primary network runs on overlapping ``input_matrix`` tiles. ``laci_temperature`` divides
     the secondary network's logit (temperature scaling, fitted on validation subjects), which
-    changes its certainty but never its verdict at ``laci_threshold`` 0.5."""
+    changes its certainty but never its verdict at ``laci_threshold`` 0.5. A lesion is a 3D
+    component of voxels at ``outline_threshold`` or above that reaches ``lesion_threshold``
+    somewhere (hysteresis: found where the network is sure, outlined where it leans to lesion);
+    ``outline_threshold`` None is ``lesion_threshold``."""
 
     input_matrix: tuple[int, int]
     lesion_threshold: float
@@ -55,6 +58,7 @@ class InferenceSettings:
     min_lesion_voxels: int
     grid_spacing_mm: float | None = None
     laci_temperature: float = 1.0
+    outline_threshold: float | None = None
 
     @classmethod
     def from_manifest(cls, manifest: ModelManifest) -> InferenceSettings:
@@ -65,6 +69,7 @@ class InferenceSettings:
             min_lesion_voxels=manifest.min_lesion_voxels,
             grid_spacing_mm=manifest.grid_spacing_mm,
             laci_temperature=manifest.laci_temperature,
+            outline_threshold=manifest.outline_threshold,
         )
 
     def grid_shape(self, shape: tuple[int, int],
@@ -181,7 +186,8 @@ class TwoStageEngine:
             probability = self.predict_lesion_probability(t2, pixel_spacing_mm)
         elif probability.shape != t2.shape:
             raise ValueError(f"probability {probability.shape} differs from T2 FLAIR {t2.shape}")
-        components = label(probability >= self.settings.lesion_threshold, connectivity=2)
+        components = lesion_components(probability, self.settings.lesion_threshold,
+                                       self.settings.outline_threshold)
         regions = [
             region
             for region in regionprops(components)
@@ -253,6 +259,21 @@ class TwoStageEngine:
                 )
             )
         return LesionSegmentation(labels=labels, lesion_numbers=numbers, lesions=tuple(lesions))
+
+
+def lesion_components(probability: np.ndarray, lesion_threshold: float,
+                      outline_threshold: float | None = None) -> np.ndarray:
+    """Lesions of a probability map, labelled 1.. (0 elsewhere): 3D components (26-connected)
+    of voxels at ``outline_threshold`` or above that hold a voxel at ``lesion_threshold`` or
+    above. ``outline_threshold`` None, or not below ``lesion_threshold``, is the plain
+    threshold at ``lesion_threshold``."""
+    if outline_threshold is None or outline_threshold >= lesion_threshold:
+        return np.asarray(label(probability >= lesion_threshold, connectivity=2))
+    components = np.asarray(label(probability >= outline_threshold, connectivity=2))
+    found = np.unique(components[probability >= lesion_threshold])
+    found = found[found > 0]
+    components[~np.isin(components, found)] = 0
+    return components
 
 
 def primary_context_slices(primary: Any) -> int:

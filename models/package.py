@@ -50,6 +50,9 @@ class ModelManifest:
     grid_spacing_mm: float | None = None
     # The secondary network's logit is divided by this (temperature scaling; 1: as trained).
     laci_temperature: float = 1.0
+    # Hysteresis: a lesion is found where the probability reaches lesion_threshold and
+    # outlined where it reaches this lower one, connected to it; None: lesion_threshold.
+    outline_threshold: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +76,10 @@ class ModelManifest:
             raise PackageError(f"grid_spacing_mm must be positive, not {manifest.grid_spacing_mm}")
         if not manifest.laci_temperature > 0:
             raise PackageError(f"laci_temperature must be positive, not {manifest.laci_temperature}")
+        if manifest.outline_threshold is not None and not (
+                0 < manifest.outline_threshold <= manifest.lesion_threshold):
+            raise PackageError(f"outline_threshold {manifest.outline_threshold} must be above 0 "
+                               f"and at most lesion_threshold {manifest.lesion_threshold}")
         return manifest
 
 

@@ -1,6 +1,6 @@
-"""``lacuna-train calibrate``: choose a package's operating point (lesion threshold and smallest
-lesion kept) on validation subjects and write it as a new package version (same network files,
-new manifest and model card).
+"""``lacuna-train calibrate``: choose a package's operating point (lesion threshold, outline
+threshold and smallest lesion kept) on validation subjects and write it as a new package
+version (same network files, new manifest and model card).
 
 An operating point is part of what a model version means: changing it changes the lesions the
 node reports, so it gets its own version, registered, verified and activated like any other.
@@ -86,8 +86,8 @@ def calibrated_package(
     generator: str = "standard", progress: Callable[[int, int], None] | None = None,
 ) -> ModelManifest:
     """Sweep the operating point of ``engine`` (loaded from ``package``) on ``seeds``, then
-    write ``out_dir``: the package's files, a manifest with the chosen lesion threshold and
-    minimum lesion size, ``version``, the sweep (``training["calibration"]``) and as its
+    write ``out_dir``: the package's files, a manifest with the chosen lesion threshold, outline
+    threshold and minimum lesion size, ``version``, the sweep (``training["calibration"]``) and as its
     ``metrics`` the chosen point's on ``seeds`` (the source's own, measured at its operating
     point, are kept as ``from_metrics``), and the card with a calibration section."""
     source = verify_package(package)
@@ -100,8 +100,8 @@ def calibrated_package(
     temperature = fit_temperature(classifications)
     calibration = {
         "from_version": source.version,
-        "from_operating_point": OperatingPoint(source.lesion_threshold,
-                                               source.min_lesion_voxels).key,
+        "from_operating_point": OperatingPoint(source.lesion_threshold, source.min_lesion_voxels,
+                                               source.outline_threshold).key,
         "from_metrics": source.metrics,
         "seeds": [seeds[0], seeds[-1]],
         "generator": generator,
@@ -113,13 +113,15 @@ def calibrated_package(
         "expected_calibration_error_after": expected_calibration_error(classifications,
                                                                         temperature),
         "lesion_threshold": chosen.lesion_threshold,
+        "outline_threshold": chosen.outline_threshold,
         "min_lesion_voxels": chosen.min_lesion_voxels,
-        # "threshold/min voxels" -> metrics
+        # "threshold[>outline threshold]/min voxels" -> metrics
         "swept": {point.key: {k: m[k] for k, _ in SWEEP_COLUMNS} for point, m in swept},
     }
     # The package's metrics describe its own operating point: the chosen one's, on validation.
     chosen_metrics = dict(swept)[chosen]
     manifest = replace(source, version=version, lesion_threshold=chosen.lesion_threshold,
+                       outline_threshold=chosen.outline_threshold,
                        min_lesion_voxels=chosen.min_lesion_voxels, laci_temperature=temperature,
                        metrics=measured_metrics(chosen_metrics),
                        training={**source.training, "calibration": calibration})
@@ -139,24 +141,31 @@ def calibration_markdown(manifest: ModelManifest,
                          swept: list[tuple[OperatingPoint, dict[str, float | None]]]) -> str:
     calibration = manifest.training["calibration"]
     first, last = calibration["seeds"]
-    chosen = OperatingPoint(manifest.lesion_threshold, manifest.min_lesion_voxels)
-    lines = ["| lesion threshold | min. voxels | "
+    chosen = OperatingPoint(manifest.lesion_threshold, manifest.min_lesion_voxels,
+                            manifest.outline_threshold)
+    lines = ["| lesion threshold | outline threshold | min. voxels | "
              + " | ".join(name for _, name in SWEEP_COLUMNS) + " |",
-             "|" + " --- |" * (len(SWEEP_COLUMNS) + 2)]
+             "|" + " --- |" * (len(SWEEP_COLUMNS) + 3)]
     for point, metrics in swept:
         mark = " (chosen)" if point == chosen else ""
-        lines.append(f"| {point.lesion_threshold:.2f}{mark} | {point.min_lesion_voxels} | " + " | ".join(
+        outline = "-" if point.outline_threshold is None else f"{point.outline_threshold:.2f}"
+        lines.append(f"| {point.lesion_threshold:.2f}{mark} | {outline} | "
+                     f"{point.min_lesion_voxels} | " + " | ".join(
             "-" if metrics[key] is None else f"{metrics[key]:.2f}" for key, _ in SWEEP_COLUMNS) + " |")
+    outlined = ("" if manifest.outline_threshold is None else
+                f", outlined to the connected voxels at {manifest.outline_threshold:.2f} or above "
+                "(hysteresis)")
     return (
         "## Calibration\n"
         f"Version {manifest.version} is {manifest.name} {calibration['from_version']}'s networks "
-        f"with the lesion threshold {manifest.lesion_threshold:.2f} and lesions of at least "
-        f"{manifest.min_lesion_voxels} voxel(s), chosen by "
+        f"with the lesion threshold {manifest.lesion_threshold:.2f}{outlined} and lesions of at "
+        f"least {manifest.min_lesion_voxels} voxel(s), chosen by "
         f"`lacuna-train calibrate` on {last - first + 1} validation subjects (seeds {first}-{last}, "
         f"the {calibration.get('generator', 'standard')} generator), never the subjects "
         "`lacuna-train evaluate` judges it on (900000.., and the independent generator's 700000..): "
         f"{calibration['rule']}. Percent. The manifest's metrics are the chosen row's "
-        "(the source's are kept as `training.calibration.from_metrics`).\n\n"
+        "(the source's are kept as `training.calibration.from_metrics`). An outline threshold "
+        "of - is the plain threshold.\n\n"
         + "\n".join(lines) + "\n\n"
         + "The classifier's certainty is temperature-scaled: P(LACI)'s logit is divided by "
         f"{manifest.laci_temperature:g}, fitted on the {calibration.get('classified_lesions', 0)} "

@@ -296,9 +296,11 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"model": f"{manifest.name} {manifest.version}", **calibration}, indent=2))
     else:
         print((args.out / CARD_NAME).read_text().split("## Calibration", 1)[1].strip())
+        outline = ("" if manifest.outline_threshold is None
+                   else f" (outlined at {manifest.outline_threshold})")
         print(f"wrote {manifest.name} {manifest.version} to {args.out}: lesion threshold "
-              f"{manifest.lesion_threshold}, lesions of at least {manifest.min_lesion_voxels} "
-              "voxel(s)")
+              f"{manifest.lesion_threshold}{outline}, lesions of at least "
+              f"{manifest.min_lesion_voxels} voxel(s)")
     return EXIT_OK
 
 

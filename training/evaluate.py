@@ -41,6 +41,9 @@ TARGETS = {"dice": 80.0, "detection_precision_iou06": 90.0, "detection_recall_io
 CANDIDATE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 # Smallest lesions kept (voxels of a 3D component) tried by calibration.
 CANDIDATE_MIN_VOXELS = (1, 2, 3)
+# Outline thresholds tried by calibration below each lesion threshold (hysteresis), beside the
+# plain threshold.
+CANDIDATE_OUTLINE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 
 
 # Where evaluation subjects come from: the first generator (one 256x256x24 geometry), the
@@ -166,16 +169,28 @@ def evaluate_subjects(
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """How the primary network's probabilities become lesions: voxels at ``lesion_threshold``
-    or above, in 3D components of at least ``min_lesion_voxels`` voxels."""
+    """How the primary network's probabilities become lesions: 3D components of at least
+    ``min_lesion_voxels`` voxels at ``lesion_threshold`` or above, or (``outline_threshold``
+    not None) of voxels at ``outline_threshold`` or above that reach ``lesion_threshold``."""
 
     lesion_threshold: float
     min_lesion_voxels: int
+    outline_threshold: float | None = None
 
     @property
     def key(self) -> str:
-        """``"0.50/2"``: the operating point's name in manifests and cards."""
-        return f"{self.lesion_threshold:.2f}/{self.min_lesion_voxels}"
+        """``"0.50/2"``, or ``"0.70>0.30/2"`` outlined at 0.30: the operating point's name in
+        manifests and cards."""
+        outline = "" if self.outline_threshold is None else f">{self.outline_threshold:.2f}"
+        return f"{self.lesion_threshold:.2f}{outline}/{self.min_lesion_voxels}"
+
+
+def outline_candidates(lesion_threshold: float,
+                       outlines: Sequence[float] = CANDIDATE_OUTLINE_THRESHOLDS
+                       ) -> list[float | None]:
+    """The outline thresholds calibration tries with ``lesion_threshold``: None (the plain
+    threshold), then each of ``outlines`` below it."""
+    return [None, *(float(o) for o in outlines if o < lesion_threshold - 1e-9)]
 
 
 def calibrate_operating_point(
@@ -183,10 +198,12 @@ def calibrate_operating_point(
     min_voxels: Sequence[int] = CANDIDATE_MIN_VOXELS, generator: str = "standard",
     progress: Callable[[int, int], None] | None = None,
     classifications: list[tuple[float, int]] | None = None,
+    outlines: Sequence[float] = CANDIDATE_OUTLINE_THRESHOLDS,
 ) -> tuple[OperatingPoint, list[tuple[OperatingPoint, dict[str, float | None]]]]:
-    """The operating point, among ``thresholds`` x ``min_voxels``, with the best detection F1
-    at IoU > 0.6 on ``seeds`` (ties: higher Dice, then the threshold nearest 0.5, then the
-    minimum size nearest 2), and every candidate's metrics. ``seeds`` must be validation
+    """The operating point, among ``thresholds`` x their :func:`outline_candidates` from
+    ``outlines`` x ``min_voxels``, with the best detection F1 at IoU > 0.6 on ``seeds`` (ties:
+    higher Dice, then the plain threshold, then the threshold nearest 0.5, then the minimum
+    size nearest 2), and every candidate's metrics. ``seeds`` must be validation
     subjects, never the ones the model is judged on. ``classifications`` (if given) gets, at
     the chosen point, each predicted lesion's P(LACI) before temperature scaling and the true
     class under it (1 FCI, 2 LACI), for :func:`training.calibrate.fit_temperature`."""
@@ -199,21 +216,24 @@ def calibrate_operating_point(
     base = engine.settings
     swept = []
     try:
-        for threshold in thresholds:
+        for threshold, outline in ((t, o) for t in thresholds for o in
+                                   outline_candidates(t, outlines)):
             # Segment and classify once per threshold, keeping every lesion; each minimum size
             # then only drops the smaller ones. P(LACI) as the network gives it (temperature 1).
             engine.settings = replace(base, lesion_threshold=float(threshold),
+                                      outline_threshold=outline,
                                       min_lesion_voxels=min(min_voxels), laci_temperature=1.0)
             segmentations = [(s.truth, segment_subject(engine, s, probability))
                              for s, probability in subjects]
             for voxels in min_voxels:
                 metrics = summarise([count_subject(truth, labels_at_least(segmentation, voxels))
                                      for truth, segmentation in segmentations])
-                swept.append((OperatingPoint(float(threshold), int(voxels)), metrics))
+                swept.append((OperatingPoint(float(threshold), int(voxels), outline), metrics))
     finally:
         engine.settings = base
     best = max(swept, key=lambda item: (item[1]["detection_f1_iou06"] or 0.0,
                                         item[1]["dice"] or 0.0,
+                                        item[0].outline_threshold is None,
                                         -abs(item[0].lesion_threshold - 0.5),
                                         -abs(item[0].min_lesion_voxels - 2)))
     if classifications is not None:
@@ -221,6 +241,7 @@ def calibrate_operating_point(
         # hold gigabytes for 40 subjects at 512x512).
         try:
             engine.settings = replace(base, lesion_threshold=best[0].lesion_threshold,
+                                      outline_threshold=best[0].outline_threshold,
                                       min_lesion_voxels=best[0].min_lesion_voxels,
                                       laci_temperature=1.0)
             for subject, probability in subjects:
@@ -349,5 +370,5 @@ def reliability_markdown(subjects: Sequence[SubjectCounts]) -> str:
 __all__ = ["GENERATORS", "PAPER", "TARGETS", "OperatingPoint", "SubjectInputs",
            "bootstrap_intervals", "breakdown_markdown", "calibrate_operating_point",
            "evaluate_engine", "evaluate_subjects", "froc_markdown", "labels_at_least",
-           "outline_markdown", "percent_cell", "reliability_markdown", "report_markdown",
-           "size_markdown", "subject_inputs"]
+           "outline_candidates", "outline_markdown", "percent_cell", "reliability_markdown",
+           "report_markdown", "size_markdown", "subject_inputs"]

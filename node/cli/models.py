@@ -142,7 +142,8 @@ def _show(session: Any, version: Any, as_json: bool) -> int:
              "metrics": manifest.get("metrics", {}), "files": manifest.get("files", {}),
              "input_matrix": manifest.get("input_matrix"),
              "thresholds": {key: manifest.get(key) for key in
-                            ("lesion_threshold", "laci_threshold", "min_lesion_voxels")}}
+                            ("lesion_threshold", "outline_threshold", "laci_threshold",
+                             "min_lesion_voxels")}}
     if as_json:
         print(json.dumps(shown, indent=2, default=str))
         return EXIT_OK
