@@ -91,6 +91,8 @@ def ensemble_card(manifest: ModelManifest, members: Sequence[ModelManifest]) -> 
         + " | ".join(f"{m.metrics[key]:.2f}" if key in m.metrics else "-"
                      for key in ("dice", "detection_precision_iou06", "detection_recall_iou06"))
         + " |" for m in members)
+    outlined = ("" if manifest.outline_threshold is None
+                else f", outlined at {manifest.outline_threshold:.2f} (hysteresis)")
     return f"""# Model card: {manifest.name} {manifest.version}
 
 **Not for clinical use.** {manifest.intended_use}
@@ -109,7 +111,7 @@ Each member's own validation figures (its manifest's, at its own operating point
 {rows}
 
 ## Operating point
-Lesion threshold {manifest.lesion_threshold:.2f}, lesions of at least
+Lesion threshold {manifest.lesion_threshold:.2f}{outlined}, lesions of at least
 {manifest.min_lesion_voxels} voxel(s): the first member's, not chosen for the ensemble.
 `lacuna-train calibrate` chooses one on validation subjects; `lacuna-train evaluate` measures it on
 held-out ones.
