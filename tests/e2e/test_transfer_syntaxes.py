@@ -136,8 +136,11 @@ def test_each_transfer_syntax_is_stored_as_received_and_finds_the_same_lesions(
         voxels = lesion_voxels(node, job.id)
         assert job.findings is not None
         if variant.eight_bit:
-            changed = sum(abs(reference.findings[k] - job.findings[k]) for k in reference.findings)
-            assert changed <= 1, (variant.name, reference.findings, job.findings)
+            # 12 bits squeezed into 8 may change one lesion: found or lost (one class's count
+            # moves by one) or classified otherwise (one count down by one, the other up).
+            moved = [job.findings[k] - reference.findings[k] for k in reference.findings]
+            assert sum(map(abs, moved)) <= 2 and abs(sum(moved)) <= 1, (
+                variant.name, reference.findings, job.findings)
             continue
         assert job.findings == reference.findings, (variant.name, job.findings)
         if variant.lossless:
