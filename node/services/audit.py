@@ -102,6 +102,7 @@ _ADVANCE_HEAD = (
     .values(length=_HEAD.c.length + bindparam("appended"))
     .returning(_HEAD.c.length, _HEAD.c.head_hash)
 )
+_INSERT_EVENTS = _EVENTS.insert()
 _SET_HEAD_HASH = _HEAD.update().where(_HEAD.c.id == 1).values(head_hash=bindparam("last_hash"))
 
 
@@ -173,14 +174,14 @@ def append(connection: Connection, pending: Sequence[AuditEvent]) -> None:
             "expected_length": guess[0], "expected_hash": guess[1],
             "new_length": head[0], "new_hash": head[1]})
         if claimed.rowcount == 1:
-            connection.execute(_EVENTS.insert(), rows)
+            connection.execute(_INSERT_EVENTS, rows)
             _last_head.set(head)
             return
     found = connection.execute(_ADVANCE_HEAD, {"appended": len(pending)}).one_or_none()
     if found is None:
         raise RuntimeError("audit chain head is missing: run the migrations")
     rows, head = _chain(pending, found.length - len(pending), found.head_hash)
-    connection.execute(_EVENTS.insert(), rows)
+    connection.execute(_INSERT_EVENTS, rows)
     connection.execute(_SET_HEAD_HASH, {"last_hash": head[1]})
     _last_head.set(head)
 

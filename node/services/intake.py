@@ -27,6 +27,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from node.db.engine import SessionFactory
 from node.db.tables import AuditEvent, Base, utcnow
 from node.dicom import frames
+from node.dicom.header import HeaderError, InstanceHeader, header_from_dataset, header_from_raw
+from node.dicom.part10 import read_part10
 from node.dicom.ports import ReceivedInstance
 from node.dicom.status import Status
 from node.dicom.storage import (
@@ -121,20 +123,11 @@ def derived_by_compression_only(dataset: Dataset) -> bool:
     return codes == {LOSSY_COMPRESSION}
 
 
-def requested_priorities(dataset: Dataset) -> tuple[str, ...]:
-    """Requested Procedure Priority (0040,1003), top level and in each Request Attributes
-    Sequence (0040,0275) item."""
-    values = [str(dataset.get("RequestedProcedurePriority", "") or "")]
-    for item in dataset.get("RequestAttributesSequence", []) or []:
-        values.append(str(item.get("RequestedProcedurePriority", "") or ""))
-    return tuple(v for v in values if v)
-
-
-# The top-level attributes intake reads for every instance: its UIDs, its number, the image
-# pixel module (for the pixel data length) and the requested priority. The series' and the
-# study's attributes are read (and so checked) only for the first instance of a new series or
-# study (see _series_row, _study_row): converting every value of every instance was a third of
-# decode's CPU time.
+# The top-level attributes intake reads for every instance (see node.dicom.header): its UIDs,
+# its number, the image pixel module (for the pixel data length) and the requested priority,
+# converted when pydicom reads the dataset. The series' and the study's attributes are read
+# (and so checked) only for the first instance of a new series or study (see _series_row,
+# _study_row): converting every value of every instance was a third of decode's CPU time.
 _INSTANCE_TAGS = frozenset(
     Tag(keyword) for keyword in (
         "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
@@ -166,61 +159,80 @@ def content(received: ReceivedInstance) -> bytes | None:
         raise StorageError(f"cannot read the received dataset: {error.strerror}") from error
 
 
-def decode(received: ReceivedInstance, data: bytes | None) -> Dataset:
+def decode(received: ReceivedInstance, data: bytes | None) -> tuple[Dataset, InstanceHeader]:
     """Parse and check a received dataset, from ``data`` (see :func:`content`) or, when None,
-    from its file; :class:`InstanceRejected` with the status to answer."""
+    from its file: the dataset (its values converted as they are read) and what intake reads
+    of every instance; :class:`InstanceRejected` with the status to answer."""
     try:
-        if data is not None:
-            dataset = dcmread(BytesIO(data), force=False)
-        else:
-            assert isinstance(received.data, Path)
-            dataset = dcmread(received.data, force=False, defer_size=DEFER_BYTES)
-        # One pass: a value, left on disk or read, must be whole (a truncated transfer
-        # otherwise passes the parser, which reads short or seeks past); every sequence and
-        # every value read for each instance is parsed, so malformed data fails here with a
-        # status, not later; other values are stored as received, unparsed.
-        for tag in list(dataset.keys()):
-            raw = dataset.get_item(tag, keep_deferred=True)
-            if isinstance(raw, RawDataElement):
-                _check_whole(tag, raw, received.size)
-                if _is_deferred(raw):
-                    continue
-            if getattr(raw, "VR", None) in ("SQ", None) or tag in _INSTANCE_TAGS:
-                _ = dataset[tag].value
+        # The common case, in memory and explicit VR little endian, is read in one pass that
+        # walks every value and every sequence item to its end (a truncated transfer or a
+        # malformed sequence is not read this way), and its header is read from the raw
+        # values. Anything else is pydicom's to read, check and refuse.
+        dataset = read_part10(data) if data is not None else None
+        header = header_from_raw(dataset) if dataset is not None else None
+        if dataset is None or header is None:
+            dataset = _read_checked(received, data)
+            header = header_from_dataset(dataset)
     except InstanceRejected:
         raise
+    except HeaderError as error:
+        raise InstanceRejected(Status.CANNOT_UNDERSTAND, str(error)) from None
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OverflowError) as error:
         raise InstanceRejected(Status.CANNOT_UNDERSTAND, f"undecodable dataset: {error}") from None
     except Exception as error:  # pydicom raises assorted errors on corrupt input
         raise InstanceRejected(
             Status.CANNOT_UNDERSTAND, f"undecodable dataset: {type(error).__name__}"
         ) from None
-    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        if keyword not in dataset:
+    for keyword, value in (("SOPClassUID", header.sop_class_uid),
+                           ("SOPInstanceUID", header.sop_instance_uid),
+                           ("StudyInstanceUID", header.study_instance_uid),
+                           ("SeriesInstanceUID", header.series_instance_uid)):
+        if value is None:
             raise InstanceRejected(Status.CANNOT_UNDERSTAND, f"missing {keyword}")
-    if str(dataset.SOPInstanceUID) != received.affected_sop_instance_uid:
+    if header.sop_instance_uid != received.affected_sop_instance_uid:
         raise InstanceRejected(
             Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             "SOP Instance UID differs from the C-STORE request",
         )
-    if str(dataset.SOPClassUID) != received.affected_sop_class_uid:
+    if header.sop_class_uid != received.affected_sop_class_uid:
         raise InstanceRejected(
             Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             "SOP Class UID differs from the C-STORE request",
         )
-    _check_pixel_length(dataset)
+    # Native (uncompressed) pixel data must be as long as its header says.
+    actual, expected = header.native_pixel_bytes, header.expected_pixel_bytes
+    if actual is not None and expected is not None and actual < expected:
+        raise InstanceRejected(
+            Status.CANNOT_UNDERSTAND, f"pixel data has {actual} bytes, header needs {expected}"
+        )
+    return dataset, header
+
+
+def _read_checked(received: ReceivedInstance, data: bytes | None) -> Dataset:
+    """:func:`decode`'s reading with pydicom, from ``data`` or the file, and its checks."""
+    if data is not None:
+        dataset = dcmread(BytesIO(data), force=False)
+    else:
+        assert isinstance(received.data, Path)
+        dataset = dcmread(received.data, force=False, defer_size=DEFER_BYTES)
+    # One pass: a value, left on disk or read, must be whole (a truncated transfer
+    # otherwise passes the parser, which reads short or seeks past); every sequence and
+    # every value read for each instance is parsed, so malformed data fails here with a
+    # status, not later; other values are stored as received, unparsed.
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement):
+            _check_whole(tag, raw, received.size)
+            if _is_deferred(raw):
+                continue
+        if getattr(raw, "VR", None) in ("SQ", None) or tag in _INSTANCE_TAGS:
+            _ = dataset[tag].value
     return dataset
 
 
 def _is_deferred(element: object) -> TypeGuard[RawDataElement]:
     """True for an element whose value was left on disk (see DEFER_BYTES)."""
     return isinstance(element, RawDataElement) and element.value is None
-
-
-def _deferred(dataset: Dataset, tag: Any) -> RawDataElement | None:
-    """The element at ``tag`` if its value was left on disk, else None."""
-    raw = dataset.get_item(tag, keep_deferred=True)
-    return raw if _is_deferred(raw) else None
 
 
 def _check_whole(tag: Any, raw: RawDataElement, file_size: int) -> None:
@@ -236,27 +248,6 @@ def _check_whole(tag: Any, raw: RawDataElement, file_size: int) -> None:
         raise InstanceRejected(
             Status.CANNOT_UNDERSTAND,
             f"{Tag(tag)} needs {raw.length} bytes; the dataset ends before them",
-        )
-
-
-def _check_pixel_length(dataset: Dataset) -> None:
-    """Native (uncompressed) pixel data must be as long as its header says."""
-    if "PixelData" not in dataset or dataset.file_meta.TransferSyntaxUID.is_compressed:
-        return
-    try:
-        expected = (
-            int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1))
-            * int(dataset.get("NumberOfFrames", 1) or 1) * int(dataset.BitsAllocated) // 8
-        )
-    except (AttributeError, TypeError, ValueError):
-        raise InstanceRejected(
-            Status.CANNOT_UNDERSTAND, "pixel data without a valid image pixel module"
-        ) from None
-    raw = _deferred(dataset, "PixelData")
-    actual = raw.length if raw is not None else len(dataset.PixelData)
-    if actual < expected:
-        raise InstanceRejected(
-            Status.CANNOT_UNDERSTAND, f"pixel data has {actual} bytes, header needs {expected}"
         )
 
 
@@ -279,6 +270,12 @@ _INSTANCE_ROWS = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.id, _INSTANC
 _FIND_INSTANCE = _INSTANCE_ROWS.where(_INSTANCES.c.sop_instance_uid == bindparam("key"))
 _FIND_INSTANCES = _INSTANCE_ROWS.where(
     _INSTANCES.c.sop_instance_uid.in_(bindparam("keys", expanding=True)))
+# Built once: a statement built per call costs SQLAlchemy a cache key each time.
+_INSERT_PATIENT = _PATIENTS.insert().returning(_PATIENTS.c.id)
+_INSERT_STUDY = _STUDIES.insert().returning(_STUDIES.c.id)
+_INSERT_SERIES = _SERIES.insert().returning(_SERIES.c.id)
+_INSERT_INSTANCE = _INSTANCES.insert().returning(_INSTANCES.c.id)
+_REPLACE_INSTANCE = _INSTANCES.update().where(_INSTANCES.c.id == bindparam("instance"))
 _TOUCH_STUDY = _STUDIES.update().where(_STUDIES.c.id == bindparam("study")).values(
     last_received_at=bindparam("now"))
 # How many series IDs a process remembers; past it, it starts again (a lookup each).
@@ -321,19 +318,6 @@ def index_value(dataset: Dataset, keyword: str) -> str:
     return str(dataset.get(keyword, "") or "")[:INDEX_VR_LENGTH[keyword]]
 
 
-def _instance_number(dataset: Dataset) -> int | None:
-    """Instance Number (an IS) as an integer, None when absent or empty; :class:`InstanceRejected`
-    (Cannot Understand) when it is not an integer string."""
-    value = dataset.get("InstanceNumber")
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise InstanceRejected(Status.CANNOT_UNDERSTAND,
-                               f"Instance Number {str(value)[:16]!r} is not an integer") from None
-
-
 def _series_row(dataset: Dataset) -> dict[str, Any]:
     """A new series' indexed values, read from its first instance; :class:`InstanceRejected`
     (Cannot Understand) when one cannot be read."""
@@ -370,7 +354,8 @@ class ConflictingInstance(InstanceRejected):
 class _Pending:
     """A received instance whose file is in place, waiting for its index rows."""
 
-    dataset: Dataset
+    dataset: Dataset  # read (converted) only for a new study or series
+    header: InstanceHeader
     received: ReceivedInstance
     relative: Path
     digest: str
@@ -378,7 +363,6 @@ class _Pending:
     study_uid: str
     series_uid: str
     sop_uid: str
-    instance_number: int | None
 
     def stored(self, duplicate: bool) -> StoredInstance:
         return StoredInstance(self.study_uid, self.series_uid, self.sop_uid, duplicate)
@@ -451,17 +435,16 @@ class Intake:
                 f"{self._max_dataset_bytes / 2**20:.1f} MiB",
             )
         data = content(received)
-        dataset = decode(received, data)
+        dataset, header = decode(received, data)
         # Checked by decode and stored as received: the index needs none of the pixel data,
         # and a batch of waiting instances should not hold it (up to 2 MiB each) in memory.
         dataset.pop(PIXEL_DATA, None)
         try:
-            study_uid = checked_uid(dataset.StudyInstanceUID, "StudyInstanceUID")
-            series_uid = checked_uid(dataset.SeriesInstanceUID, "SeriesInstanceUID")
-            sop_uid = checked_uid(dataset.SOPInstanceUID, "SOPInstanceUID")
+            study_uid = checked_uid(header.study_instance_uid, "StudyInstanceUID")
+            series_uid = checked_uid(header.series_instance_uid, "SeriesInstanceUID")
+            sop_uid = checked_uid(header.sop_instance_uid, "SOPInstanceUID")
         except InvalidUid as error:
             raise InstanceRejected(Status.CANNOT_UNDERSTAND, str(error)) from None
-        instance_number = _instance_number(dataset)
 
         relative = relative_path("instances", study_uid, series_uid, sop_uid)
         self._check_free_space(size)
@@ -474,8 +457,8 @@ class Intake:
                 write_atomically(self._root, relative, received.data)
         except OSError as error:
             raise StorageError(f"cannot write {relative}: {error.strerror}") from error
-        return _Pending(dataset, received, relative, digest, size, study_uid, series_uid, sop_uid,
-                        instance_number)
+        return _Pending(dataset, header, received, relative, digest, size, study_uid, series_uid,
+                        sop_uid)
 
     def _write_batch(self, batch: Sequence[_Pending]) -> list[StoredInstance | Exception]:
         """Index a batch of stored files in one transaction (after fsyncing their folders, so
@@ -540,8 +523,9 @@ class Intake:
         On a bare Connection, not a Session: the ORM's unit of work cost a fifth of intake's
         CPU per instance. :class:`InstanceRejected` when a new series' or study's attributes
         cannot be read."""
-        dataset, received, relative, digest, size = (
-            pending.dataset, pending.received, pending.relative, pending.digest, pending.size)
+        dataset, header, received, relative, digest, size = (
+            pending.dataset, pending.header, pending.received, pending.relative, pending.digest,
+            pending.size)
         study_uid, series_uid, sop_uid = pending.study_uid, pending.series_uid, pending.sop_uid
         now = self._clock()
         instance = rows.instances.get(sop_uid)
@@ -562,8 +546,8 @@ class Intake:
             study_instance_uid=study_uid,
             series_instance_uid=series_uid,
             sop_instance_uid=sop_uid,
-            sop_class_uid=str(dataset.SOPClassUID),
-            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+            sop_class_uid=header.sop_class_uid,
+            transfer_syntax_uid=header.transfer_syntax_uid,
             size_bytes=size,
             duplicate=duplicate,
         )
@@ -580,7 +564,7 @@ class Intake:
             rows.studies[study_uid] = study
         changes: dict[str, Any] = {}
         if not study.urgent and self._urgency.is_urgent(
-            received.calling_ae, requested_priorities(dataset)
+            received.calling_ae, header.priorities
         ):
             changes["urgent"] = study.urgent = True
             audit.record(events, "study.urgent", study_instance_uid=study_uid,
@@ -599,19 +583,19 @@ class Intake:
         if series_id is None:
             series_id = connection.execute(_FIND_SERIES, {"key": series_uid}).scalar()
             if series_id is None:
-                series_id = connection.execute(_SERIES.insert().returning(_SERIES.c.id), {
+                series_id = connection.execute(_INSERT_SERIES, {
                     "series_instance_uid": series_uid, "study_id": study.id,
                     **_series_row(dataset)}).scalar_one()
         rows.series[series_uid] = series_id
 
-        transfer_syntax = str(dataset.file_meta.TransferSyntaxUID)
+        transfer_syntax = header.transfer_syntax_uid
         if instance is None:
-            instance_id = connection.execute(_INSTANCES.insert().returning(_INSTANCES.c.id), {
+            instance_id = connection.execute(_INSERT_INSTANCE, {
                 "sop_instance_uid": sop_uid,
                 "series_id": series_id,
-                "sop_class_uid": str(dataset.SOPClassUID),
+                "sop_class_uid": header.sop_class_uid,
                 "transfer_syntax_uid": transfer_syntax,
-                "instance_number": pending.instance_number,
+                "instance_number": header.instance_number,
                 "path": str(relative),
                 "size_bytes": size,
                 "sha256": digest,
@@ -620,8 +604,8 @@ class Intake:
         else:  # same SOP Instance UID, new content: the file was replaced; so is its row
             instance_id = instance[0]
             connection.execute(
-                _INSTANCES.update().where(_INSTANCES.c.id == instance_id),
-                {"size_bytes": size, "sha256": digest, "received_at": now,
+                _REPLACE_INSTANCE,
+                {"instance": instance_id, "size_bytes": size, "sha256": digest, "received_at": now,
                  "transfer_syntax_uid": transfer_syntax})
         rows.instances[sop_uid] = (instance_id, digest, str(relative))
         return False
@@ -635,11 +619,11 @@ class Intake:
         if patient is None:
             patient = connection.execute(_FIND_PATIENT, {"key": patient_id}).scalar()
             if patient is None:
-                patient = connection.execute(_PATIENTS.insert().returning(_PATIENTS.c.id), {
+                patient = connection.execute(_INSERT_PATIENT, {
                     "patient_id": patient_id,
                 }).scalar_one()
             rows.patients[patient_id] = patient
-        study_id = connection.execute(_STUDIES.insert().returning(_STUDIES.c.id), {
+        study_id = connection.execute(_INSERT_STUDY, {
             "study_instance_uid": study_uid,
             "patient_id": patient,
             **values,

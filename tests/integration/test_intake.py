@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, func, select
 
-from node.db.engine import session_factory, upgrade
+from node.db.engine import SessionFactory, session_factory, upgrade
 from node.db.tables import Instance, Series
 from node.dicom.ports import ReceivedInstance
 from node.dicom.status import Status
@@ -56,6 +56,14 @@ def malformed(tmp_path: Path, dataset: Dataset, keyword: str, value: bytes) -> R
                             str(dataset.SOPInstanceUID))
 
 
+def new_intake(engine: Engine, tmp_path: Path) -> tuple[Intake, SessionFactory, Path]:
+    """Intake on a migrated database, storing under ``tmp_path/storage``."""
+    upgrade(engine)
+    sessions = session_factory(engine)
+    root = tmp_path / "storage"
+    return Intake(root, sessions), sessions, root
+
+
 def instance_files(root: Path) -> list[Path]:
     return sorted((root / "instances").rglob("*.dcm"))
 
@@ -63,10 +71,7 @@ def instance_files(root: Path) -> list[Path]:
 def test_a_batch_is_indexed_together_and_refuses_only_its_bad_instance(
     engine: Engine, tmp_path: Path, slices: list[Path]
 ) -> None:
-    upgrade(engine)
-    sessions = session_factory(engine)
-    root = tmp_path / "storage"
-    intake = Intake(root, sessions)
+    intake, sessions, root = new_intake(engine, tmp_path)
     first, second = (pydicom.dcmread(path) for path in slices[:2])
     mismatched = as_file(tmp_path, second, "mismatched.dcm")
     mismatched = ReceivedInstance(mismatched.data, "SCANNER", "127.0.0.1",
@@ -85,6 +90,23 @@ def test_a_batch_is_indexed_together_and_refuses_only_its_bad_instance(
     assert len(instance_files(root)) == 2
 
 
+def test_an_instance_resent_with_new_content_replaces_its_file_and_row(
+    engine: Engine, tmp_path: Path, slices: list[Path]
+) -> None:
+    intake, sessions, root = new_intake(engine, tmp_path)
+    first = pydicom.dcmread(slices[0])
+    intake.store(as_file(tmp_path, first, "first.dcm"))
+    first.ImageComments = "corrected"
+    resent = as_file(tmp_path, first, "corrected.dcm")
+    size, digest = resent.size, resent.sha256()  # before intake moves the file
+    assert intake.store(resent).duplicate is False
+    with sessions.begin() as session:
+        (row,) = session.scalars(select(Instance)).all()
+        assert (row.size_bytes, row.sha256) == (size, digest)
+    (stored,) = instance_files(root)
+    assert pydicom.dcmread(stored).ImageComments == "corrected"
+
+
 @pytest.mark.parametrize(("keyword", "value"), [("SeriesNumber", b"1.5x"),
                                                 ("InstanceNumber", b"sev7")])
 def test_an_unreadable_number_is_refused_and_nothing_is_kept(
@@ -93,10 +115,7 @@ def test_an_unreadable_number_is_refused_and_nothing_is_kept(
     """Series Number is read only for a series' first instance, Instance Number for each new
     instance; either way, a value that is not an integer is Cannot Understand, not a failure
     that leaves an unindexed file behind."""
-    upgrade(engine)
-    sessions = session_factory(engine)
-    root = tmp_path / "storage"
-    intake = Intake(root, sessions)
+    intake, sessions, root = new_intake(engine, tmp_path)
     with pytest.raises(InstanceRejected) as refused:
         intake.store(malformed(tmp_path, pydicom.dcmread(slices[0]), keyword, value))
     assert refused.value.status == Status.CANNOT_UNDERSTAND
