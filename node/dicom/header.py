@@ -1,5 +1,5 @@
 """What intake reads of every received instance, read one of two ways: directly from the raw
-values of a dataset :func:`node.dicom.part10.read_part10` read (the common case), or through
+bytes of a file :func:`node.dicom.part10.read_part10` read (the common case), or through
 pydicom's converted values (anything else). The same bytes give the same header either way
 (tests/unit/test_part10_reading.py); the direct reader declines (None) whatever is not plainly
 encoded, and pydicom reads it.
@@ -17,8 +17,10 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
-from pydicom.tag import BaseTag, Tag
+from pydicom.tag import Tag
 from pydicom.uid import UID
+
+from node.dicom.part10 import Part10
 
 _SOP_CLASS_UID = Tag("SOPClassUID")
 _SOP_INSTANCE_UID = Tag("SOPInstanceUID")
@@ -31,6 +33,8 @@ _ROWS, _COLUMNS = Tag("Rows"), Tag("Columns")
 _SAMPLES, _FRAMES, _BITS = Tag("SamplesPerPixel"), Tag("NumberOfFrames"), Tag("BitsAllocated")
 _PIXEL_DATA = Tag("PixelData")
 _TRANSFER_SYNTAX = Tag("TransferSyntaxUID")
+# What the Request Attributes Sequence's priorities are read with (its text's character set).
+_PRIORITY_TAGS = (Tag("SpecificCharacterSet"), _REQUEST_ATTRIBUTES)
 _INTEGER = re.compile(r" *[+-]?[0-9]{1,12} *")
 _US = struct.Struct("<H")
 
@@ -112,32 +116,36 @@ class _NotPlain(Exception):
     """A value the direct reader leaves to pydicom."""
 
 
-def header_from_raw(dataset: Dataset) -> InstanceHeader | None:
-    """The header read directly from the raw explicit VR little endian values of a dataset
-    from :func:`node.dicom.part10.read_part10`, converting nothing but the Request Attributes
-    Sequence (when there is one); None when a value is not plainly encoded (a multi-valued
-    UID, an Instance Number that is not a plain integer, an image pixel value of another VR
-    or length): read the dataset with :func:`header_from_dataset` then."""
+def header_from_part10(part10: Part10) -> InstanceHeader | None:
+    """The header read directly from the bytes of a file :func:`node.dicom.part10.read_part10`
+    read, converting nothing but the Request Attributes Sequence (when there is one); None
+    when a value is not plainly encoded (a multi-valued UID, an Instance Number that is not a
+    plain integer, an image pixel value of another VR or length): read the dataset with
+    :func:`header_from_dataset` then."""
     try:
-        transfer_syntax = UID(_raw_text(dataset.file_meta, _TRANSFER_SYNTAX, "UI") or "")
+        syntax = part10.meta.get(_TRANSFER_SYNTAX)
+        transfer_syntax = UID(_decoded(part10.data[syntax[2]:syntax[3]]) if syntax else "")
         native = expected = None
-        pixel_data = dataset.get_item(_PIXEL_DATA, keep_deferred=True)
+        pixel_data = part10.elements.get(_PIXEL_DATA)
         if pixel_data is not None and not transfer_syntax.is_compressed:
-            native = _raw(pixel_data).length
-            frames = _raw_text(dataset, _FRAMES, "IS")
-            expected = (_raw_us(dataset, _ROWS) * _raw_us(dataset, _COLUMNS)
-                        * (_raw_us(dataset, _SAMPLES) if _SAMPLES in dataset else 1)
-                        * (_integer(frames) or 1 if frames else 1)
-                        * _raw_us(dataset, _BITS) // 8)
-        number = _raw_text(dataset, _INSTANCE_NUMBER, "IS")
+            native = pixel_data[1]
+            frames = _plain_text(part10, _FRAMES, "IS")
+            expected = (_plain_us(part10, _ROWS) * _plain_us(part10, _COLUMNS)
+                        * (_plain_us(part10, _SAMPLES) if _SAMPLES in part10.elements else 1)
+                        * ((_integer(frames) or 1) if frames else 1)
+                        * _plain_us(part10, _BITS) // 8)
+        number = _plain_text(part10, _INSTANCE_NUMBER, "IS")
+        priority = _plain_text(part10, _PRIORITY, "SH") or ""
         return InstanceHeader(
-            sop_class_uid=_raw_text(dataset, _SOP_CLASS_UID, "UI"),
-            sop_instance_uid=_raw_text(dataset, _SOP_INSTANCE_UID, "UI"),
-            study_instance_uid=_raw_text(dataset, _STUDY_INSTANCE_UID, "UI"),
-            series_instance_uid=_raw_text(dataset, _SERIES_INSTANCE_UID, "UI"),
+            sop_class_uid=_plain_text(part10, _SOP_CLASS_UID, "UI"),
+            sop_instance_uid=_plain_text(part10, _SOP_INSTANCE_UID, "UI"),
+            study_instance_uid=_plain_text(part10, _STUDY_INSTANCE_UID, "UI"),
+            series_instance_uid=_plain_text(part10, _SERIES_INSTANCE_UID, "UI"),
             transfer_syntax_uid=str(transfer_syntax),
             instance_number=_integer(number) if number else None,
-            priorities=_priorities(_raw_text(dataset, _PRIORITY, "SH") or "", dataset),
+            priorities=(_priorities(priority, part10.dataset(_PRIORITY_TAGS))
+                        if _REQUEST_ATTRIBUTES in part10.elements
+                        else (priority,) if priority else ()),
             native_pixel_bytes=native,
             expected_pixel_bytes=expected,
         )
@@ -145,38 +153,29 @@ def header_from_raw(dataset: Dataset) -> InstanceHeader | None:
         return None
 
 
-def _raw(element: Any) -> RawDataElement:
-    """``element`` as read by read_part10: raw, explicit VR little endian, not left on disk
-    (an empty value may be None)."""
-    if not isinstance(element, RawDataElement) or element.is_implicit_VR \
-            or not element.is_little_endian or (element.value is None and element.length):
-        raise _NotPlain
-    return element
+def _decoded(value: bytes) -> str:
+    """A string value as pydicom gives it: ISO 8859-1, trailing spaces and NULs removed."""
+    return value.decode("latin-1").rstrip(" \x00")
 
 
-def _raw_text(dataset: Dataset, tag: BaseTag, vr: str) -> str | None:
-    """A single-valued string's text as pydicom gives it (ISO 8859-1, trailing spaces and
-    NULs removed); None when absent."""
-    element = dataset.get_item(tag, keep_deferred=True)
-    if element is None:
+def _plain_text(part10: Part10, tag: int, vr: str) -> str | None:
+    """A single-valued string's text; None when absent."""
+    found = part10.value(tag)
+    if found is None:
         return None
-    raw = _raw(element)
-    if raw.VR != vr:
+    if found[0] != vr:
         raise _NotPlain
-    text = raw.value.decode("latin-1").rstrip(" \x00") if raw.value else ""
+    text = _decoded(found[1])
     if "\\" in text:
         raise _NotPlain
-    return text
+    return text.strip() if vr == "UI" else text  # pydicom's UID strips whitespace
 
 
-def _raw_us(dataset: Dataset, tag: BaseTag) -> int:
-    element = dataset.get_item(tag, keep_deferred=True)
-    if element is None:
+def _plain_us(part10: Part10, tag: int) -> int:
+    found = part10.value(tag)
+    if found is None or found[0] != "US" or len(found[1]) != 2:
         raise _NotPlain
-    raw = _raw(element)
-    if raw.VR != "US" or raw.value is None or len(raw.value) != 2:
-        raise _NotPlain
-    value: int = _US.unpack(raw.value)[0]
+    value: int = _US.unpack(found[1])[0]
     return value
 
 

@@ -10,7 +10,9 @@ CPU time per instance. The bytes are the same as pydicom's (tests/unit/test_part
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
+from pydicom.charset import python_encoding
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag
@@ -75,10 +77,16 @@ _VR_TEXT = {vr: vr.decode("ascii") for vr in _LONG_VRS | _SHORT_VRS}
 UNDEFINED_LENGTH = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD  # in group FFFE
 _PIXEL_DATA = 0x7FE00010
-_TRANSFER_SYNTAX_UID = BaseTag(0x00020010)
+_TRANSFER_SYNTAX_UID = 0x00020010
+_SPECIFIC_CHARACTER_SET = 0x00080005
+# The VRs of the file meta group (PS3.10 7.1): a UL (its group length) must be 4 bytes, as
+# pydicom converts it while it reads. Any other VR there is pydicom's to read.
+_META_VRS: dict[str, int | None] = {"UL": 4, "OB": None, "UI": None, "SH": None, "AE": None}
 
 
 _raw = RawDataElement._make
+# Where a top-level element is: (VR, value length as encoded, value start, value end).
+Element = tuple[str, int, int, int]
 
 
 class _Outside(Exception):
@@ -86,31 +94,71 @@ class _Outside(Exception):
     pydicom, which decides."""
 
 
-def read_part10(data: bytes) -> Dataset | None:
-    """The dataset of the Part 10 file ``data`` (file meta in ``file_meta``), its top-level
-    values as pydicom's raw elements, unconverted; or None when ``data`` is outside this
-    reader: no preamble and prefix, a dataset not in explicit VR little endian (implicit VR,
-    big endian, deflated), an element of groups 0000-0007 in the dataset, an unknown VR, an
-    undefined length anywhere but a sequence, an item or encapsulated pixel data, or anything
+class Part10:
+    """A Part 10 file read by :func:`read_part10`: its bytes and where each top-level element
+    of its file meta and of its dataset is; nothing converted."""
+
+    __slots__ = ("data", "meta", "elements")
+
+    def __init__(self, data: bytes, meta: dict[int, Element],
+                 elements: dict[int, Element]) -> None:
+        self.data, self.meta, self.elements = data, meta, elements
+
+    def value(self, tag: int) -> tuple[str, bytes] | None:
+        """A top-level dataset element's (VR, value bytes); None when it is absent."""
+        element = self.elements.get(tag)
+        if element is None:
+            return None
+        vr, _, start, end = element
+        return vr, self.data[start:end]
+
+    def dataset(self, tags: Iterable[int] | None = None) -> Dataset:
+        """pydicom's view of the dataset (or of only ``tags``), the file meta in ``file_meta``:
+        its values raw, converted when read, as ``pydicom.dcmread`` reads them."""
+        chosen = (self.elements if tags is None
+                  else {tag: self.elements[tag] for tag in tags if tag in self.elements})
+        dataset = Dataset(self._raw_elements(chosen))
+        dataset.file_meta = FileMetaDataset(self._raw_elements(self.meta))
+        dataset.set_original_encoding(False, True)
+        return dataset
+
+    def _raw_elements(self, elements: dict[int, Element]) -> dict[BaseTag, DataElement | RawDataElement]:
+        data = self.data
+        raw: dict[BaseTag, DataElement | RawDataElement] = {}
+        for tag, (vr, length, start, end) in elements.items():
+            key = BaseTag(tag)
+            value = data[start:end] if length else empty_value_for_VR(vr, raw=True)
+            raw[key] = _raw((key, vr, length, value, start, False, True, True, False))
+        return raw
+
+
+def read_part10(data: bytes) -> Part10 | None:
+    """The Part 10 file ``data`` read in one pass; or None when it is outside this reader: no
+    preamble and prefix, a dataset not in explicit VR little endian (implicit VR, big endian,
+    deflated), an element of groups 0000-0007 in the dataset, an unknown VR, an undefined
+    length anywhere but a sequence, an item or encapsulated pixel data, or anything
     malformed: a value or item running past its end, a missing delimiter, stray bytes. Then
     read it with pydicom, which accepts or refuses.
 
-    One pass over the bytes, with every sequence's items and nested values walked to their
-    ends: what it returns is whole, and is what ``pydicom.dcmread`` reads from the same bytes
+    Every sequence's items and nested values are walked to their ends: what it returns is
+    whole, and its dataset is what ``pydicom.dcmread`` reads from the same bytes
     (tests/unit/test_part10_reading.py), at a fraction of its cost."""
     if len(data) < 132 or data[128:132] != b"DICM":
         return None
     try:
-        meta: dict[BaseTag, DataElement | RawDataElement] = {}
+        meta: dict[int, Element] = {}
         position = _walk(data, 132, len(data), meta, group=0x0002)
-        syntax = meta.get(_TRANSFER_SYNTAX_UID)
-        if syntax is None or not isinstance(syntax.value, bytes) or not syntax.value:
+        if any(vr not in _META_VRS or _META_VRS[vr] not in (None, length)
+               for vr, length, _, _ in meta.values()):
             return None
-        transfer_syntax = UID(syntax.value.rstrip(b"\x00 ").decode("ascii"))
+        syntax = meta.get(_TRANSFER_SYNTAX_UID)
+        if syntax is None or syntax[0] != "UI" or not syntax[1]:
+            return None
+        transfer_syntax = UID(data[syntax[2]:syntax[3]].rstrip(b"\x00 ").decode("ascii"))
         if (transfer_syntax.is_implicit_VR or not transfer_syntax.is_little_endian
                 or transfer_syntax.is_deflated):
             return None
-        elements: dict[BaseTag, DataElement | RawDataElement] = {}
+        elements: dict[int, Element] = {}
         _walk(data, position, len(data), elements)
     except (_Outside, struct.error, UnicodeDecodeError, ValueError):
         return None
@@ -118,14 +166,10 @@ def read_part10(data: bytes) -> Dataset | None:
     # set as implicit VR, and warns).
     if any(tag >> 16 < 0x0008 for tag in elements):
         return None
-    dataset = Dataset(elements)
-    dataset.file_meta = FileMetaDataset(meta)
-    dataset.set_original_encoding(False, True)
-    return dataset
+    return Part10(data, meta, elements)
 
 
-def _walk(data: bytes, position: int, end: int,
-          elements: dict[BaseTag, DataElement | RawDataElement] | None,
+def _walk(data: bytes, position: int, end: int, elements: dict[int, Element] | None,
           group: int | None = None, delimited: bool = False) -> int:
     """Walk explicit VR little endian elements from ``position`` up to ``end`` (exactly), or
     for a ``delimited`` item up to and including its Item Delimitation Item, or with ``group``
@@ -165,15 +209,21 @@ def _walk(data: bytes, position: int, end: int,
                 raise _Outside
             if vr == b"SQ":
                 _items(data, start, after, delimited=False)
+        if tag == _SPECIFIC_CHARACTER_SET and not _known_character_sets(vr, data[start:after]):
+            raise _Outside
         if elements is not None:
-            text_vr = _VR_TEXT[vr]
-            value = data[start:value_end] if length else empty_value_for_VR(text_vr, raw=True)
-            key = BaseTag(tag)
-            elements[key] = _raw((key, text_vr, length, value, start, False, True, True, False))
+            elements[tag] = (_VR_TEXT[vr], length, start, value_end)
         position = after
     if delimited or position != end:
         raise _Outside
     return position
+
+
+def _known_character_sets(vr: bytes, value: bytes) -> bool:
+    """A Specific Character Set whose every term pydicom knows as written; for any other it
+    corrects the term with a warning, or refuses the dataset, as it reads."""
+    terms = value.decode("latin-1").rstrip(" \x00").split("\\")
+    return vr == b"CS" and all(term in python_encoding for term in terms)
 
 
 def _items(data: bytes, position: int, end: int, delimited: bool) -> int:

@@ -27,8 +27,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from node.db.engine import SessionFactory
 from node.db.tables import AuditEvent, Base, utcnow
 from node.dicom import frames
-from node.dicom.header import HeaderError, InstanceHeader, header_from_dataset, header_from_raw
-from node.dicom.part10 import read_part10
+from node.dicom.header import HeaderError, InstanceHeader, header_from_dataset, header_from_part10
+from node.dicom.part10 import Part10, read_part10
 from node.dicom.ports import ReceivedInstance
 from node.dicom.status import Status
 from node.dicom.storage import (
@@ -159,20 +159,28 @@ def content(received: ReceivedInstance) -> bytes | None:
         raise StorageError(f"cannot read the received dataset: {error.strerror}") from error
 
 
-def decode(received: ReceivedInstance, data: bytes | None) -> tuple[Dataset, InstanceHeader]:
+def decode(received: ReceivedInstance,
+           data: bytes | None) -> tuple[InstanceHeader, Callable[[], Dataset]]:
     """Parse and check a received dataset, from ``data`` (see :func:`content`) or, when None,
-    from its file: the dataset (its values converted as they are read) and what intake reads
-    of every instance; :class:`InstanceRejected` with the status to answer."""
+    from its file: what intake reads of every instance, and a reader of the whole dataset
+    (without its pixel data; values converted as they are read) for the first instance of a
+    new series or study. :class:`InstanceRejected` with the status to answer."""
     try:
         # The common case, in memory and explicit VR little endian, is read in one pass that
         # walks every value and every sequence item to its end (a truncated transfer or a
-        # malformed sequence is not read this way), and its header is read from the raw
-        # values. Anything else is pydicom's to read, check and refuse.
-        dataset = read_part10(data) if data is not None else None
-        header = header_from_raw(dataset) if dataset is not None else None
-        if dataset is None or header is None:
+        # malformed sequence is not read this way), and its header is read from the bytes.
+        # Anything else is pydicom's to read, check and refuse.
+        part10 = read_part10(data) if data is not None else None
+        header = header_from_part10(part10) if part10 is not None else None
+        if part10 is not None and header is not None:
+            read = _reader(part10)
+        else:
             dataset = _read_checked(received, data)
             header = header_from_dataset(dataset)
+            # The index needs none of the pixel data, and a batch of waiting instances
+            # should not hold it (up to 2 MiB each) in memory; the file keeps it.
+            dataset.pop(PIXEL_DATA, None)
+            read = lambda: dataset  # noqa: E731
     except InstanceRejected:
         raise
     except HeaderError as error:
@@ -205,7 +213,12 @@ def decode(received: ReceivedInstance, data: bytes | None) -> tuple[Dataset, Ins
         raise InstanceRejected(
             Status.CANNOT_UNDERSTAND, f"pixel data has {actual} bytes, header needs {expected}"
         )
-    return dataset, header
+    return header, read
+
+
+def _reader(part10: Part10) -> Callable[[], Dataset]:
+    """pydicom's view of ``part10`` without its pixel data, made when asked for."""
+    return lambda: part10.dataset(tag for tag in part10.elements if tag != PIXEL_DATA)
 
 
 def _read_checked(received: ReceivedInstance, data: bytes | None) -> Dataset:
@@ -354,7 +367,7 @@ class ConflictingInstance(InstanceRejected):
 class _Pending:
     """A received instance whose file is in place, waiting for its index rows."""
 
-    dataset: Dataset  # read (converted) only for a new study or series
+    dataset: Dataset | None  # None for a series already indexed (see Intake._dataset)
     header: InstanceHeader
     received: ReceivedInstance
     relative: Path
@@ -435,10 +448,7 @@ class Intake:
                 f"{self._max_dataset_bytes / 2**20:.1f} MiB",
             )
         data = content(received)
-        dataset, header = decode(received, data)
-        # Checked by decode and stored as received: the index needs none of the pixel data,
-        # and a batch of waiting instances should not hold it (up to 2 MiB each) in memory.
-        dataset.pop(PIXEL_DATA, None)
+        header, read = decode(received, data)
         try:
             study_uid = checked_uid(header.study_instance_uid, "StudyInstanceUID")
             series_uid = checked_uid(header.series_instance_uid, "SeriesInstanceUID")
@@ -457,6 +467,9 @@ class Intake:
                 write_atomically(self._root, relative, received.data)
         except OSError as error:
             raise StorageError(f"cannot write {relative}: {error.strerror}") from error
+        # The whole dataset is read only for a series this process has not indexed yet (its
+        # study may be new too); for any other, pending holds none of it.
+        dataset = None if series_uid in self._known_series else read()
         return _Pending(dataset, header, received, relative, digest, size, study_uid, series_uid,
                         sop_uid)
 
@@ -523,9 +536,8 @@ class Intake:
         On a bare Connection, not a Session: the ORM's unit of work cost a fifth of intake's
         CPU per instance. :class:`InstanceRejected` when a new series' or study's attributes
         cannot be read."""
-        dataset, header, received, relative, digest, size = (
-            pending.dataset, pending.header, pending.received, pending.relative, pending.digest,
-            pending.size)
+        header, received, relative, digest, size = (
+            pending.header, pending.received, pending.relative, pending.digest, pending.size)
         study_uid, series_uid, sop_uid = pending.study_uid, pending.series_uid, pending.sop_uid
         now = self._clock()
         instance = rows.instances.get(sop_uid)
@@ -560,7 +572,8 @@ class Intake:
             found = connection.execute(_TOUCH_STUDY_BY_UID,
                                        {"key": study_uid, "now": now}).one_or_none()
             study = (_StudyRow(found.id, found.state, bool(found.urgent)) if found is not None
-                     else self._new_study(connection, dataset, study_uid, rows, now))
+                     else self._new_study(connection, self._dataset(pending), study_uid, rows,
+                                          now))
             rows.studies[study_uid] = study
         changes: dict[str, Any] = {}
         if not study.urgent and self._urgency.is_urgent(
@@ -585,7 +598,7 @@ class Intake:
             if series_id is None:
                 series_id = connection.execute(_INSERT_SERIES, {
                     "series_instance_uid": series_uid, "study_id": study.id,
-                    **_series_row(dataset)}).scalar_one()
+                    **_series_row(self._dataset(pending))}).scalar_one()
         rows.series[series_uid] = series_id
 
         transfer_syntax = header.transfer_syntax_uid
@@ -609,6 +622,17 @@ class Intake:
                  "transfer_syntax_uid": transfer_syntax})
         rows.instances[sop_uid] = (instance_id, digest, str(relative))
         return False
+
+    def _dataset(self, pending: _Pending) -> Dataset:
+        """The whole dataset of ``pending`` (a new series or study reads it), from its stored
+        file when it was not kept: this process had indexed its series when it arrived."""
+        if pending.dataset is not None:
+            return pending.dataset
+        try:
+            return dcmread(self._root / pending.relative, stop_before_pixels=True)
+        except Exception as error:
+            raise InstanceRejected(Status.CANNOT_UNDERSTAND,
+                                   f"unreadable dataset: {type(error).__name__}") from None
 
     def _new_study(self, connection: Connection, dataset: Dataset, study_uid: str,
                    rows: _BatchRows, now: datetime) -> _StudyRow:
