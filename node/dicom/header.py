@@ -105,7 +105,7 @@ def _instance_number(value: Any) -> int | None:
 
 def _priorities(top_level: str, dataset: Dataset) -> tuple[str, ...]:
     """Requested Procedure Priority (0040,1003): ``top_level`` and each Request Attributes
-    Sequence (0040,0275) item's (read through pydicom: a sequence is rare and small)."""
+    Sequence (0040,0275) item's (read through pydicom: one small sequence)."""
     values = [top_level]
     for item in dataset.get("RequestAttributesSequence", []) or []:
         values.append(str(item.get("RequestedProcedurePriority", "") or ""))
