@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,16 @@ def trained_settings(plan: TrainingPlan) -> InferenceSettings:
     return replace(TRAINED_SETTINGS, grid_spacing_mm=plan.grid_spacing_mm)
 
 
+def package_plan(manifest: ModelManifest) -> TrainingPlan:
+    """The plan a package was trained with, from its manifest's ``training`` (what
+    :func:`write_package` wrote; a field it lacks keeps today's default)."""
+    names = {f.name for f in fields(TrainingPlan)} - {"name", "version", "progress"}
+    given = {k: v for k, v in manifest.training.items() if k in names}
+    if given.get("data_dir") is not None:
+        given["data_dir"] = Path(given["data_dir"])
+    return TrainingPlan(name=manifest.name, version=manifest.version, **given)
+
+
 def recipe_plan(recipe: str, **overrides: Any) -> TrainingPlan:
     """A plan with ``recipe``'s settings, then ``overrides`` (which win)."""
     if recipe not in RECIPES:
@@ -234,7 +244,7 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
     ``subjects``; checkpoints and TensorBoard logs go under ``out_dir``."""
     import keras
 
-    from models.networks import build_primary_network, build_secondary_network
+    from models.networks import build_primary_network
 
     if plan.loss not in LOSSES:
         raise ValueError(f"unknown loss {plan.loss!r}; known: {', '.join(LOSSES)}")
@@ -286,6 +296,24 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
     if not len(rois):
         raise ValueError("the training subjects hold no lesion on a slice with T1 FLAIR: the "
                          "secondary network has nothing to learn from (use more subjects)")
+    secondary, accuracy = fit_secondary_network(plan, rois, targets, plan.seed,
+                                                out_dir / "logs" / "secondary")
+    secondary.save_weights(checkpoints / "secondary.weights.h5")
+    logger.info("secondary: %d ROIs, accuracy %.3f (%.0f s)", len(rois), accuracy,
+                time.monotonic() - started)
+    return primary, secondary
+
+
+def fit_secondary_network(plan: TrainingPlan, rois: np.ndarray, targets: np.ndarray, seed: int,
+                          log_dir: Path | None = None) -> tuple[Any, float]:
+    """A secondary network trained on ``rois`` ``(n, 64, 64, 1)`` with ``targets`` (1 LACI,
+    0 FCI): ``plan``'s epochs, RMSProp at its learning rate, batches of 32 shuffled by
+    ``seed``, precise BatchNorm after; and its last epoch's training accuracy. Initial weights
+    come from Keras' global seed, which the caller sets."""
+    import keras
+
+    from models.networks import build_secondary_network
+
     secondary = build_secondary_network()
     secondary.compile(
         optimizer=keras.optimizers.RMSprop(plan.learning_rate, rho=0.9),
@@ -293,17 +321,12 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
         metrics=["accuracy"],
     )
     history = secondary.fit(
-        _pipeline(rois, targets, 32, plan.seed), epochs=plan.secondary_epochs, shuffle=False,
-        callbacks=[keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs" / "secondary"))],
+        _pipeline(rois, targets, 32, seed), epochs=plan.secondary_epochs, shuffle=False,
+        callbacks=[] if log_dir is None else [keras.callbacks.TensorBoard(log_dir=str(log_dir))],
         verbose=2 if plan.progress else 0,
     )
     precise_batch_norm(secondary, rois, 32)
-    secondary.save_weights(checkpoints / "secondary.weights.h5")
-    logger.info(
-        "secondary: %d ROIs, accuracy %.3f (%.0f s)", len(rois),
-        history.history["accuracy"][-1], time.monotonic() - started,
-    )
-    return primary, secondary
+    return secondary, float(history.history["accuracy"][-1])
 
 
 def make_training_subjects(plan: TrainingPlan, seeds: list[int]) -> tuple[list[SubjectArrays], int]:

@@ -99,3 +99,59 @@ def test_crossval_trains_every_fold_and_tests_every_subject_once(tmp_path: Path)
     ensemble = ensemble_package(packages, tmp_path / "ensemble", "tiny-ensemble")
     assert verify_package(tmp_path / "ensemble") == ensemble
     assert TwoStageEngine.load(tmp_path / "ensemble").context_slices == 1
+
+
+def test_classifiers_replace_a_packages_classifier_by_the_mean_of_several(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lacuna-train classifiers` keeps the primary network byte for byte and averages newly
+    trained classifiers; the node runs the result as any package. Fast: two subjects of the
+    first generator, one epoch per classifier."""
+    import keras
+    import numpy as np
+
+    from models.networks import build_primary_network, build_secondary_network
+    from models.package import PRIMARY_FILE, SECONDARY_FILE
+    from training.classifiers import classifier_ensemble_package, classifiers_problem
+    from training.cli import main
+    from training.metrics import summarise
+    from training.train import package_plan, write_package
+
+    plan = TrainingPlan(subjects=2, secondary_epochs=1, base_filters=4, realistic=False,
+                        grid_spacing_mm=None, version="tiny")
+    source = write_package(tmp_path / "source", plan, build_primary_network(base_filters=4),
+                           build_secondary_network(), trained_on="2 synthetic subjects",
+                           metrics=summarise([]), intervals={}, seconds=0)
+    assert package_plan(source) == plan
+
+    manifest = classifier_ensemble_package(tmp_path / "source", tmp_path / "out", "tiny-2",
+                                           members=2)
+    assert verify_package(tmp_path / "out") == manifest
+    assert manifest.files[PRIMARY_FILE] == source.files[PRIMARY_FILE]
+    assert manifest.files[SECONDARY_FILE] != source.files[SECONDARY_FILE]
+    assert manifest.laci_temperature == 1.0 and manifest.metrics == {}
+    assert manifest.training["secondary"].startswith("mean of 2 CNNs")
+    classifiers = manifest.training["classifiers"]
+    assert classifiers["from_version"] == "tiny" and classifiers["from_files"] == source.files
+    assert [m["seed"] for m in classifiers["members"]] == [1, 2]
+    assert all(m["rois"] > 0 for m in classifiers["members"])
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "# Model card: lacuna-synthetic tiny-2" in card and "**Not for clinical use.**" in card
+
+    # The engine's P(LACI) is the mean of the two members' outputs.
+    engine = TwoStageEngine.load(tmp_path / "out")
+    rois = np.random.default_rng(0).random((3, 64, 64), dtype=np.float32)
+    secondary = keras.saving.load_model(tmp_path / "out" / SECONDARY_FILE, compile=False)
+    members = [np.asarray(secondary.get_layer(f"member_{n}")(rois[..., None])).ravel()
+               for n in (1, 2)]
+    assert not np.allclose(members[0], members[1])
+    np.testing.assert_allclose(engine.classify_rois(rois), np.mean(members, axis=0), rtol=1e-4)
+
+    # Refused before anything is rendered, with the reason.
+    assert classifiers_problem(source, tmp_path / "new", "tiny", 2) == \
+        "the new package needs a new version, not tiny"
+    assert classifiers_problem(source, tmp_path / "new", "tiny-3", 1) == \
+        "an ensemble needs at least 2 classifiers, got 1"
+    assert main(["classifiers", "--model", str(tmp_path / "source"), "--out",
+                 str(tmp_path / "out"), "--version", "tiny-3"]) == 2
+    assert "out" in capsys.readouterr().err
