@@ -7,8 +7,14 @@ package, TCP_NODELAY), all measured in this one run; first the C-ECHO round trip
 Prints, per matrix and number of parallel associations, instances/s, MB/s, the receiver's
 CPU time per instance (user + system of its process) and Lacuna's ratio to each peer. Runs are
 interleaved (lacuna, storescp, orthanc, lacuna, ...) so drift on a shared machine hits all.
+Each receiver is started afresh for every run, after ``os.sync()``, and first gets
+``--warm-up`` instances of another study on one association, untimed. The sync matters most:
+the run before has just deleted its folder (hundreds of MB) and storescp never fsyncs, and on
+ext4 a receiver's fsyncs wait for that journal and write-back work; without the sync the same
+code measured 0.73-0.91x Orthanc's rate over 960 instances, with it 1.00-1.14x (2026-12-07).
 
     .venv/bin/python bench/ingest.py [--instances 240] [--matrix 256 512] [--repeats 5]
+        [--warm-up 24]
 """
 
 from __future__ import annotations
@@ -35,9 +41,11 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def make_files(folder: Path, instances: int, matrix: int) -> list[Path]:
+def make_files(folder: Path, instances: int, matrix: int, first_seed: int = 0) -> list[Path]:
+    """``instances`` MR files at ``matrix``, from whole synthetic studies (seeds
+    ``first_seed``..: their UIDs differ from those of other seeds)."""
     files: list[Path] = []
-    seed = 0
+    seed = first_seed
     while len(files) < instances:
         study = write_study(folder / f"s{seed}", 7000 + seed, include_t1=False, lesion_count=1,
                             t2_geometry=axial_geometry(matrix=matrix))
@@ -185,6 +193,10 @@ def main() -> None:
     parser.add_argument("--matrix", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warm-up", type=int, default=24,
+                        help="instances of another study sent, untimed, to each receiver just "
+                             "started (0: none): the figures are then its steady state, not its "
+                             "first-instance costs")
     parser.add_argument("--receivers", nargs="+", choices=sorted(RECEIVERS),
                         default=list(RECEIVERS), help="a subset to measure (default: all)")
     args = parser.parse_args()
@@ -197,9 +209,12 @@ def main() -> None:
                 print(f"  {name:<13} {echo_round_trip_ms(port, ae_title):.3f} ms", flush=True)
         for matrix in args.matrix:
             files = make_files(folder / f"files-{matrix}", args.instances, matrix)
+            warm_up = make_files(folder / f"warm-up-{matrix}", args.warm_up, matrix,
+                                 first_seed=500) if args.warm_up else []
             megabytes = sum(p.stat().st_size for p in files) / 1e6
             print(f"\n{len(files)} MR instances, {matrix}x{matrix}, {megabytes:.1f} MB; "
-                  f"medians of {args.repeats} interleaved runs")
+                  f"medians of {args.repeats} interleaved runs, each receiver sent "
+                  f"{len(warm_up)} other instances untimed first")
             print(f"{'receiver':<13} {'assocs':>6} {'inst/s':>8} {'MB/s':>7} {'CPU ms/inst':>12} "
                   f"{'aio/peer':>9} {'aio-2p/peer':>12}")
             # aio/peer: Lacuna's asyncio receiver (one process) against the peer; aio-2p/peer:
@@ -210,7 +225,13 @@ def main() -> None:
                 for repeat in range(args.repeats):
                     for name, receiver in receivers.items():
                         workdir = folder / f"{name}-{matrix}-{associations}-{repeat}"
+                        # No receiver pays for the run before it: the deletion of its folder
+                        # and (storescp never fsyncs) its unwritten files would otherwise be
+                        # flushed by this receiver's fsyncs (one ext4 journal for all).
+                        os.sync()
                         with receiver(workdir) as (port, ae_title, cpu_seconds):
+                            if warm_up:
+                                send(port, ae_title, warm_up, 1)
                             cpu_before = cpu_seconds()
                             seconds[name].append(send(port, ae_title, files, associations))
                             cpu[name].append(cpu_seconds() - cpu_before)
