@@ -31,7 +31,12 @@ from models.package import (
     verify_package,
 )
 from training.dataset import secondary_rois
-from training.train import fit_secondary_network, make_training_subjects, package_plan
+from training.train import (
+    fit_secondary_network,
+    make_training_subjects,
+    package_plan,
+    subject_seeds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +77,7 @@ def classifier_ensemble_package(package: Path, out_dir: Path, version: str,
         raise ValueError(problem)
     plan = package_plan(source)
     started = time.monotonic()
-    subjects, _ = make_training_subjects(
-        plan, [plan.seed * 10_000 + n for n in range(plan.subjects)])
+    subjects, _ = make_training_subjects(plan, subject_seeds(plan)[: plan.subjects])
     logger.info("made %d training subjects in %.0f s", len(subjects), time.monotonic() - started)
     networks = []
     rows = []

@@ -131,6 +131,11 @@ def trained_settings(plan: TrainingPlan) -> InferenceSettings:
     return replace(TRAINED_SETTINGS, grid_spacing_mm=plan.grid_spacing_mm)
 
 
+def subject_seeds(plan: TrainingPlan) -> list[int]:
+    """The synthetic subjects of ``plan``: its training subjects, then its validation ones."""
+    return [plan.seed * 10_000 + n for n in range(plan.subjects + plan.validation_subjects)]
+
+
 def package_plan(manifest: ModelManifest) -> TrainingPlan:
     """The plan a package was trained with, from its manifest's ``training`` (what
     :func:`write_package` wrote; a field it lacks keeps today's default)."""
@@ -374,7 +379,7 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
     keras.utils.set_random_seed(plan.seed)
     rng = np.random.default_rng(plan.seed)
     started = time.monotonic()
-    seeds = [plan.seed * 10_000 + n for n in range(plan.subjects + plan.validation_subjects)]
+    seeds = subject_seeds(plan)
     subjects, labelled = make_training_subjects(plan, seeds[: plan.subjects])
     logger.info("made %d training subjects in %.0f s", len(subjects), time.monotonic() - started)
 
