@@ -32,9 +32,9 @@ def setting(default: Any, check: Check) -> Any:
 @dataclass(frozen=True)
 class ScpSettings:
     ae_title: str = setting("LACUNA", checks.ae_title)
-    # The receiver: pynetdicom's threaded AE, or the node's own asyncio upper layer
-    # (node.dicom.aioscp); both store through the same intake, audit and metrics.
-    engine: str = setting("pynetdicom", checks.receiver_engine)
+    # The receiver: the node's own asyncio upper layer (node.dicom.aioscp), or pynetdicom's
+    # threaded AE; both store through the same intake, audit and metrics.
+    engine: str = setting("asyncio", checks.receiver_engine)
     host: str = setting("0.0.0.0", checks.text)
     port: int = setting(11112, checks.port)
     allowed_calling_aes: tuple[str, ...] = setting((), checks.ae_titles)  # empty: any calling AE title

@@ -46,10 +46,17 @@ def as_file(tmp_path: Path, dataset: Dataset, name: str, cut: int = 0) -> Receiv
 def malformed(tmp_path: Path, dataset: Dataset, keyword: str, value: bytes) -> ReceivedInstance:
     """``dataset`` received with ``keyword``'s value replaced by ``value`` (four characters its
     VR cannot hold, as a sender may send them; pydicom would not write them)."""
-    placeholder = b"7531"
-    setattr(dataset, keyword, int(placeholder))
-    data = encoded(dataset)
-    assert data.count(placeholder) == 1 and len(value) == len(placeholder)
+    assert len(value) == 4
+    # The value is written as a four-digit placeholder, then swapped byte for byte; the
+    # placeholder must occur nowhere else, and the study's UIDs are random digits.
+    for number in range(7531, 10000):
+        placeholder = str(number).encode()
+        setattr(dataset, keyword, number)
+        data = encoded(dataset)
+        if data.count(placeholder) == 1:
+            break
+    else:
+        raise AssertionError("no four-digit placeholder occurs only once")
     path = tmp_path / "malformed.dcm"
     path.write_bytes(data.replace(placeholder, value))
     return ReceivedInstance(path, "SCANNER", "127.0.0.1", str(dataset.SOPClassUID),
