@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # training (and its scientific stack) loads only when a comma
     from training.train import TrainingPlan
 
 COMMANDS = ("synth", "train", "ablation", "crossval", "calibrate", "ensemble", "classifiers",
-            "evaluate")
+            "finetune", "evaluate")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,6 +164,20 @@ def _register_packages(commands: Any) -> None:
                                   "the bundled recipe's 80 subjects, after about 10 min rendering them)")
     classifiers.set_defaults(handler=_classifiers)
 
+    finetune = commands.add_parser(
+        "finetune", help="train a package's primary network further (its classifier kept)")
+    finetune.add_argument("--model", type=Path, help="package folder (default: the bundled one)")
+    finetune.add_argument("--out", type=Path, required=True, help="folder for the new package")
+    finetune.add_argument("--version", required=True, help="the new package's version")
+    finetune.add_argument("--epochs", type=int, required=True, help="more primary epochs")
+    finetune.add_argument("--learning-rate", type=float, default=3e-4,
+                          help="starting learning rate (cosine to 5 %% of it when the source's "
+                               "recipe decays)")
+    finetune.add_argument("--loss", choices=["dice+ce", "crop-dice+ce", "crop-tversky+ce", "ce"],
+                          help="the primary network's loss (default: the source's)")
+    finetune.add_argument("--seed", type=int, default=1, help="draws this run's crops")
+    finetune.set_defaults(handler=_finetune)
+
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """``--recipe`` and the flags that override it (read back by :func:`_recipe_flags`); each
@@ -177,10 +191,11 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cosine-decay", action=argparse.BooleanOptionalAction,
                         help="primary network's learning rate falls along a cosine to 5 %% of it "
                              "(lacuna recipe: on; paper: off)")
-    parser.add_argument("--loss", choices=["dice+ce", "crop-dice+ce", "ce"],
+    parser.add_argument("--loss", choices=["dice+ce", "crop-dice+ce", "crop-tversky+ce", "ce"],
                         help="primary network's loss: cross-entropy plus soft Dice of each crop "
-                             "(lacuna) or over each batch (before 0.4.0), or cross-entropy "
-                             "alone (paper)")
+                             "(lacuna) or over each batch (before 0.4.0), plus each crop's "
+                             "Tversky index (misses weighted 0.7, false voxels 0.3), or "
+                             "cross-entropy alone (paper)")
     parser.add_argument("--context-slices", type=int, choices=[1, 3, 5],
                         help="T2 FLAIR slices the primary network sees at once: the slice and "
                              "its neighbours (both recipes: 1; docs/recipes.md measures 3)")
@@ -358,6 +373,29 @@ def _classifiers(args: argparse.Namespace, settings: Settings) -> int:
               f"{classifiers['from_version']}'s primary network and the mean of "
               f"{len(classifiers['members'])} classifiers ({classifiers['seconds']} s); "
               "`lacuna-train calibrate` fits its temperature next")
+    return EXIT_OK
+
+
+def _finetune(args: argparse.Namespace, settings: Settings) -> int:
+    from models.package import read_manifest
+    from training.finetune import finetune_package, finetune_problem
+
+    package = args.model or registry.bundled_package(settings.models)
+    problem = finetune_problem(read_manifest(package), args.out, args.version, args.epochs,
+                               args.loss, args.learning_rate)
+    if problem is not None:  # before minutes of rendering
+        print(f"lacuna: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    manifest = finetune_package(package, args.out, args.version, epochs=args.epochs,
+                                learning_rate=args.learning_rate, loss=args.loss, seed=args.seed)
+    tuned = manifest.training["finetune"]
+    if args.json:
+        print(json.dumps({"model": f"{manifest.name} {manifest.version}", **tuned}, indent=2))
+    else:
+        print(f"wrote {manifest.name} {manifest.version} to {args.out}: "
+              f"{tuned['from_version']}'s primary network after {tuned['epochs']} more epochs "
+              f"({tuned['loss']}, {tuned['seconds']} s), its classifier unchanged; "
+              "`lacuna-train calibrate` chooses its operating point next")
     return EXIT_OK
 
 

@@ -88,7 +88,8 @@ class TrainingPlan:
     # the rest on crops drawn from all brain slices. 0: 70 % lesion-rich crops every epoch.
     pretrain_epochs: int = 0
     # "dice+ce": cross-entropy plus soft Dice on the lesion channel over each batch;
-    # "crop-dice+ce": the Dice of each crop, averaged; "ce": the paper's cross-entropy alone.
+    # "crop-dice+ce": the Dice of each crop, averaged; "crop-tversky+ce": each crop's Tversky
+    # index, misses weighted over false voxels; "ce": the paper's cross-entropy alone.
     loss: str = "crop-dice+ce"
     # Lesion-rich crops drawn per lesion rather than per lesion voxel (small lesions as often
     # as large ones).
@@ -180,11 +181,39 @@ def _crop_dice_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
     return _dice_cross_entropy(y_true, y_pred, per_crop=True)
 
 
+# The Tversky index's weights of false positive and false negative voxels (Salehi et al. 2017):
+# a missed lesion voxel costs more than a spurious one.
+TVERSKY_FP_WEIGHT = 0.3
+TVERSKY_FN_WEIGHT = 0.7
+
+
+def _crop_tversky_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
+    """Cross-entropy plus one minus each crop's soft Tversky index on the lesion channels
+    (smoothed by one voxel), averaged: the per-crop Dice with misses weighted
+    :data:`TVERSKY_FN_WEIGHT` and false voxels :data:`TVERSKY_FP_WEIGHT` instead of 0.5 each,
+    so faint and tiny lesions are not traded for a clean background."""
+    import keras
+
+    ops = keras.ops
+    cross_entropy = ops.mean(keras.losses.categorical_crossentropy(y_true, y_pred))
+    truth, predicted = y_true[..., 1:], y_pred[..., 1:]
+    true_positive = ops.sum(truth * predicted, axis=(1, 2, 3))
+    false_positive = ops.sum((1.0 - truth) * predicted, axis=(1, 2, 3))
+    false_negative = ops.sum(truth * (1.0 - predicted), axis=(1, 2, 3))
+    tversky = (true_positive + 1.0) / (true_positive + TVERSKY_FP_WEIGHT * false_positive
+                                       + TVERSKY_FN_WEIGHT * false_negative + 1.0)
+    return cross_entropy + (1.0 - ops.mean(tversky))
+
+
 # The primary network's losses by TrainingPlan.loss, and how a model card names them.
 LOSSES = {"ce": _cross_entropy, "dice+ce": _dice_cross_entropy,
-          "crop-dice+ce": _crop_dice_cross_entropy}
+          "crop-dice+ce": _crop_dice_cross_entropy,
+          "crop-tversky+ce": _crop_tversky_cross_entropy}
 LOSS_NAMES = {"ce": "cross-entropy", "dice+ce": "cross-entropy + soft Dice over each batch",
-              "crop-dice+ce": "cross-entropy + soft Dice of each crop"}
+              "crop-dice+ce": "cross-entropy + soft Dice of each crop",
+              "crop-tversky+ce": "cross-entropy + soft Tversky index of each crop "
+                                 f"(false positives x {TVERSKY_FP_WEIGHT}, "
+                                 f"misses x {TVERSKY_FN_WEIGHT})"}
 
 
 def _pipeline(inputs: np.ndarray, targets: np.ndarray, batch_size: int, seed: int) -> Any:
@@ -243,19 +272,17 @@ def primary_learning_rate(plan: TrainingPlan) -> Any:
                                                   alpha=0.05)
 
 
-def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.random.Generator,
-                   out_dir: Path, started: float) -> tuple[Any, Any | None]:
-    """Train the primary network (and, for a two-stage plan, the secondary one) on
-    ``subjects``; checkpoints and TensorBoard logs go under ``out_dir``."""
+def fit_primary_network(plan: TrainingPlan, primary: Any, subjects: list[SubjectArrays],
+                        rng: np.random.Generator, out_dir: Path, started: float) -> None:
+    """Train ``primary`` (new or already trained) in place for ``plan.primary_epochs`` epochs of
+    fresh crops of ``subjects`` with the plan's loss and learning rate, then set its BatchNorm
+    statistics on the last epoch's crops; a checkpoint per epoch and TensorBoard logs go under
+    ``out_dir``."""
     import keras
-
-    from models.networks import build_primary_network
 
     if plan.loss not in LOSSES:
         raise ValueError(f"unknown loss {plan.loss!r}; known: {', '.join(LOSSES)}")
-    classes = 3 if plan.task == "a" else 2
-    primary = build_primary_network(base_filters=plan.base_filters, num_classes=classes,
-                                    context_slices=plan.context_slices)
+    classes = int(primary.output_shape[-1])
     primary.compile(
         optimizer=keras.optimizers.RMSprop(primary_learning_rate(plan), rho=0.9),
         loss=LOSSES[plan.loss],
@@ -284,6 +311,18 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
         )
     if plan.primary_epochs:  # the last epoch's crops: what the network was trained on
         precise_batch_norm(primary, images, plan.batch_size)
+
+
+def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.random.Generator,
+                   out_dir: Path, started: float) -> tuple[Any, Any | None]:
+    """Train the primary network (and, for a two-stage plan, the secondary one) on
+    ``subjects``; checkpoints and TensorBoard logs go under ``out_dir``."""
+    from models.networks import build_primary_network
+
+    classes = 3 if plan.task == "a" else 2
+    primary = build_primary_network(base_filters=plan.base_filters, num_classes=classes,
+                                    context_slices=plan.context_slices)
+    fit_primary_network(plan, primary, subjects, rng, out_dir, started)
     if not plan.two_stage:
         return primary, None
 
@@ -303,7 +342,7 @@ def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.ra
                          "secondary network has nothing to learn from (use more subjects)")
     secondary, accuracy = fit_secondary_network(plan, rois, targets, plan.seed,
                                                 out_dir / "logs" / "secondary")
-    secondary.save_weights(checkpoints / "secondary.weights.h5")
+    secondary.save_weights(out_dir / "checkpoints" / "secondary.weights.h5")
     logger.info("secondary: %d ROIs, accuracy %.3f (%.0f s)", len(rois), accuracy,
                 time.monotonic() - started)
     return primary, secondary

@@ -155,3 +155,61 @@ def test_classifiers_replace_a_packages_classifier_by_the_mean_of_several(
     assert main(["classifiers", "--model", str(tmp_path / "source"), "--out",
                  str(tmp_path / "out"), "--version", "tiny-3"]) == 2
     assert "out" in capsys.readouterr().err
+
+
+def test_finetune_trains_a_packages_primary_network_further_and_keeps_its_classifier(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lacuna-train finetune` starts from the source's U-Net weights, trains them with the
+    loss asked for and copies the classifier byte for byte. Fast: two subjects of the first
+    generator, one epoch of 32 crops."""
+    from dataclasses import replace
+
+    import keras
+    import numpy as np
+
+    from models.networks import build_primary_network, build_secondary_network
+    from models.package import PRIMARY_FILE, SECONDARY_FILE
+    from training.cli import main
+    from training.finetune import finetune_package, finetune_problem
+    from training.metrics import summarise
+    from training.train import package_plan, write_package
+
+    plan = TrainingPlan(subjects=2, primary_crops_per_epoch=32, base_filters=4, realistic=False,
+                        grid_spacing_mm=None, version="tiny")
+    start = build_primary_network(base_filters=4)
+    source = write_package(tmp_path / "source", plan, start, build_secondary_network(),
+                           trained_on="2 synthetic subjects", metrics=summarise([]),
+                           intervals={}, seconds=0)
+
+    manifest = finetune_package(tmp_path / "source", tmp_path / "out", "tiny-2", epochs=1,
+                                learning_rate=1e-3, loss="crop-tversky+ce")
+    assert verify_package(tmp_path / "out") == manifest
+    assert manifest.files[SECONDARY_FILE] == source.files[SECONDARY_FILE]
+    assert manifest.files[PRIMARY_FILE] != source.files[PRIMARY_FILE]
+    # The recipe stays the source's; the run is its own record.
+    assert package_plan(manifest) == replace(package_plan(source), version="tiny-2")
+    tuned = manifest.training["finetune"]
+    assert (tuned["from_version"], tuned["epochs"], tuned["loss"]) == ("tiny", 1, "crop-tversky+ce")
+    assert "Tversky" in manifest.training["primary"] and manifest.metrics == {}
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "# Model card: lacuna-synthetic tiny-2" in card and "**Not for clinical use.**" in card
+
+    # Trained from the source's weights: moved from them, same architecture.
+    tuned_network = keras.saving.load_model(tmp_path / "out" / PRIMARY_FILE, compile=False)
+    before, after = start.get_weights(), tuned_network.get_weights()
+    assert [w.shape for w in before] == [w.shape for w in after]
+    assert any(not np.allclose(b, a) for b, a in zip(before, after, strict=True))
+    assert TwoStageEngine.load(tmp_path / "out").settings == TwoStageEngine.load(
+        tmp_path / "source").settings  # the source's operating point until calibrated
+
+    # Refused before anything is rendered, with the reason.
+    assert finetune_problem(source, tmp_path / "new", "tiny", 1, None, 1e-3) == \
+        "the new package needs a new version, not tiny"
+    assert finetune_problem(source, tmp_path / "new", "tiny-3", 0, None, 1e-3) == \
+        "fine-tuning needs at least 1 epoch, got 0"
+    unknown = finetune_problem(source, tmp_path / "new", "tiny-3", 1, "focal", 1e-3)
+    assert unknown is not None and unknown.startswith("unknown loss 'focal'")
+    assert main(["finetune", "--model", str(tmp_path / "source"), "--out",
+                 str(tmp_path / "out"), "--version", "tiny-3", "--epochs", "1"]) == 2
+    assert "out" in capsys.readouterr().err

@@ -64,3 +64,22 @@ def test_crop_dice_charges_extra_voxels_around_a_tiny_lesion_beside_a_large_one(
     # A crop with no lesion, predicted empty, has Dice 1 (the smoothing voxel), not 0.
     empty = np.zeros_like(truth)
     assert np.isclose(dice_term("crop-dice+ce", empty, empty), 0.0, atol=1e-6)
+
+
+def test_crop_tversky_charges_a_missed_voxel_more_than_a_false_one() -> None:
+    truth = np.zeros((1, 16, 16), dtype=np.uint8)
+    truth[0, 4:8, 4:8] = 1  # 16 lesion voxels
+    missed, spurious = truth.copy(), truth.copy()
+    missed[0, 4, 4:8] = 0  # four voxels missed
+    spurious[0, 8, 4:8] = 1  # four voxels too many
+
+    def tversky_term(predicted: np.ndarray) -> float:
+        y_true, y_pred = _one_hot(truth), _one_hot(predicted)
+        return (float(LOSSES["crop-tversky+ce"](y_true, y_pred))
+                - float(LOSSES["ce"](y_true, y_pred)))
+
+    assert np.isclose(tversky_term(truth), 0.0, atol=1e-6)
+    # 1 - (TP + 1) / (TP + 0.3 FP + 0.7 FN + 1), with TP 12, FN 4 and TP 16, FP 4.
+    assert np.isclose(tversky_term(missed), 1 - 13 / (13 + 0.7 * 4), atol=1e-6)
+    assert np.isclose(tversky_term(spurious), 1 - 17 / (17 + 0.3 * 4), atol=1e-6)
+    assert tversky_term(missed) > tversky_term(spurious)

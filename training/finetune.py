@@ -1,0 +1,134 @@
+"""``lacuna-train finetune``: a package's primary network trained further, its classifier kept.
+
+The counterpart of ``lacuna-train classifiers``: the U-Net starts from the source package's
+weights and trains a few more epochs on the source recipe's training subjects (or with another
+loss or learning rate); the secondary network, which learns from true lesions and not from the
+U-Net's output, is copied byte for byte. Cheaper than training anew, and the way to try a loss
+on a trained network within a CPU budget. The new package keeps the source's operating point
+and temperature until ``lacuna-train calibrate`` chooses them again on validation subjects.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from models.package import (
+    CARD_NAME,
+    MANIFEST_NAME,
+    PRIMARY_FILE,
+    SECONDARY_FILE,
+    ModelManifest,
+    output_folder_problem,
+    sha256_file,
+    verify_package,
+)
+from training.train import (
+    LOSS_NAMES,
+    LOSSES,
+    fit_primary_network,
+    make_training_subjects,
+    package_plan,
+    subject_seeds,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def finetune_problem(source: ModelManifest, out_dir: Path, version: str, epochs: int,
+                     loss: str | None, learning_rate: float) -> str | None:
+    """Why ``source``'s primary network cannot be fine-tuned as asked, or None if it can:
+    checked before anything is rendered."""
+    if epochs < 1:
+        return f"fine-tuning needs at least 1 epoch, got {epochs}"
+    if not learning_rate > 0:
+        return f"the learning rate must be positive, got {learning_rate}"
+    if loss is not None and loss not in LOSSES:
+        return f"unknown loss {loss!r}; known: {', '.join(LOSSES)}"
+    if version == source.version:
+        return f"the new package needs a new version, not {version}"
+    plan = package_plan(source)
+    if plan.secondary_from_primary:
+        return ("the source's classifier learnt from its primary network's lesions; a new "
+                "primary network would need a new classifier")
+    if "ensemble" in source.training:
+        return "the source's primary network is an average of several; fine-tune one member"
+    return output_folder_problem(out_dir)
+
+
+def finetune_package(package: Path, out_dir: Path, version: str, *, epochs: int,
+                     learning_rate: float, loss: str | None = None, seed: int = 1
+                     ) -> ModelManifest:
+    """Verify ``package``, render its recipe's training subjects (as
+    :func:`training.train.train_package` draws them), train its primary network ``epochs``
+    more epochs from its weights (``loss``: the source's when None; the learning rate falls
+    along a cosine from ``learning_rate`` to 5 % of it when the source's recipe decays, else
+    stays), and write ``out_dir``: the tuned primary, the source's secondary byte for byte, a
+    manifest (the source's operating point, no metrics until calibrated) and a card."""
+    import keras
+
+    source = verify_package(package)
+    problem = finetune_problem(source, out_dir, version, epochs, loss, learning_rate)
+    if problem is not None:
+        raise ValueError(problem)
+    base = package_plan(source)
+    plan = replace(base, version=version, primary_epochs=epochs, learning_rate=learning_rate,
+                   loss=loss or base.loss, seed=seed)
+    started = time.monotonic()
+    # The source's subjects (its seed), whatever seed draws this run's crops.
+    subjects, _ = make_training_subjects(base, subject_seeds(base)[: base.subjects])
+    logger.info("made %d training subjects in %.0f s", len(subjects), time.monotonic() - started)
+    keras.utils.set_random_seed(seed)
+    primary = keras.saving.load_model(package / PRIMARY_FILE, compile=False)
+    # Checkpoints and logs go under out_dir, as `lacuna-train train` writes them.
+    fit_primary_network(plan, primary, subjects, np.random.default_rng(seed), out_dir, started)
+    primary.save(out_dir / PRIMARY_FILE)
+    shutil.copy2(package / SECONDARY_FILE, out_dir / SECONDARY_FILE)
+    # The source's calibration described its own primary network's lesions: not this one's.
+    training = {key: value for key, value in source.training.items() if key != "calibration"}
+    manifest = replace(
+        source,
+        version=version,
+        files={name: sha256_file(out_dir / name) for name in (PRIMARY_FILE, SECONDARY_FILE)},
+        metrics={},
+        training={
+            **training,
+            # The recipe's fields stay the source's (what rendered the subjects and trained
+            # the first epochs); this run is its own record.
+            "primary": (f"{source.version}'s U-Net ({source.training.get('primary', '')}) "
+                        f"fine-tuned {epochs} epochs: " + LOSS_NAMES[plan.loss]
+                        + f", RMSProp (learning rate {learning_rate}"
+                        + (" with cosine decay to 5 %" if plan.cosine_decay else "")
+                        + ", rho 0.9), lesion-oversampled crops"),
+            "finetune": {"from_version": source.version, "from_files": source.files,
+                         "epochs": epochs, "learning_rate": learning_rate, "loss": plan.loss,
+                         "seed": seed, "seconds": round(time.monotonic() - started)},
+        },
+    )
+    (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
+    (out_dir / CARD_NAME).write_text(finetune_card(manifest, source))
+    verify_package(out_dir)
+    return manifest
+
+
+def finetune_card(manifest: ModelManifest, source: ModelManifest) -> str:
+    tuned = manifest.training["finetune"]
+    return f"""# Model card: {manifest.name} {manifest.version}
+
+**Not for clinical use.** {manifest.intended_use}
+
+## What it is
+{source.name} {source.version}'s primary network trained {tuned['epochs']} more epochs
+(`lacuna-train finetune`): {manifest.training['primary']}; crops drawn with seed
+{tuned['seed']}. Its classifier is {source.version}'s, unchanged. Trained on:
+{manifest.trained_on}.
+
+## Operating point
+{source.version}'s lesion thresholds and temperature until `lacuna-train calibrate` chooses
+them again on validation subjects. `lacuna-train evaluate` measures it on held-out ones.
+"""
