@@ -29,6 +29,7 @@ from training.train import (
     TrainingPlan,
     make_training_subjects,
     plan_generator,
+    subject_seeds,
     train_networks,
     trained_settings,
 )
@@ -100,7 +101,7 @@ def run_ablation(base: TrainingPlan, out_dir: Path, rows: tuple[Variant, ...] = 
     base = replace(base, grid_spacing_mm=None)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    seeds = [base.seed * 10_000 + n for n in range(base.subjects)]
+    seeds = subject_seeds(base)[: base.subjects]
     subjects, _ = make_training_subjects(base, seeds)
     validation = list(range(validation_first_seed, validation_first_seed + base.validation_subjects))
     settings = trained_settings(base)

@@ -23,6 +23,7 @@ from training.train import (
     TrainingPlan,
     make_training_subjects,
     plan_generator,
+    subject_seeds,
     train_networks,
     trained_settings,
     training_data_description,
@@ -87,7 +88,7 @@ def run_crossval(plan: TrainingPlan, out_dir: Path, folds: int = 5) -> CrossVali
         raise ValueError("cross-validation splits synthetic subjects; --data is not split")
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    seeds = [plan.seed * 10_000 + n for n in range(plan.subjects)]
+    seeds = subject_seeds(plan)[: plan.subjects]
     split = subject_folds(seeds, folds, plan.seed)
     arrays, _ = make_training_subjects(plan, seeds)
     by_seed = dict(zip(seeds, arrays, strict=True))
