@@ -123,10 +123,9 @@ def finetune_card(manifest: ModelManifest, source: ModelManifest) -> str:
 **Not for clinical use.** {manifest.intended_use}
 
 ## What it is
-{source.name} {source.version}'s primary network trained {tuned['epochs']} more epochs
-(`lacuna-train finetune`): {manifest.training['primary']}; crops drawn with seed
-{tuned['seed']}. Its classifier is {source.version}'s, unchanged. Trained on:
-{manifest.trained_on}.
+{source.name} {source.version}'s primary network trained further (`lacuna-train finetune`):
+{manifest.training['primary']}; crops drawn with seed {tuned['seed']}. Its classifier is
+{source.version}'s, unchanged. Trained on: {manifest.trained_on}.
 
 ## Operating point
 {source.version}'s lesion thresholds and temperature until `lacuna-train calibrate` chooses
