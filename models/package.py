@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,33 @@ def output_folder_problem(out_dir: Path) -> str | None:
     if out_dir.exists() and any(out_dir.iterdir()):
         return f"{out_dir} is not empty"
     return None
+
+
+def derived_package_problem(source: ModelManifest, out_dir: Path, version: str) -> str | None:
+    """Why a package made from ``source`` cannot be written to ``out_dir`` as ``version``, or
+    None: a derived package has a version of its own and a folder of its own."""
+    if version == source.version:
+        return f"the new package needs a new version, not {version}"
+    return output_folder_problem(out_dir)
+
+
+def write_derived_package(source: ModelManifest, out_dir: Path, version: str,
+                          training: dict[str, Any], card: Callable[[ModelManifest], str],
+                          **fields: Any) -> ModelManifest:
+    """Write the manifest and card of a package made from ``source`` whose network files are
+    already in ``out_dir``, verify it and return its manifest: ``source``'s fields with
+    ``version``, the files' sha256, no metrics (until calibrated), ``fields`` and ``training``
+    added to the source's training record less its calibration (which described the source's
+    networks, not these)."""
+    kept = {key: value for key, value in source.training.items() if key != "calibration"}
+    manifest = replace(
+        source, version=version,
+        files={name: sha256_file(out_dir / name) for name in (PRIMARY_FILE, SECONDARY_FILE)},
+        metrics={}, training={**kept, **training}, **fields)
+    (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
+    (out_dir / CARD_NAME).write_text(card(manifest))
+    verify_package(out_dir)
+    return manifest
 
 
 def default_package_dir() -> Path:

@@ -20,8 +20,8 @@ from models.package import (
     CARD_NAME,
     MANIFEST_NAME,
     ModelManifest,
+    derived_package_problem,
     measured_metrics,
-    output_folder_problem,
     verify_package,
 )
 from training.evaluate import OperatingPoint, calibrate_operating_point
@@ -39,9 +39,7 @@ SWEEP_COLUMNS = (
 def calibration_problem(source: ModelManifest, out_dir: Path, version: str) -> str | None:
     """Why ``source`` cannot be written to ``out_dir`` as ``version``, or None if it can:
     checked before anything is loaded or swept."""
-    if version == source.version:
-        return f"the calibrated package needs a new version, not {version}"
-    return output_folder_problem(out_dir)
+    return derived_package_problem(source, out_dir, version)
 
 
 def fit_temperature(classifications: list[tuple[float, int]]) -> float:

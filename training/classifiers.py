@@ -15,20 +15,17 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from models.package import (
-    CARD_NAME,
-    MANIFEST_NAME,
     PRIMARY_FILE,
     SECONDARY_FILE,
     ModelManifest,
-    output_folder_problem,
-    sha256_file,
+    derived_package_problem,
     verify_package,
+    write_derived_package,
 )
 from training.dataset import secondary_rois
 from training.train import (
@@ -51,13 +48,11 @@ def classifiers_problem(source: ModelManifest, out_dir: Path, version: str,
     ``out_dir`` as ``version``, or None if it can: checked before anything is rendered."""
     if members < 2:
         return f"an ensemble needs at least 2 classifiers, got {members}"
-    if version == source.version:
-        return f"the new package needs a new version, not {version}"
     plan = package_plan(source)
     if plan.secondary_from_primary:
         return ("the source's classifier learnt from its primary network's lesions; "
                 "`lacuna-train classifiers` trains on true lesions only")
-    return output_folder_problem(out_dir)
+    return derived_package_problem(source, out_dir, version)
 
 
 def classifier_ensemble_package(package: Path, out_dir: Path, version: str,
@@ -92,27 +87,16 @@ def classifier_ensemble_package(package: Path, out_dir: Path, version: str,
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(package / PRIMARY_FILE, out_dir / PRIMARY_FILE)
     average_networks(networks, "secondary_ensemble").save(out_dir / SECONDARY_FILE)
-    # The source's calibration described its own classifier's temperature: not this one's.
-    training = {key: value for key, value in source.training.items() if key != "calibration"}
-    manifest = replace(
-        source,
-        version=version,
-        files={name: sha256_file(out_dir / name) for name in (PRIMARY_FILE, SECONDARY_FILE)},
-        laci_temperature=1.0,
-        metrics={},
+    return write_derived_package(
+        source, out_dir, version,
         training={
-            **training,
             "secondary": f"mean of {members} CNNs on 32x32 T1 FLAIR ROIs at ground-truth "
                          "lesions, 64x64, gamma 1.5",
             "classifiers": {"from_version": source.version, "from_files": source.files,
                             "rule": RULE, "members": rows,
                             "seconds": round(time.monotonic() - started)},
         },
-    )
-    (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
-    (out_dir / CARD_NAME).write_text(classifiers_card(manifest, source))
-    verify_package(out_dir)
-    return manifest
+        card=lambda manifest: classifiers_card(manifest, source), laci_temperature=1.0)
 
 
 def classifiers_card(manifest: ModelManifest, source: ModelManifest) -> str:

@@ -22,6 +22,9 @@ from node.services import registry
 if TYPE_CHECKING:  # training (and its scientific stack) loads only when a command needs it
     from training.train import TrainingPlan
 
+# training.train.LOSSES's names, spelt here so that parsing a command loads no training code.
+LOSS_CHOICES = ("dice+ce", "crop-dice+ce", "crop-tversky+ce", "crop-tversky85+ce", "ce")
+
 COMMANDS = ("synth", "train", "ablation", "crossval", "calibrate", "ensemble", "classifiers",
             "finetune", "evaluate")
 
@@ -173,7 +176,7 @@ def _register_packages(commands: Any) -> None:
     finetune.add_argument("--learning-rate", type=float, default=3e-4,
                           help="starting learning rate (cosine to 5 %% of it when the source's "
                                "recipe decays)")
-    finetune.add_argument("--loss", choices=["dice+ce", "crop-dice+ce", "crop-tversky+ce", "ce"],
+    finetune.add_argument("--loss", choices=LOSS_CHOICES,
                           help="the primary network's loss (default: the source's)")
     finetune.add_argument("--seed", type=int, default=1, help="draws this run's crops")
     finetune.set_defaults(handler=_finetune)
@@ -191,10 +194,10 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cosine-decay", action=argparse.BooleanOptionalAction,
                         help="primary network's learning rate falls along a cosine to 5 %% of it "
                              "(lacuna recipe: on; paper: off)")
-    parser.add_argument("--loss", choices=["dice+ce", "crop-dice+ce", "crop-tversky+ce", "ce"],
+    parser.add_argument("--loss", choices=LOSS_CHOICES,
                         help="primary network's loss: cross-entropy plus soft Dice of each crop "
                              "(lacuna) or over each batch (before 0.4.0), plus each crop's "
-                             "Tversky index (misses weighted 0.7, false voxels 0.3), or "
+                             "Tversky index (misses weighted 0.7 or 0.85, false voxels the rest), or "
                              "cross-entropy alone (paper)")
     parser.add_argument("--context-slices", type=int, choices=[1, 3, 5],
                         help="T2 FLAIR slices the primary network sees at once: the slice and "

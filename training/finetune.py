@@ -19,14 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from models.package import (
-    CARD_NAME,
-    MANIFEST_NAME,
     PRIMARY_FILE,
     SECONDARY_FILE,
     ModelManifest,
-    output_folder_problem,
-    sha256_file,
+    derived_package_problem,
     verify_package,
+    write_derived_package,
 )
 from training.train import (
     LOSS_NAMES,
@@ -50,15 +48,13 @@ def finetune_problem(source: ModelManifest, out_dir: Path, version: str, epochs:
         return f"the learning rate must be positive, got {learning_rate}"
     if loss is not None and loss not in LOSSES:
         return f"unknown loss {loss!r}; known: {', '.join(LOSSES)}"
-    if version == source.version:
-        return f"the new package needs a new version, not {version}"
     plan = package_plan(source)
     if plan.secondary_from_primary:
         return ("the source's classifier learnt from its primary network's lesions; a new "
                 "primary network would need a new classifier")
     if "ensemble" in source.training:
         return "the source's primary network is an average of several; fine-tune one member"
-    return output_folder_problem(out_dir)
+    return derived_package_problem(source, out_dir, version)
 
 
 def finetune_package(package: Path, out_dir: Path, version: str, *, epochs: int,
@@ -89,15 +85,9 @@ def finetune_package(package: Path, out_dir: Path, version: str, *, epochs: int,
     fit_primary_network(plan, primary, subjects, np.random.default_rng(seed), out_dir, started)
     primary.save(out_dir / PRIMARY_FILE)
     shutil.copy2(package / SECONDARY_FILE, out_dir / SECONDARY_FILE)
-    # The source's calibration described its own primary network's lesions: not this one's.
-    training = {key: value for key, value in source.training.items() if key != "calibration"}
-    manifest = replace(
-        source,
-        version=version,
-        files={name: sha256_file(out_dir / name) for name in (PRIMARY_FILE, SECONDARY_FILE)},
-        metrics={},
+    return write_derived_package(
+        source, out_dir, version,
         training={
-            **training,
             # The recipe's fields stay the source's (what rendered the subjects and trained
             # the first epochs); this run is its own record.
             "primary": (f"{source.version}'s U-Net ({source.training.get('primary', '')}) "
@@ -109,11 +99,7 @@ def finetune_package(package: Path, out_dir: Path, version: str, *, epochs: int,
                          "epochs": epochs, "learning_rate": learning_rate, "loss": plan.loss,
                          "seed": seed, "seconds": round(time.monotonic() - started)},
         },
-    )
-    (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
-    (out_dir / CARD_NAME).write_text(finetune_card(manifest, source))
-    verify_package(out_dir)
-    return manifest
+        card=lambda manifest: finetune_card(manifest, source))
 
 
 def finetune_card(manifest: ModelManifest, source: ModelManifest) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
-from training.train import LOSSES, TrainingPlan, precise_batch_norm, primary_learning_rate
+from training.cli import LOSS_CHOICES
+from training.train import LOSS_NAMES, LOSSES, TrainingPlan, precise_batch_norm, primary_learning_rate
 
 
 def test_precise_batch_norm_sets_the_moving_statistics_to_the_average_over_the_batches() -> None:
@@ -66,7 +68,8 @@ def test_crop_dice_charges_extra_voxels_around_a_tiny_lesion_beside_a_large_one(
     assert np.isclose(dice_term("crop-dice+ce", empty, empty), 0.0, atol=1e-6)
 
 
-def test_crop_tversky_charges_a_missed_voxel_more_than_a_false_one() -> None:
+@pytest.mark.parametrize(("name", "miss"), [("crop-tversky+ce", 0.7), ("crop-tversky85+ce", 0.85)])
+def test_crop_tversky_charges_a_missed_voxel_more_than_a_false_one(name: str, miss: float) -> None:
     truth = np.zeros((1, 16, 16), dtype=np.uint8)
     truth[0, 4:8, 4:8] = 1  # 16 lesion voxels
     missed, spurious = truth.copy(), truth.copy()
@@ -75,11 +78,14 @@ def test_crop_tversky_charges_a_missed_voxel_more_than_a_false_one() -> None:
 
     def tversky_term(predicted: np.ndarray) -> float:
         y_true, y_pred = _one_hot(truth), _one_hot(predicted)
-        return (float(LOSSES["crop-tversky+ce"](y_true, y_pred))
-                - float(LOSSES["ce"](y_true, y_pred)))
+        return float(LOSSES[name](y_true, y_pred)) - float(LOSSES["ce"](y_true, y_pred))
 
     assert np.isclose(tversky_term(truth), 0.0, atol=1e-6)
-    # 1 - (TP + 1) / (TP + 0.3 FP + 0.7 FN + 1), with TP 12, FN 4 and TP 16, FP 4.
-    assert np.isclose(tversky_term(missed), 1 - 13 / (13 + 0.7 * 4), atol=1e-6)
-    assert np.isclose(tversky_term(spurious), 1 - 17 / (17 + 0.3 * 4), atol=1e-6)
+    # 1 - (TP + 1) / (TP + (1 - miss) FP + miss FN + 1), with TP 12, FN 4 and TP 16, FP 4.
+    assert np.isclose(tversky_term(missed), 1 - 13 / (13 + miss * 4), atol=1e-6)
+    assert np.isclose(tversky_term(spurious), 1 - 17 / (17 + (1 - miss) * 4), atol=1e-6)
     assert tversky_term(missed) > tversky_term(spurious)
+
+
+def test_the_command_line_offers_every_loss_and_no_other() -> None:
+    assert sorted(LOSS_CHOICES) == sorted(LOSSES) == sorted(LOSS_NAMES)
