@@ -57,11 +57,11 @@ def classifiers_problem(source: ModelManifest, out_dir: Path, version: str,
 
 def classifier_ensemble_package(package: Path, out_dir: Path, version: str,
                                 members: int = 5) -> ModelManifest:
-    """Verify ``package``, render its recipe's training subjects (seeds ``seed * 10000 +
-    0..subjects-1``, as :func:`training.train.train_package` draws them, plus its labelled
-    studies), train ``members`` classifiers on them with seeds 1..``members``, and write
-    ``out_dir``: the source's primary network byte for byte, the members' mean as the
-    secondary network, a manifest (temperature 1, no metrics until calibrated) and a card."""
+    """Verify ``package``, render its recipe's training subjects (as
+    :func:`training.train.train_package` draws them, plus its labelled studies), train
+    ``members`` classifiers on them with seeds 1..``members``, and write ``out_dir``: the
+    source's primary network byte for byte, the members' mean as the secondary network, a
+    manifest (temperature 1, no metrics until calibrated) and a card."""
     import keras
 
     from models.networks import average_networks

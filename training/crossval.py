@@ -137,10 +137,11 @@ def crossval_markdown(result: CrossValidation, plan: TrainingPlan) -> str:
     lines.append(f"| mean +- sd | {sum(len(f.test) for f in result.folds)} | " + " | ".join(spread) + " |")
     pooled = report_markdown(result.pooled, result.intervals,
                              f"Pooled over every held-out subject ({folds} folds)")
+    seeds = subject_seeds(plan)[: plan.subjects]
     return (
         f"# {folds}-fold cross-validation by subject\n\n"
         f"{plan.subjects} {'varied ' if plan.varied else ''}synthetic subjects (seeds "
-        f"{plan.seed * 10_000}-{plan.seed * 10_000 + plan.subjects - 1}), split by subject with "
+        f"{seeds[0]}-{seeds[-1]}), split by subject with "
         f"seed {plan.seed}; each fold trains both networks on the other folds' subjects "
         f"({plan.primary_epochs} primary epochs of {plan.primary_crops_per_epoch} crops, "
         f"{plan.secondary_epochs} secondary epochs"
