@@ -83,7 +83,8 @@ def header_from_dataset(dataset: Dataset) -> InstanceHeader:
         series_instance_uid=_text(dataset, "SeriesInstanceUID"),
         transfer_syntax_uid=str(transfer_syntax),
         instance_number=_instance_number(dataset.get("InstanceNumber")),
-        priorities=_priorities(str(dataset.get("RequestedProcedurePriority", "") or ""), dataset),
+        priorities=_priorities(str(dataset.get("RequestedProcedurePriority", "") or ""),
+                               _requests(dataset)),
         native_pixel_bytes=native,
         expected_pixel_bytes=expected,
     )
@@ -103,11 +104,17 @@ def _instance_number(value: Any) -> int | None:
         raise HeaderError(f"Instance Number {str(value)[:16]!r} is not an integer") from None
 
 
-def _priorities(top_level: str, dataset: Dataset) -> tuple[str, ...]:
-    """Requested Procedure Priority (0040,1003): ``top_level`` and each Request Attributes
-    Sequence (0040,0275) item's (read through pydicom: one small sequence)."""
+def _requests(dataset: Dataset) -> list[Dataset]:
+    """The items of ``dataset``'s Request Attributes Sequence (0040,0275), if any."""
+    return list(dataset.get("RequestAttributesSequence", []) or [])
+
+
+def _priorities(top_level: str, requests: list[Dataset]) -> tuple[str, ...]:
+    """Requested Procedure Priority (0040,1003): ``top_level`` and each of ``requests``' (the
+    Request Attributes Sequence's items, read through pydicom: one small sequence), the
+    empty ones left out."""
     values = [top_level]
-    for item in dataset.get("RequestAttributesSequence", []) or []:
+    for item in requests:
         values.append(str(item.get("RequestedProcedurePriority", "") or ""))
     return tuple(v for v in values if v)
 
@@ -143,9 +150,9 @@ def header_from_part10(part10: Part10) -> InstanceHeader | None:
             series_instance_uid=_plain_text(part10, _SERIES_INSTANCE_UID, "UI"),
             transfer_syntax_uid=str(transfer_syntax),
             instance_number=_integer(number) if number else None,
-            priorities=(_priorities(priority, part10.dataset(_PRIORITY_TAGS))
-                        if _REQUEST_ATTRIBUTES in part10.elements
-                        else (priority,) if priority else ()),
+            # Most files have no Request Attributes Sequence: no pydicom dataset is built then.
+            priorities=_priorities(priority, _requests(part10.dataset(_PRIORITY_TAGS))
+                                   if _REQUEST_ATTRIBUTES in part10.elements else []),
             native_pixel_bytes=native,
             expected_pixel_bytes=expected,
         )
