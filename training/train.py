@@ -186,7 +186,7 @@ def _crop_dice_cross_entropy(y_true, y_pred):  # type: ignore[no-untyped-def]
 TVERSKY_MISS_WEIGHTS = {"crop-tversky+ce": 0.7, "crop-tversky85+ce": 0.85}
 
 
-def _crop_tversky_cross_entropy(y_true, y_pred, miss_weight: float = 0.7):  # type: ignore[no-untyped-def]
+def _crop_tversky_cross_entropy(y_true, y_pred, miss_weight: float):  # type: ignore[no-untyped-def]
     """Cross-entropy plus one minus each crop's soft Tversky index on the lesion channels
     (smoothed by one voxel), averaged: the per-crop Dice with misses weighted ``miss_weight``
     and false voxels ``1 - miss_weight`` instead of 0.5 each, so faint and tiny lesions are not
