@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 from keras import layers
 
 from models.preprocessing import ROI_INPUT_SIZE
@@ -96,6 +97,42 @@ def build_secondary_network(
     x = layers.Dropout(dropout_rate, name="fc2_dropout")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="laci_probability")(x)
     return keras.Model(inputs, outputs, name="secondary_network")
+
+
+def widen_primary_context(primary: keras.Model, context_slices: int) -> keras.Model:
+    """``primary`` taking ``context_slices`` adjacent T2 FLAIR slices instead of its own count
+    (see :func:`models.preprocessing.slice_context`), computing at first exactly what it
+    computed: every weight copied, the first convolution's kernel for the added neighbour
+    channels zero. Fine-tuning then teaches it what the neighbours show."""
+    old = int(primary.input_shape[-1])
+    if context_slices % 2 == 0 or context_slices < old:
+        raise ValueError(f"context slices must be odd and at least the network's {old}, "
+                         f"got {context_slices}")
+    config = primary.get_config()
+    first = config["layers"][0]
+    if first["class_name"] != "InputLayer":
+        raise ValueError(f"{primary.name} does not start with its input layer")
+    first["config"]["batch_shape"] = [*first["config"]["batch_shape"][:-1], context_slices]
+    for layer_config in config["layers"]:
+        # Each layer is built again from its input; a recorded input shape would contradict it.
+        layer_config.pop("build_config", None)
+    wide = keras.Model.from_config(config)
+    offset = (context_slices - old) // 2  # the old channels are the middle ones
+    for layer in wide.layers:
+        weights = primary.get_layer(layer.name).get_weights()
+        new = layer.get_weights()
+        for index, (given, wanted) in enumerate(zip(weights, new, strict=True)):
+            if given.shape == wanted.shape:
+                new[index] = given
+            elif given.ndim == 4 and (given.shape[:2], given.shape[3]) == (wanted.shape[:2],
+                                                                           wanted.shape[3]):
+                # A convolution on the input: the new channels start at zero.
+                new[index] = np.zeros_like(wanted)
+                new[index][:, :, offset : offset + old] = given
+            else:
+                raise ValueError(f"{layer.name}: weights {given.shape} cannot become {wanted.shape}")
+        layer.set_weights(new)
+    return wide
 
 
 def average_networks(networks: Sequence[keras.Model], name: str) -> keras.Model:

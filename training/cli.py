@@ -179,6 +179,9 @@ def _register_packages(commands: Any) -> None:
     finetune.add_argument("--loss", choices=LOSS_CHOICES,
                           help="the primary network's loss (default: the source's)")
     finetune.add_argument("--seed", type=int, default=1, help="draws this run's crops")
+    finetune.add_argument("--context-slices", type=int, choices=[1, 3, 5],
+                          help="adjacent T2 FLAIR slices the network takes (default: the "
+                               "source's; more widens its input, the new channels starting at 0)")
     finetune.set_defaults(handler=_finetune)
 
 
@@ -385,12 +388,13 @@ def _finetune(args: argparse.Namespace, settings: Settings) -> int:
 
     package = args.model or registry.bundled_package(settings.models)
     problem = finetune_problem(read_manifest(package), args.out, args.version, args.epochs,
-                               args.loss, args.learning_rate)
+                               args.loss, args.learning_rate, args.context_slices)
     if problem is not None:  # before minutes of rendering
         print(f"lacuna: {problem}", file=sys.stderr)
         return EXIT_USAGE
     manifest = finetune_package(package, args.out, args.version, epochs=args.epochs,
-                                learning_rate=args.learning_rate, loss=args.loss, seed=args.seed)
+                                learning_rate=args.learning_rate, loss=args.loss, seed=args.seed,
+                                context_slices=args.context_slices)
     tuned = manifest.training["finetune"]
     if args.json:
         print(json.dumps({"model": f"{manifest.name} {manifest.version}", **tuned}, indent=2))

@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 
 def finetune_problem(source: ModelManifest, out_dir: Path, version: str, epochs: int,
-                     loss: str | None, learning_rate: float) -> str | None:
+                     loss: str | None, learning_rate: float,
+                     context_slices: int | None = None) -> str | None:
     """Why ``source``'s primary network cannot be fine-tuned as asked, or None if it can:
     checked before anything is rendered."""
     if epochs < 1:
@@ -49,6 +50,10 @@ def finetune_problem(source: ModelManifest, out_dir: Path, version: str, epochs:
     if loss is not None and loss not in LOSSES:
         return f"unknown loss {loss!r}; known: {', '.join(LOSSES)}"
     plan = package_plan(source)
+    if context_slices is not None and (context_slices % 2 == 0
+                                       or context_slices < plan.context_slices):
+        return (f"context slices must be odd and at least the source network's "
+                f"{plan.context_slices}, got {context_slices}")
     if plan.secondary_from_primary:
         return ("the source's classifier learnt from its primary network's lesions; a new "
                 "primary network would need a new classifier")
@@ -58,46 +63,60 @@ def finetune_problem(source: ModelManifest, out_dir: Path, version: str, epochs:
 
 
 def finetune_package(package: Path, out_dir: Path, version: str, *, epochs: int,
-                     learning_rate: float, loss: str | None = None, seed: int = 1
-                     ) -> ModelManifest:
+                     learning_rate: float, loss: str | None = None, seed: int = 1,
+                     context_slices: int | None = None) -> ModelManifest:
     """Verify ``package``, render its recipe's training subjects (as
     :func:`training.train.train_package` draws them), train its primary network ``epochs``
     more epochs from its weights (``loss``: the source's when None; the learning rate falls
     along a cosine from ``learning_rate`` to 5 % of it when the source's recipe decays, else
     stays), and write ``out_dir``: the tuned primary, the source's secondary byte for byte, a
-    manifest (the source's operating point, no metrics until calibrated) and a card."""
+    manifest (the source's operating point, no metrics until calibrated) and a card.
+    ``context_slices`` more than the source network takes widens its input first
+    (:func:`models.networks.widen_primary_context`: it starts as the source network)."""
     import keras
 
+    from models.networks import widen_primary_context
+
     source = verify_package(package)
-    problem = finetune_problem(source, out_dir, version, epochs, loss, learning_rate)
+    problem = finetune_problem(source, out_dir, version, epochs, loss, learning_rate,
+                               context_slices)
     if problem is not None:
         raise ValueError(problem)
     base = package_plan(source)
     plan = replace(base, version=version, primary_epochs=epochs, learning_rate=learning_rate,
-                   loss=loss or base.loss, seed=seed)
+                   loss=loss or base.loss, seed=seed,
+                   context_slices=context_slices or base.context_slices)
     started = time.monotonic()
     # The source's subjects (its seed), whatever seed draws this run's crops.
     subjects, _ = make_training_subjects(base, subject_seeds(base)[: base.subjects])
     logger.info("made %d training subjects in %.0f s", len(subjects), time.monotonic() - started)
     keras.utils.set_random_seed(seed)
     primary = keras.saving.load_model(package / PRIMARY_FILE, compile=False)
+    if plan.context_slices != base.context_slices:
+        primary = widen_primary_context(primary, plan.context_slices)
     # Checkpoints and logs go under out_dir, as `lacuna-train train` writes them.
     fit_primary_network(plan, primary, subjects, np.random.default_rng(seed), out_dir, started)
     primary.save(out_dir / PRIMARY_FILE)
     shutil.copy2(package / SECONDARY_FILE, out_dir / SECONDARY_FILE)
+    widened = ("" if plan.context_slices == base.context_slices else
+               f", its input widened to {plan.context_slices} adjacent slices (the neighbours' "
+               "weights starting at zero)")
     return write_derived_package(
         source, out_dir, version,
         training={
             # The recipe's fields stay the source's (what rendered the subjects and trained
-            # the first epochs); this run is its own record.
+            # the first epochs), but for the slices the network now takes, which a later
+            # fine-tune must feed it; this run is its own record.
+            "context_slices": plan.context_slices,
             "primary": (f"{source.version}'s U-Net ({source.training.get('primary', '')}) "
-                        f"fine-tuned {epochs} epochs: " + LOSS_NAMES[plan.loss]
+                        f"fine-tuned {epochs} epochs{widened}: " + LOSS_NAMES[plan.loss]
                         + f", RMSProp (learning rate {learning_rate}"
                         + (" with cosine decay to 5 %" if plan.cosine_decay else "")
                         + ", rho 0.9), lesion-oversampled crops"),
             "finetune": {"from_version": source.version, "from_files": source.files,
                          "epochs": epochs, "learning_rate": learning_rate, "loss": plan.loss,
-                         "seed": seed, "seconds": round(time.monotonic() - started)},
+                         "seed": seed, "context_slices": plan.context_slices,
+                         "seconds": round(time.monotonic() - started)},
         },
         card=lambda manifest: finetune_card(manifest, source))
 

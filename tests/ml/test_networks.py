@@ -278,6 +278,32 @@ def test_average_networks_gives_the_members_mean_and_saves_as_one_network(tmp_pa
         average_networks([members[0], build_primary_network(base_filters=4, context_slices=3)], "x")
 
 
+def test_widened_primary_network_computes_what_it_did_until_trained(tmp_path: Path) -> None:
+    """A network widened to three slices gives the one-slice network's probabilities whatever
+    its neighbours hold (their weights start at zero), and saves as any network."""
+    import keras
+
+    from models.networks import widen_primary_context
+
+    keras.utils.set_random_seed(5)
+    narrow = build_primary_network(base_filters=4)
+    wide = widen_primary_context(narrow, 3)
+    assert wide.input_shape[-1] == 3 and wide.count_params() == narrow.count_params() + 2 * 9 * 4
+    volume = np.random.default_rng(0).random((4, 32, 48)).astype(np.float32)
+    expected = np.asarray(narrow(slice_context(volume, 1), training=False))
+    np.testing.assert_allclose(np.asarray(wide(slice_context(volume, 3), training=False)),
+                               expected, atol=1e-5)
+    wide.save(tmp_path / "wide.keras")
+    loaded = keras.saving.load_model(tmp_path / "wide.keras", compile=False)
+    np.testing.assert_allclose(np.asarray(loaded(slice_context(volume, 3), training=False)),
+                               expected, atol=1e-5)
+    assert wide.get_layer("enc0a_conv").get_weights()[0][:, :, 0].any() == np.False_
+    with pytest.raises(ValueError, match="odd and at least"):
+        widen_primary_context(wide, 1)
+    with pytest.raises(ValueError, match="odd and at least"):
+        widen_primary_context(narrow, 4)
+
+
 def _perturbed_copy(source: Path, out: Path, version: str) -> Path:
     """``source`` with other weights in both networks' last hidden layers (the first member's,
     where a network is an ensemble), as a new version."""

@@ -210,6 +210,18 @@ def test_finetune_trains_a_packages_primary_network_further_and_keeps_its_classi
         "fine-tuning needs at least 1 epoch, got 0"
     unknown = finetune_problem(source, tmp_path / "new", "tiny-3", 1, "focal", 1e-3)
     assert unknown is not None and unknown.startswith("unknown loss 'focal'")
+    assert finetune_problem(source, tmp_path / "new", "tiny-3", 1, None, 1e-3, 2) == \
+        "context slices must be odd and at least the source network's 1, got 2"
+
+    # Widened to three slices: the recipe records what the network now takes, so that a
+    # later fine-tune feeds it three; the engine reads it from the network.
+    wide = finetune_package(tmp_path / "source", tmp_path / "wide", "tiny-4", epochs=1,
+                            learning_rate=1e-3, context_slices=3)
+    assert package_plan(wide).context_slices == 3 and wide.training["finetune"]["context_slices"] == 3
+    assert "widened to 3 adjacent slices" in wide.training["primary"]
+    assert TwoStageEngine.load(tmp_path / "wide").context_slices == 3
+    assert finetune_problem(wide, tmp_path / "new", "tiny-5", 1, None, 1e-3, 1) == \
+        "context slices must be odd and at least the source network's 3, got 1"
     assert main(["finetune", "--model", str(tmp_path / "source"), "--out",
                  str(tmp_path / "out"), "--version", "tiny-3", "--epochs", "1"]) == 2
     assert "out" in capsys.readouterr().err
