@@ -29,9 +29,9 @@ from training.train import (
     TrainingPlan,
     make_training_subjects,
     plan_generator,
-    subject_seeds,
     train_networks,
     trained_settings,
+    training_seeds,
 )
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def run_ablation(base: TrainingPlan, out_dir: Path, rows: tuple[Variant, ...] = 
     base = replace(base, grid_spacing_mm=None)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    seeds = subject_seeds(base)[: base.subjects]
+    seeds = training_seeds(base)
     subjects, _ = make_training_subjects(base, seeds)
     validation = list(range(validation_first_seed, validation_first_seed + base.validation_subjects))
     settings = trained_settings(base)

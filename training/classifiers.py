@@ -32,7 +32,7 @@ from training.train import (
     fit_secondary_network,
     make_training_subjects,
     package_plan,
-    subject_seeds,
+    training_seeds,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def classifier_ensemble_package(package: Path, out_dir: Path, version: str,
         raise ValueError(problem)
     plan = package_plan(source)
     started = time.monotonic()
-    subjects, _ = make_training_subjects(plan, subject_seeds(plan)[: plan.subjects])
+    subjects, _ = make_training_subjects(plan, training_seeds(plan))
     logger.info("made %d training subjects in %.0f s", len(subjects), time.monotonic() - started)
     networks = []
     rows = []

@@ -23,10 +23,10 @@ from training.train import (
     TrainingPlan,
     make_training_subjects,
     plan_generator,
-    subject_seeds,
     train_networks,
     trained_settings,
     training_data_description,
+    training_seeds,
     write_package,
 )
 
@@ -88,7 +88,7 @@ def run_crossval(plan: TrainingPlan, out_dir: Path, folds: int = 5) -> CrossVali
         raise ValueError("cross-validation splits synthetic subjects; --data is not split")
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    seeds = subject_seeds(plan)[: plan.subjects]
+    seeds = training_seeds(plan)
     split = subject_folds(seeds, folds, plan.seed)
     arrays, _ = make_training_subjects(plan, seeds)
     by_seed = dict(zip(seeds, arrays, strict=True))
@@ -108,7 +108,8 @@ def run_crossval(plan: TrainingPlan, out_dir: Path, folds: int = 5) -> CrossVali
         # Each fold's networks as a package: members for `lacuna-train ensemble`, or to inspect.
         write_package(
             out_dir / f"fold-{fold.number}" / "package",
-            replace(plan, version=f"{plan.version}+fold{fold.number}"), primary, secondary,
+            replace(plan, version=f"{plan.version}+fold{fold.number}",
+                    held_out_seeds=tuple(fold.test)), primary, secondary,
             trained_on=(f"{len(fold.training)} synthetic subjects (cross-validation fold "
                         f"{fold.number} of {folds}: seeds {seeds[0]}-{seeds[-1]} but its "
                         f"{len(fold.test)} test subjects) " + training_data_description(plan)),
@@ -137,7 +138,7 @@ def crossval_markdown(result: CrossValidation, plan: TrainingPlan) -> str:
     lines.append(f"| mean +- sd | {sum(len(f.test) for f in result.folds)} | " + " | ".join(spread) + " |")
     pooled = report_markdown(result.pooled, result.intervals,
                              f"Pooled over every held-out subject ({folds} folds)")
-    seeds = subject_seeds(plan)[: plan.subjects]
+    seeds = training_seeds(plan)
     return (
         f"# {folds}-fold cross-validation by subject\n\n"
         f"{plan.subjects} {'varied ' if plan.varied else ''}synthetic subjects (seeds "

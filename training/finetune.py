@@ -32,7 +32,7 @@ from training.train import (
     fit_primary_network,
     make_training_subjects,
     package_plan,
-    subject_seeds,
+    training_seeds,
 )
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def finetune_package(package: Path, out_dir: Path, version: str, *, epochs: int,
                    context_slices=context_slices or base.context_slices)
     started = time.monotonic()
     # The source's subjects (its seed), whatever seed draws this run's crops.
-    subjects, _ = make_training_subjects(base, subject_seeds(base)[: base.subjects])
+    subjects, _ = make_training_subjects(base, training_seeds(base))
     logger.info("made %d training subjects in %.0f s", len(subjects), time.monotonic() - started)
     keras.utils.set_random_seed(seed)
     primary = keras.saving.load_model(package / PRIMARY_FILE, compile=False)
@@ -117,8 +117,18 @@ def finetune_package(package: Path, out_dir: Path, version: str, *, epochs: int,
                          "epochs": epochs, "learning_rate": learning_rate, "loss": plan.loss,
                          "seed": seed, "context_slices": plan.context_slices,
                          "seconds": round(time.monotonic() - started)},
+            # The source's own fine-tunes, oldest first: "finetune" holds only this run's.
+            "earlier_finetunes": earlier_finetunes(source),
         },
         card=lambda manifest: finetune_card(manifest, source))
+
+
+def earlier_finetunes(source: ModelManifest) -> list[dict[str, object]]:
+    """Every fine-tune ``source``'s primary network went through, oldest first."""
+    earlier = list(source.training.get("earlier_finetunes", []))
+    if "finetune" in source.training:
+        earlier.append(source.training["finetune"])
+    return earlier
 
 
 def finetune_card(manifest: ModelManifest, source: ModelManifest) -> str:

@@ -107,6 +107,10 @@ class TrainingPlan:
     # is under this (training.phantom.peak_cnr): no label marks what the image cannot show.
     # 0: every drawn lesion. Never applied to validation or test subjects.
     min_training_cnr: float = 0.0
+    # The recipe's training subjects (seeds) its networks never saw: a cross-validation fold's
+    # test subjects. Its package names them, so that a fine-tune or a classifier retrained from
+    # it trains on the fold's subjects only. Empty: every training subject.
+    held_out_seeds: tuple[int, ...] = ()
 
 
 # Named recipes (``lacuna-train train --recipe``): this project's, which the shipped model was trained
@@ -137,6 +141,13 @@ def subject_seeds(plan: TrainingPlan) -> list[int]:
     return [plan.seed * 10_000 + n for n in range(plan.subjects + plan.validation_subjects)]
 
 
+def training_seeds(plan: TrainingPlan) -> list[int]:
+    """The subjects ``plan``'s networks train on: its training subjects but its
+    ``held_out_seeds``."""
+    held_out = set(plan.held_out_seeds)
+    return [seed for seed in subject_seeds(plan)[: plan.subjects] if seed not in held_out]
+
+
 def package_plan(manifest: ModelManifest) -> TrainingPlan:
     """The plan a package was trained with, from its manifest's ``training`` (what
     :func:`write_package` wrote; a field it lacks keeps today's default)."""
@@ -144,6 +155,7 @@ def package_plan(manifest: ModelManifest) -> TrainingPlan:
     given = {k: v for k, v in manifest.training.items() if k in names}
     if given.get("data_dir") is not None:
         given["data_dir"] = Path(given["data_dir"])
+    given["held_out_seeds"] = tuple(given.get("held_out_seeds", ()))  # a list in JSON
     return TrainingPlan(name=manifest.name, version=manifest.version, **given)
 
 
@@ -427,7 +439,7 @@ def train_package(plan: TrainingPlan, out_dir: Path) -> ModelManifest:
     rng = np.random.default_rng(plan.seed)
     started = time.monotonic()
     seeds = subject_seeds(plan)
-    subjects, labelled = make_training_subjects(plan, seeds[: plan.subjects])
+    subjects, labelled = make_training_subjects(plan, training_seeds(plan))
     logger.info("made %d training subjects in %.0f s", len(subjects), time.monotonic() - started)
 
     primary, secondary = train_networks(plan, subjects, rng, out_dir, started)

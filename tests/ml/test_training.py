@@ -8,7 +8,7 @@ import pytest
 
 from models.inference import TwoStageEngine
 from models.package import verify_package
-from training.train import TrainingPlan, train_package
+from training.train import TrainingPlan, package_plan, train_package, training_seeds
 
 
 @pytest.mark.slow
@@ -93,6 +93,9 @@ def test_crossval_trains_every_fold_and_tests_every_subject_once(tmp_path: Path)
     assert [m.version for m in manifests] == [f"{plan.version}+fold{n}" for n in (1, 2, 3)]
     assert "2 synthetic subjects (cross-validation fold 1 of 3" in manifests[0].trained_on
     assert manifests[0].metrics["dice"] == result.per_fold[0]["dice"]
+    # A fold's recipe trains on its fold (a fine-tune or new classifiers from it too).
+    assert [training_seeds(package_plan(m)) for m in manifests] == \
+        [list(f.training) for f in result.folds]
     # ... which `lacuna ensemble` averages into one package that runs like any other.
     from training.ensemble import ensemble_package
 
@@ -220,7 +223,13 @@ def test_finetune_trains_a_packages_primary_network_further_and_keeps_its_classi
     assert package_plan(wide).context_slices == 3 and wide.training["finetune"]["context_slices"] == 3
     assert "widened to 3 adjacent slices" in wide.training["primary"]
     assert TwoStageEngine.load(tmp_path / "wide").context_slices == 3
-    assert finetune_problem(wide, tmp_path / "new", "tiny-5", 1, None, 1e-3, 1) == \
+    # A fine-tune of a fine-tune keeps the earlier one's record.
+    assert manifest.training["earlier_finetunes"] == []
+    again = finetune_package(tmp_path / "wide", tmp_path / "again", "tiny-5", epochs=1,
+                             learning_rate=1e-3)
+    assert again.training["earlier_finetunes"] == [wide.training["finetune"]]
+    assert package_plan(again).context_slices == 3
+    assert finetune_problem(wide, tmp_path / "new", "tiny-6", 1, None, 1e-3, 1) == \
         "context slices must be odd and at least the source network's 3, got 1"
     assert main(["finetune", "--model", str(tmp_path / "source"), "--out",
                  str(tmp_path / "out"), "--version", "tiny-3", "--epochs", "1"]) == 2

@@ -9,7 +9,16 @@ import pytest
 
 from training.crossval import CrossValidation, crossval_markdown, subject_folds
 from training.metrics import bootstrap_intervals, count_subject, recall_by_size, summarise
-from training.train import LOSS_NAMES, LOSSES, RECIPES, TrainingPlan, lesion_fraction, recipe_plan
+from training.train import (
+    LOSS_NAMES,
+    LOSSES,
+    RECIPES,
+    TrainingPlan,
+    lesion_fraction,
+    package_plan,
+    recipe_plan,
+    training_seeds,
+)
 
 
 def test_every_subject_is_tested_once_and_never_trained_on_in_its_fold() -> None:
@@ -24,6 +33,27 @@ def test_every_subject_is_tested_once_and_never_trained_on_in_its_fold() -> None
         assert sorted(fold.test + fold.training) == seeds
     assert subject_folds(seeds, 5, seed=1) == folds  # seeded
     assert subject_folds(seeds, 5, seed=2) != folds
+
+
+def test_a_fold_packages_recipe_trains_on_its_fold_only() -> None:
+    """A fold's package names its test subjects; whatever trains from its recipe again (a
+    fine-tune, new classifiers) leaves them out, also after the manifest's JSON round trip."""
+    from dataclasses import replace
+
+    from models.package import ModelManifest
+
+    plan = TrainingPlan(subjects=10, seed=1)
+    assert training_seeds(plan) == list(range(10_000, 10_010))
+    fold = subject_folds(training_seeds(plan), 5, seed=1)[0]
+    fold_plan = replace(plan, held_out_seeds=tuple(fold.test))
+    assert training_seeds(fold_plan) == list(fold.training)
+    training = {k: list(v) if isinstance(v, tuple) else v for k, v in fold_plan.__dict__.items()
+                if k not in ("name", "version", "progress", "data_dir")}
+    manifest = ModelManifest(name=plan.name, version=plan.version, files={},
+                             input_matrix=(256, 256), lesion_threshold=0.5, laci_threshold=0.5,
+                             min_lesion_voxels=1, trained_on="", training=training)
+    assert package_plan(manifest) == fold_plan
+    assert training_seeds(package_plan(manifest)) == list(fold.training)
 
 
 def test_the_report_has_every_fold_the_pooled_table_and_recall_by_size() -> None:
