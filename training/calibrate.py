@@ -98,8 +98,7 @@ def calibrated_package(
     temperature = fit_temperature(classifications)
     calibration = {
         "from_version": source.version,
-        "from_operating_point": OperatingPoint(source.lesion_threshold, source.min_lesion_voxels,
-                                               source.outline_threshold).key,
+        "from_operating_point": OperatingPoint.of(source).key,
         "from_metrics": source.metrics,
         "seeds": [seeds[0], seeds[-1]],
         "generator": generator,
@@ -139,8 +138,7 @@ def calibration_markdown(manifest: ModelManifest,
                          swept: list[tuple[OperatingPoint, dict[str, float | None]]]) -> str:
     calibration = manifest.training["calibration"]
     first, last = calibration["seeds"]
-    chosen = OperatingPoint(manifest.lesion_threshold, manifest.min_lesion_voxels,
-                            manifest.outline_threshold)
+    chosen = OperatingPoint.of(manifest)
     lines = ["| lesion threshold | outline threshold | min. voxels | "
              + " | ".join(name for _, name in SWEEP_COLUMNS) + " |",
              "|" + " --- |" * (len(SWEEP_COLUMNS) + 3)]
@@ -150,14 +148,10 @@ def calibration_markdown(manifest: ModelManifest,
         lines.append(f"| {point.lesion_threshold:.2f}{mark} | {outline} | "
                      f"{point.min_lesion_voxels} | " + " | ".join(
             "-" if metrics[key] is None else f"{metrics[key]:.2f}" for key, _ in SWEEP_COLUMNS) + " |")
-    outlined = ("" if manifest.outline_threshold is None else
-                f", outlined to the connected voxels at {manifest.outline_threshold:.2f} or above "
-                "(hysteresis)")
     return (
         "## Calibration\n"
         f"Version {manifest.version} is {manifest.name} {calibration['from_version']}'s networks "
-        f"with the lesion threshold {manifest.lesion_threshold:.2f}{outlined} and lesions of at "
-        f"least {manifest.min_lesion_voxels} voxel(s), chosen by "
+        f"at {chosen.description}, chosen by "
         f"`lacuna-train calibrate` on {last - first + 1} validation subjects (seeds {first}-{last}, "
         f"the {calibration.get('generator', 'standard')} generator), never the subjects "
         "`lacuna-train evaluate` judges it on (900000.., and the independent generator's 700000..): "

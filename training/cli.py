@@ -310,6 +310,7 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from models.inference import TwoStageEngine
     from models.package import read_manifest
     from training.calibrate import calibrated_package, calibration_problem
+    from training.evaluate import OperatingPoint
 
     package = args.model or registry.bundled_package(settings.models)
     seeds = list(range(args.first_seed, args.first_seed + args.subjects))
@@ -329,11 +330,8 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"model": f"{manifest.name} {manifest.version}", **calibration}, indent=2))
     else:
         print((args.out / CARD_NAME).read_text().split("## Calibration", 1)[1].strip())
-        outline = ("" if manifest.outline_threshold is None
-                   else f" (outlined at {manifest.outline_threshold})")
-        print(f"wrote {manifest.name} {manifest.version} to {args.out}: lesion threshold "
-              f"{manifest.lesion_threshold}{outline}, lesions of at least "
-              f"{manifest.min_lesion_voxels} voxel(s)")
+        print(f"wrote {manifest.name} {manifest.version} to {args.out}: "
+              f"{OperatingPoint.of(manifest).description}")
     return EXIT_OK
 
 

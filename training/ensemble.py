@@ -24,6 +24,7 @@ from models.package import (
     sha256_file,
     verify_package,
 )
+from training.evaluate import OperatingPoint
 
 RULE = "mean of the members' primary network outputs and of their secondary network outputs"
 
@@ -91,8 +92,6 @@ def ensemble_card(manifest: ModelManifest, members: Sequence[ModelManifest]) -> 
         + " | ".join(f"{m.metrics[key]:.2f}" if key in m.metrics else "-"
                      for key in ("dice", "detection_precision_iou06", "detection_recall_iou06"))
         + " |" for m in members)
-    outlined = ("" if manifest.outline_threshold is None
-                else f", outlined at {manifest.outline_threshold:.2f} (hysteresis)")
     return f"""# Model card: {manifest.name} {manifest.version}
 
 **Not for clinical use.** {manifest.intended_use}
@@ -111,8 +110,8 @@ Each member's own validation figures (its manifest's, at its own operating point
 {rows}
 
 ## Operating point
-Lesion threshold {manifest.lesion_threshold:.2f}{outlined}, lesions of at least
-{manifest.min_lesion_voxels} voxel(s): the first member's, not chosen for the ensemble.
+{OperatingPoint.of(manifest).description.capitalize()}: the first
+member's, not chosen for the ensemble.
 `lacuna-train calibrate` chooses one on validation subjects; `lacuna-train evaluate` measures it on
 held-out ones.
 """

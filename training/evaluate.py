@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from models.inference import TwoStageEngine
+from models.package import ModelManifest
 from node.domain.lesions import LesionSegmentation
 from training.metrics import (
     SizeBin,
@@ -183,6 +184,21 @@ class OperatingPoint:
         manifests and cards."""
         outline = "" if self.outline_threshold is None else f">{self.outline_threshold:.2f}"
         return f"{self.lesion_threshold:.2f}{outline}/{self.min_lesion_voxels}"
+
+    @property
+    def description(self) -> str:
+        """The operating point in words, as cards and the CLI say it."""
+        outlined = ("" if self.outline_threshold is None else
+                    f", outlined to the connected voxels at {self.outline_threshold:.2f} or above "
+                    "(hysteresis)")
+        return (f"lesion threshold {self.lesion_threshold:.2f}{outlined}, lesions of at least "
+                f"{self.min_lesion_voxels} voxel(s)")
+
+    @classmethod
+    def of(cls, manifest: ModelManifest) -> OperatingPoint:
+        """``manifest``'s operating point."""
+        return cls(manifest.lesion_threshold, manifest.min_lesion_voxels,
+                   manifest.outline_threshold)
 
 
 def outline_candidates(lesion_threshold: float,

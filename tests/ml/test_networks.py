@@ -190,15 +190,13 @@ def test_calibrate_writes_a_new_version_with_the_operating_point_it_swept(
     source = read_manifest(default_package_dir())
     assert manifest.version == "0.1.0-cal" and manifest.files == source.files
     assert answer["seeds"] == [800_000, 800_001] and answer["from_version"] == source.version
-    assert answer["from_operating_point"] == OperatingPoint(
-        source.lesion_threshold, source.min_lesion_voxels, source.outline_threshold).key
+    assert answer["from_operating_point"] == OperatingPoint.of(source).key
     swept = answer["swept"]
     # Every lesion threshold, plain and outlined at each lower outline threshold (hysteresis).
     points = [OperatingPoint(t, v, o) for t in CANDIDATE_THRESHOLDS
               for o in outline_candidates(t) for v in CANDIDATE_MIN_VOXELS]
     assert list(swept) == [point.key for point in points]
-    chosen = OperatingPoint(manifest.lesion_threshold, manifest.min_lesion_voxels,
-                            manifest.outline_threshold)
+    chosen = OperatingPoint.of(manifest)
     assert chosen in points
     assert (answer["lesion_threshold"], answer["outline_threshold"],
             answer["min_lesion_voxels"]) == (chosen.lesion_threshold, chosen.outline_threshold,
@@ -221,6 +219,7 @@ def test_calibrate_writes_a_new_version_with_the_operating_point_it_swept(
     assert f"| {chosen.lesion_threshold:.2f} (chosen) | {outline} | {chosen.min_lesion_voxels} |" \
         in card
     assert "The manifest's metrics are the chosen row's" in card
+    assert f"networks at {chosen.description}, chosen by" in card
     # The same version again is refused: an operating point change is a new model version
     # (the command's exit code: tests/cli/test_cli.py).
     with pytest.raises(ValueError, match="new version"):
@@ -351,7 +350,9 @@ def test_ensemble_package_runs_as_the_mean_of_its_members(
         [version, "0.0.1-perturbed"]
     assert manifest.lesion_threshold == engine.settings.lesion_threshold  # the first member's
     assert "not for clinical use" in manifest.intended_use
-    assert "## Members" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Members" in card
+    assert OperatingPoint.of(manifest).description.capitalize() + ": the first" in card
 
     ensemble = TwoStageEngine.load(out)
     perturbed = TwoStageEngine.load(other)
