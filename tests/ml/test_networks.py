@@ -95,8 +95,7 @@ def test_shipped_package_is_intact_and_says_it_is_synthetic() -> None:
     # under training.metrics.summarise's names (its quality where it was not made: the
     # regression test below and the card).
     calibration = manifest.training["calibration"]
-    chosen = OperatingPoint(manifest.lesion_threshold, manifest.min_lesion_voxels,
-                            manifest.outline_threshold).key
+    chosen = OperatingPoint.of(manifest).key
     assert manifest.metrics["dice"] == calibration["swept"][chosen]["dice"]
     assert manifest.outline_threshold == calibration["outline_threshold"]
     assert manifest.metrics["detection_recall_any"] > 0
