@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from models.preprocessing import ROI_INPUT_SIZE
+from models.preprocessing import ROI_INPUT_SIZE, widening_problem
 
 PRIMARY_DEPTH = 5  # encoding path: 5 levels x 2 convolutions = the paper's 10 convolutions
 # Keras' default BN momentum (0.99) leaves the moving statistics behind the weights after the
@@ -105,9 +105,9 @@ def widen_primary_context(primary: keras.Model, context_slices: int) -> keras.Mo
     computed: every weight copied, the first convolution's kernel for the added neighbour
     channels zero. Fine-tuning then teaches it what the neighbours show."""
     old = int(primary.input_shape[-1])
-    if context_slices % 2 == 0 or context_slices < old:
-        raise ValueError(f"context slices must be odd and at least the network's {old}, "
-                         f"got {context_slices}")
+    problem = widening_problem(old, context_slices)
+    if problem is not None:
+        raise ValueError(problem)
     config = primary.get_config()
     first = config["layers"][0]
     if first["class_name"] != "InputLayer":

@@ -51,6 +51,15 @@ def slice_context(volume: np.ndarray, channels: int = 1) -> np.ndarray:
     return np.stack([padded[j : j + slices] for j in range(channels)], axis=-1)
 
 
+def widening_problem(context_slices: int, widened: int) -> str | None:
+    """Why a network taking ``context_slices`` slices cannot be widened to take ``widened``
+    (odd, no fewer), or None if it can."""
+    if widened % 2 == 0 or widened < context_slices:
+        return (f"context slices must be odd and at least the source network's "
+                f"{context_slices}, got {widened}")
+    return None
+
+
 def primary_input(t2: np.ndarray, matrix: tuple[int, int], context_slices: int) -> np.ndarray:
     """A T2 FLAIR volume ``(slices, rows, cols)`` as the primary network takes it: normalised,
     on the model grid, each slice with its neighbours: ``(slices, *matrix, context_slices)``."""

@@ -26,6 +26,7 @@ from models.package import (
     verify_package,
     write_derived_package,
 )
+from models.preprocessing import widening_problem
 from training.train import (
     LOSS_NAMES,
     LOSSES,
@@ -50,10 +51,9 @@ def finetune_problem(source: ModelManifest, out_dir: Path, version: str, epochs:
     if loss is not None and loss not in LOSSES:
         return f"unknown loss {loss!r}; known: {', '.join(LOSSES)}"
     plan = package_plan(source)
-    if context_slices is not None and (context_slices % 2 == 0
-                                       or context_slices < plan.context_slices):
-        return (f"context slices must be odd and at least the source network's "
-                f"{plan.context_slices}, got {context_slices}")
+    if context_slices is not None and (
+            problem := widening_problem(plan.context_slices, context_slices)) is not None:
+        return problem
     if plan.secondary_from_primary:
         return ("the source's classifier learnt from its primary network's lesions; a new "
                 "primary network would need a new classifier")
@@ -75,6 +75,7 @@ def finetune_package(package: Path, out_dir: Path, version: str, *, epochs: int,
     (:func:`models.networks.widen_primary_context`: it starts as the source network)."""
     import keras
 
+    from models.inference import primary_context_slices
     from models.networks import widen_primary_context
 
     source = verify_package(package)
@@ -92,7 +93,7 @@ def finetune_package(package: Path, out_dir: Path, version: str, *, epochs: int,
     logger.info("made %d training subjects in %.0f s", len(subjects), time.monotonic() - started)
     keras.utils.set_random_seed(seed)
     primary = keras.saving.load_model(package / PRIMARY_FILE, compile=False)
-    if plan.context_slices != base.context_slices:
+    if primary_context_slices(primary) != plan.context_slices:  # the file says, as the engine
         primary = widen_primary_context(primary, plan.context_slices)
     # Checkpoints and logs go under out_dir, as `lacuna-train train` writes them.
     fit_primary_network(plan, primary, subjects, np.random.default_rng(seed), out_dir, started)
