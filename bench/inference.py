@@ -4,8 +4,10 @@ Prints, for a 24-slice study at 256x256 (0.9 mm) and at 512x512 (0.45 mm):
 * the whole engine (normalise, resample, primary network, connected components, secondary
   network over all ROIs in one call, label correction) in slices/s and ms per study, two ways
   in the same run with the same networks: tiled on the fixed 0.5 mm grid (256x256 tiles,
-  32 pixels shared; the shipped package's way since 0.6) and every slice resized to the
-  256x256 matrix (the way before it, which shrinks a 512 matrix to half);
+  32 pixels shared; the shipped package's way since 0.6), the same with test-time mirroring
+  (each tile also mirrored left-right, or along both in-plane axes, probabilities averaged),
+  and every slice resized to the 256x256 matrix (the way before 0.6, which shrinks a 512
+  matrix to half);
 * the primary network alone on the 24-slice batch, called three ways: eagerly, as a
   ``tf.function`` and as an XLA-compiled ``tf.function``, in slices/s and achieved GFLOP/s;
 * a float32 matrix-multiply peak measured in the same run, and the ratio to it;
@@ -94,8 +96,11 @@ def main() -> None:
 
     print(f"\nwhole engine (both networks, pre- and post-processing), {SLICES} slices:")
     shipped = engine.settings
-    paths = {"tiled, 0.5 mm grid": replace(shipped, grid_spacing_mm=shipped.grid_spacing_mm or 0.5),
-             "whole slice, 256x256": replace(shipped, grid_spacing_mm=None)}
+    tiled = replace(shipped, grid_spacing_mm=shipped.grid_spacing_mm or 0.5, mirror_axes=())
+    paths = {"tiled, 0.5 mm grid": tiled,
+             "tiled, mirrored L-R": replace(tiled, mirror_axes=("columns",)),
+             "tiled, mirrored 4x": replace(tiled, mirror_axes=("rows", "columns")),
+             "whole slice, 256x256": replace(tiled, grid_spacing_mm=None)}
     for matrix in (256, 512):
         t2, t1, spacing, slice_spacing = study(matrix)
         available = np.ones(SLICES, bool)

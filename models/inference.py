@@ -21,6 +21,7 @@ from models.preprocessing import (
     blend_tiles,
     extract_roi,
     from_model_grid,
+    mirror_views,
     normalise_volume,
     primary_input,
     spacing_grid_shape,
@@ -50,7 +51,9 @@ class InferenceSettings:
     changes its certainty but never its verdict at ``laci_threshold`` 0.5. A lesion is a 3D
     component of voxels at ``outline_threshold`` or above that reaches ``lesion_threshold``
     somewhere (hysteresis: found where the network is sure, outlined where it leans to lesion);
-    ``outline_threshold`` None is ``lesion_threshold``."""
+    ``outline_threshold`` None is ``lesion_threshold``. ``mirror_axes``: the in-plane axes the
+    primary network's input is also mirrored along, every combination, its probabilities
+    averaged (test-time mirroring; one more primary pass per view)."""
 
     input_matrix: tuple[int, int]
     lesion_threshold: float
@@ -59,6 +62,7 @@ class InferenceSettings:
     grid_spacing_mm: float | None = None
     laci_temperature: float = 1.0
     outline_threshold: float | None = None
+    mirror_axes: tuple[str, ...] = ()
 
     @classmethod
     def from_manifest(cls, manifest: ModelManifest) -> InferenceSettings:
@@ -70,6 +74,7 @@ class InferenceSettings:
             grid_spacing_mm=manifest.grid_spacing_mm,
             laci_temperature=manifest.laci_temperature,
             outline_threshold=manifest.outline_threshold,
+            mirror_axes=manifest.mirror_axes,
         )
 
     def grid_shape(self, shape: tuple[int, int],
@@ -146,18 +151,31 @@ class TwoStageEngine:
         """The primary network's lesion probability, ``(slices, rows, cols)`` like ``t2``:
         every slice resized to the model matrix in one batched call, or (a fixed-spacing
         package) resampled to its grid and run in overlapping tiles, then back to ``t2``'s
-        grid. ``pixel_spacing_mm`` (between rows, between columns) is needed by the latter."""
+        grid. ``pixel_spacing_mm`` (between rows, between columns) is needed by the latter.
+        With ``settings.mirror_axes`` each slice or tile is averaged over its mirrored views."""
         shape = self.settings.grid_shape(t2.shape[1:], pixel_spacing_mm)
         batch = primary_input(t2, shape, self.context_slices)
         if self.settings.grid_spacing_mm is None:
-            probability = _predict(self._primary_call, batch)[..., 1]
+            probability = self._lesion_channel(batch)
         else:
             tiles, places = tiles_of(batch, self.settings.input_matrix[0], TILE_OVERLAP)
             outputs = np.concatenate(
-                [_predict(self._primary_call, tiles[start : start + TILES_PER_CALL])[..., 1]
+                [self._lesion_channel(tiles[start : start + TILES_PER_CALL])
                  for start in range(0, len(tiles), TILES_PER_CALL)])
             probability = blend_tiles(outputs, places, batch.shape[:3], TILE_OVERLAP)
         return np.clip(from_model_grid(probability, t2.shape[1:]), 0.0, 1.0)
+
+    def _lesion_channel(self, batch: np.ndarray) -> np.ndarray:
+        """The primary network's lesion probability on ``batch`` ``(n, rows, cols, slices)``,
+        ``(n, rows, cols)``: the mean over the mirrored views of ``settings.mirror_axes``, each
+        mirrored back before it is added."""
+        views = mirror_views(self.settings.mirror_axes)
+        total = np.zeros(batch.shape[:3], dtype=np.float32)
+        for axes in views:
+            view = np.ascontiguousarray(np.flip(batch, axes)) if axes else batch
+            lesion = _predict(self._primary_call, view)[..., 1]
+            total += np.flip(lesion, axes) if axes else lesion
+        return total / len(views) if len(views) > 1 else total
 
     def classify_rois(self, rois: np.ndarray) -> np.ndarray:
         """Secondary network over ``(n, 64, 64)`` ROIs in one call; returns P(LACI), ``(n,)``."""

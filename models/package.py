@@ -18,6 +18,8 @@ MANIFEST_NAME = "manifest.json"
 CARD_NAME = "MODEL_CARD.md"  # the model card beside the manifest: for people, not checked
 PRIMARY_FILE = "primary.keras"
 SECONDARY_FILE = "secondary.keras"
+# In-plane axes of a slice, as its pixel array has them: what test-time mirroring may mirror.
+MIRROR_AXIS_NAMES = ("rows", "columns")
 SYNTHETIC_DATA_WARNING = (
     "Trained on synthetic data only (MNI152-derived phantoms); not for clinical use."
 )
@@ -54,6 +56,10 @@ class ModelManifest:
     # Hysteresis: a lesion is found where the probability reaches lesion_threshold and
     # outlined where it reaches this lower one, connected to it; None: lesion_threshold.
     outline_threshold: float | None = None
+    # Test-time mirroring: the primary network also runs on each slice mirrored along these
+    # in-plane axes ("rows", "columns"; every combination) and the probabilities are averaged.
+    # Costs one more primary pass per view; empty: the slice as it is, once.
+    mirror_axes: tuple[str, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -65,7 +71,9 @@ class ModelManifest:
         try:
             raw = json.loads(text)
             matrix = raw.pop("input_matrix")
-            manifest = cls(input_matrix=(int(matrix[0]), int(matrix[1])), **raw)
+            mirror_axes = tuple(str(axis) for axis in raw.pop("mirror_axes", ()))
+            manifest = cls(input_matrix=(int(matrix[0]), int(matrix[1])),
+                           mirror_axes=mirror_axes, **raw)
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise PackageError(f"{MANIFEST_NAME} is malformed: {error}") from error
         for required in (PRIMARY_FILE, SECONDARY_FILE):
@@ -81,6 +89,10 @@ class ModelManifest:
                 0 < manifest.outline_threshold <= manifest.lesion_threshold):
             raise PackageError(f"outline_threshold {manifest.outline_threshold} must be above 0 "
                                f"and at most lesion_threshold {manifest.lesion_threshold}")
+        if set(manifest.mirror_axes) - set(MIRROR_AXIS_NAMES) or \
+                len(set(manifest.mirror_axes)) != len(manifest.mirror_axes):
+            raise PackageError(f"mirror_axes {list(manifest.mirror_axes)} must be distinct "
+                               f"names among {list(MIRROR_AXIS_NAMES)}")
         return manifest
 
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 import numpy as np
 from skimage.transform import resize
 
+from models.package import MIRROR_AXIS_NAMES
+
 INTENSITY_PERCENTILE = 99.5
 ROI_SIZE = 32  # pixels on the model grid, centred on a component's centroid
 ROI_INPUT_SIZE = 64  # the ROI is upsampled to this before classification
 ROI_GAMMA = 1.5
+# The batch axis of each in-plane axis a manifest may name for test-time mirroring, in a
+# primary-network batch ``(slices or tiles, rows, cols, channels)``.
+MIRROR_AXES = {name: axis for axis, name in enumerate(MIRROR_AXIS_NAMES, start=1)}
 
 
 def normalise_volume(volume: np.ndarray) -> np.ndarray:
@@ -133,6 +138,20 @@ def blend_tiles(outputs: np.ndarray, places: list[tuple[int, int, int]],
         total[k, r : r + tile, c : c + tile] += output * window
         weight[k, r : r + tile, c : c + tile] += window
     return (total / np.maximum(weight, 1e-6))[:, :rows, :cols]
+
+
+def mirror_views(mirror_axes: tuple[str, ...]) -> list[tuple[int, ...]]:
+    """The batch axes of every mirrored view that test-time mirroring along ``mirror_axes``
+    (names of :data:`MIRROR_AXES`) averages over: each combination of them, the image as it is
+    (``()``) first; ``()`` alone when there are none. Raises ValueError on an unknown name."""
+    unknown = sorted(set(mirror_axes) - set(MIRROR_AXES))
+    if unknown:
+        raise ValueError(f"unknown mirror axes {unknown}; known: {sorted(MIRROR_AXES)}")
+    axes = sorted({MIRROR_AXES[name] for name in mirror_axes})
+    views: list[tuple[int, ...]] = [()]
+    for axis in axes:
+        views += [(*view, axis) for view in views]
+    return views
 
 
 def extract_roi(t1_slice: np.ndarray, centre_row: float, centre_col: float) -> np.ndarray:

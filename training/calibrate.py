@@ -82,16 +82,20 @@ def expected_calibration_error(classifications: list[tuple[float, int]], tempera
 def calibrated_package(
     engine: TwoStageEngine, package: Path, out_dir: Path, version: str, seeds: list[int],
     generator: str = "standard", progress: Callable[[int, int], None] | None = None,
+    mirror_axes: tuple[str, ...] | None = None,
 ) -> ModelManifest:
     """Sweep the operating point of ``engine`` (loaded from ``package``) on ``seeds``, then
     write ``out_dir``: the package's files, a manifest with the chosen lesion threshold, outline
-    threshold and minimum lesion size, ``version``, the sweep (``training["calibration"]``) and as its
+    threshold and minimum lesion size, ``version``, ``mirror_axes`` (test-time mirroring,
+    swept with it; None: the package's own), the sweep (``training["calibration"]``) and as its
     ``metrics`` the chosen point's on ``seeds`` (the source's own, measured at its operating
     point, are kept as ``from_metrics``), and the card with a calibration section."""
     source = verify_package(package)
     problem = calibration_problem(source, out_dir, version)
     if problem is not None:
         raise ValueError(problem)
+    if mirror_axes is not None:
+        engine.settings = replace(engine.settings, mirror_axes=mirror_axes)
     classifications: list[tuple[float, int]] = []
     chosen, swept = calibrate_operating_point(engine, seeds, generator=generator,
                                               progress=progress, classifications=classifications)
@@ -103,6 +107,8 @@ def calibrated_package(
         "seeds": [seeds[0], seeds[-1]],
         "generator": generator,
         "rule": "highest detection F1 at IoU > 0.6, then Dice",
+        "from_mirror_axes": list(source.mirror_axes),
+        "mirror_axes": list(engine.settings.mirror_axes),
         # Temperature scaling of the secondary network on the same validation lesions.
         "laci_temperature": temperature,
         "classified_lesions": len(classifications),
@@ -120,6 +126,7 @@ def calibrated_package(
     manifest = replace(source, version=version, lesion_threshold=chosen.lesion_threshold,
                        outline_threshold=chosen.outline_threshold,
                        min_lesion_voxels=chosen.min_lesion_voxels, laci_temperature=temperature,
+                       mirror_axes=engine.settings.mirror_axes,
                        metrics=measured_metrics(chosen_metrics),
                        training={**source.training, "calibration": calibration})
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,10 +155,13 @@ def calibration_markdown(manifest: ModelManifest,
         lines.append(f"| {point.lesion_threshold:.2f}{mark} | {outline} | "
                      f"{point.min_lesion_voxels} | " + " | ".join(
             "-" if metrics[key] is None else f"{metrics[key]:.2f}" for key, _ in SWEEP_COLUMNS) + " |")
+    mirrored = ("" if not manifest.mirror_axes else
+                " with test-time mirroring (the primary network's probabilities averaged over "
+                f"each slice as it is and mirrored along its {' and '.join(manifest.mirror_axes)})")
     return (
         "## Calibration\n"
-        f"Version {manifest.version} is {manifest.name} {calibration['from_version']}'s networks "
-        f"at {chosen.description}, chosen by "
+        f"Version {manifest.version} is {manifest.name} {calibration['from_version']}'s networks"
+        f"{mirrored} at {chosen.description}, chosen by "
         f"`lacuna-train calibrate` on {last - first + 1} validation subjects (seeds {first}-{last}, "
         f"the {calibration.get('generator', 'standard')} generator), never the subjects "
         "`lacuna-train evaluate` judges it on (900000.., and the independent generator's 700000..): "

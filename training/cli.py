@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.package import CARD_NAME
+from models.package import CARD_NAME, MIRROR_AXIS_NAMES
 from node.config import Settings
 from node.console import EXIT_OK, EXIT_USAGE, LacunaParser, run
 from node.services import registry
@@ -145,6 +145,15 @@ def _register_packages(commands: Any) -> None:
                            help="validation subjects' generator (default: the one the package "
                                 "was trained on; never the independent test generator)")
     calibrate.add_argument("--varied", action="store_true", help="the same as --generator varied")
+    mirroring = calibrate.add_mutually_exclusive_group()
+    mirroring.add_argument("--mirror", action="append", choices=MIRROR_AXIS_NAMES, metavar="AXIS",
+                           help="test-time mirroring: also run the primary network on each "
+                                "slice mirrored along AXIS (rows or columns; give both for all "
+                                "four views) and average; swept and written with the operating "
+                                "point (default: the package's own); each view costs one more "
+                                "primary pass")
+    mirroring.add_argument("--no-mirror", action="store_true",
+                           help="calibrate without test-time mirroring, whatever the package had")
     calibrate.set_defaults(handler=_calibrate)
 
     ensemble = commands.add_parser(
@@ -321,8 +330,11 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
 
     progress = _subject_progress(args, "predicted")
     generator = "varied" if args.varied else args.generator or _trained_generator(package)
+    mirror_axes = () if args.no_mirror else tuple(dict.fromkeys(args.mirror)) if args.mirror \
+        else None
     manifest = calibrated_package(TwoStageEngine.load(package), package, args.out, args.version,
-                                  seeds, generator=generator, progress=progress)
+                                  seeds, generator=generator, progress=progress,
+                                  mirror_axes=mirror_axes)
     if not args.json:
         print(file=sys.stderr)
     calibration = manifest.training["calibration"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,43 @@ def test_calibrate_writes_a_new_version_with_the_operating_point_it_swept(
     with pytest.raises(ValueError, match="new version"):
         calibrated_package(engine, default_package_dir(), tmp_path / "again", source.version,
                            [800_000])
+
+
+def test_mirroring_averages_the_primary_network_over_the_slice_and_its_mirror_image(
+    engine: TwoStageEngine,
+) -> None:
+    geometry = axial_geometry(slices=6)
+    phantom = make_phantom(900_005, geometry, lesion_count=4)
+    t2 = render_series(phantom, geometry, Contrast.T2_FLAIR).pixels.astype(np.float32)
+    as_is = engine.predict_lesion_probability(t2, geometry.pixel_spacing)
+    mirrored_study = engine.predict_lesion_probability(
+        np.ascontiguousarray(t2[:, :, ::-1]), geometry.pixel_spacing)[:, :, ::-1]
+    assert np.abs(as_is - mirrored_study).max() > 0.1  # the network is not mirror-symmetric
+    mirroring = TwoStageEngine(engine._primary, engine._secondary,
+                               replace(engine.settings, mirror_axes=("columns",)))
+    averaged = mirroring.predict_lesion_probability(t2, geometry.pixel_spacing)
+    # The fixed grid's tiles sit symmetrically on this matrix, so mirroring each tile is
+    # mirroring the study.
+    np.testing.assert_allclose(averaged, (as_is + mirrored_study) / 2, atol=1e-5)
+
+
+def test_calibrate_with_mirroring_writes_it_into_the_new_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "mirrored"
+    assert main(["--json", "calibrate", "--out", str(out), "--version", "0.1.0-mirror",
+                 "--first-seed", "800000", "--subjects", "1", "--mirror", "columns"]) == EXIT_OK
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["mirror_axes"] == ["columns"] and answer["from_mirror_axes"] == []
+    assert verify_package(out).mirror_axes == ("columns",)
+    assert TwoStageEngine.load(out).settings.mirror_axes == ("columns",)
+    assert "mirrored along its columns" in (out / "MODEL_CARD.md").read_text()
+    # ...and back: --no-mirror calibrates the plain network whatever the package had.
+    assert main(["--json", "calibrate", "--model", str(out), "--out", str(tmp_path / "plain"),
+                 "--version", "0.1.0-plain", "--first-seed", "800000", "--subjects", "1",
+                 "--no-mirror"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["from_mirror_axes"] == ["columns"]
+    assert verify_package(tmp_path / "plain").mirror_axes == ()
 
 
 def test_mixed_precision_engine_finds_the_same_lesions(engine: TwoStageEngine) -> None:

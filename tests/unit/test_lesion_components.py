@@ -71,6 +71,16 @@ def test_a_manifest_outline_threshold_is_between_zero_and_the_lesion_threshold()
             ModelManifest.from_json(_manifest(outline_threshold=wrong))
 
 
+def test_a_manifest_names_its_mirror_axes_once_each_among_rows_and_columns() -> None:
+    assert ModelManifest.from_json(_manifest()).mirror_axes == ()  # manifests before 0.12.2
+    manifest = ModelManifest.from_json(_manifest(mirror_axes=["columns"]))
+    assert manifest.mirror_axes == ("columns",)
+    assert ModelManifest.from_json(manifest.to_json()) == manifest
+    for wrong in (["slices"], ["rows", "rows"]):
+        with pytest.raises(PackageError, match="mirror_axes"):
+            ModelManifest.from_json(_manifest(mirror_axes=wrong))
+
+
 def test_calibration_tries_outlines_only_below_each_lesion_threshold() -> None:
     assert outline_candidates(0.2) == [None]
     assert outline_candidates(0.5) == [None, 0.2, 0.3, 0.4]

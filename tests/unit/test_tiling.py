@@ -8,6 +8,7 @@ import pytest
 
 from models.preprocessing import (
     blend_tiles,
+    mirror_views,
     spacing_grid_shape,
     tile_starts,
     tile_weights,
@@ -43,3 +44,12 @@ def test_blended_tiles_give_back_the_image() -> None:
     assert len(places) == 3 and not small[:, 100:].any()
     weights = tile_weights(256, 32)
     assert weights.min() > 0 and weights[128, 128] == 1.0 and weights[0, 0] < 0.01
+
+
+def test_mirroring_averages_over_every_combination_of_the_named_axes() -> None:
+    # Batch axes (tiles, rows, cols, channels): rows are axis 1, columns axis 2.
+    assert mirror_views(()) == [()]
+    assert mirror_views(("columns",)) == [(), (2,)]
+    assert mirror_views(("columns", "rows")) == [(), (1,), (2,), (1, 2)]
+    with pytest.raises(ValueError, match="unknown mirror axes"):
+        mirror_views(("slices",))
