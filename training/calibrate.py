@@ -94,11 +94,16 @@ def calibrated_package(
     problem = calibration_problem(source, out_dir, version)
     if problem is not None:
         raise ValueError(problem)
-    if mirror_axes is not None:
-        engine.settings = replace(engine.settings, mirror_axes=mirror_axes)
+    original = engine.settings
+    mirror = original.mirror_axes if mirror_axes is None else mirror_axes
     classifications: list[tuple[float, int]] = []
-    chosen, swept = calibrate_operating_point(engine, seeds, generator=generator,
-                                              progress=progress, classifications=classifications)
+    try:  # swept with the new version's mirroring; the caller's engine is left as it was
+        engine.settings = replace(original, mirror_axes=mirror)
+        chosen, swept = calibrate_operating_point(engine, seeds, generator=generator,
+                                                  progress=progress,
+                                                  classifications=classifications)
+    finally:
+        engine.settings = original
     temperature = fit_temperature(classifications)
     calibration = {
         "from_version": source.version,
@@ -108,7 +113,7 @@ def calibrated_package(
         "generator": generator,
         "rule": "highest detection F1 at IoU > 0.6, then Dice",
         "from_mirror_axes": list(source.mirror_axes),
-        "mirror_axes": list(engine.settings.mirror_axes),
+        "mirror_axes": list(mirror),
         # Temperature scaling of the secondary network on the same validation lesions.
         "laci_temperature": temperature,
         "classified_lesions": len(classifications),
@@ -126,7 +131,7 @@ def calibrated_package(
     manifest = replace(source, version=version, lesion_threshold=chosen.lesion_threshold,
                        outline_threshold=chosen.outline_threshold,
                        min_lesion_voxels=chosen.min_lesion_voxels, laci_temperature=temperature,
-                       mirror_axes=engine.settings.mirror_axes,
+                       mirror_axes=mirror,
                        metrics=measured_metrics(chosen_metrics),
                        training={**source.training, "calibration": calibration})
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -256,12 +256,20 @@ def test_calibrate_with_mirroring_writes_it_into_the_new_version(
     assert verify_package(out).mirror_axes == ("columns",)
     assert TwoStageEngine.load(out).settings.mirror_axes == ("columns",)
     assert "mirrored along its columns" in (out / "MODEL_CARD.md").read_text()
-    # ...and back: --no-mirror calibrates the plain network whatever the package had.
-    assert main(["--json", "calibrate", "--model", str(out), "--out", str(tmp_path / "plain"),
-                 "--version", "0.1.0-plain", "--first-seed", "800000", "--subjects", "1",
-                 "--no-mirror"]) == EXIT_OK
-    assert json.loads(capsys.readouterr().out)["from_mirror_axes"] == ["columns"]
-    assert verify_package(tmp_path / "plain").mirror_axes == ()
+    # ...and back (what --no-mirror asks): the plain network, whatever the package had; the
+    # caller's engine keeps its own setting.
+    from training.calibrate import calibrated_package
+
+    mirrored = TwoStageEngine.load(out)
+    plain = calibrated_package(mirrored, out, tmp_path / "plain", "0.1.0-plain", [800_000],
+                               generator="realistic", mirror_axes=())
+    assert plain.mirror_axes == () and verify_package(tmp_path / "plain").mirror_axes == ()
+    assert plain.training["calibration"]["from_mirror_axes"] == ["columns"]
+    assert mirrored.settings.mirror_axes == ("columns",)
+    with pytest.raises(SystemExit) as refused:  # one or the other
+        main(["calibrate", "--out", str(tmp_path / "both"), "--version", "0.1.0-both",
+              "--mirror", "columns", "--no-mirror"])
+    assert refused.value.code == 2
 
 
 def test_mixed_precision_engine_finds_the_same_lesions(engine: TwoStageEngine) -> None:
