@@ -65,8 +65,8 @@ def ensemble_package(members: Sequence[Path], out_dir: Path, version: str) -> Mo
                                 (SECONDARY_FILE, "secondary_ensemble")):
         networks = [keras.saving.load_model(member / name, compile=False) for member in members]
         average_networks(networks, ensemble_name).save(out_dir / name)
-    # The first member's name, input matrix, grid, thresholds, temperature and intended use;
-    # everything else new.
+    # The first member's name, input matrix, grid, thresholds, temperature, test-time mirroring
+    # and intended use; everything else new.
     manifest = replace(
         manifests[0],
         version=version,
@@ -92,6 +92,9 @@ def ensemble_card(manifest: ModelManifest, members: Sequence[ModelManifest]) -> 
         + " | ".join(f"{m.metrics[key]:.2f}" if key in m.metrics else "-"
                      for key in ("dice", "detection_precision_iou06", "detection_recall_iou06"))
         + " |" for m in members)
+    mirrored = ("" if not manifest.mirror_axes else
+                f", each slice also mirrored along its {' and '.join(manifest.mirror_axes)} and "
+                "averaged")
     return f"""# Model card: {manifest.name} {manifest.version}
 
 **Not for clinical use.** {manifest.intended_use}
@@ -110,7 +113,7 @@ Each member's own validation figures (its manifest's, at its own operating point
 {rows}
 
 ## Operating point
-{OperatingPoint.of(manifest).description.capitalize()}: the first
+{OperatingPoint.of(manifest).description.capitalize()}{mirrored}: the first
 member's, not chosen for the ensemble.
 `lacuna-train calibrate` chooses one on validation subjects; `lacuna-train evaluate` measures it on
 held-out ones.
