@@ -72,7 +72,9 @@ def test_a_manifest_outline_threshold_is_between_zero_and_the_lesion_threshold()
 
 
 def test_a_manifest_names_its_mirror_axes_once_each_among_rows_and_columns() -> None:
-    assert ModelManifest.from_json(_manifest()).mirror_axes == ()  # manifests before 0.12.2
+    earlier = json.loads(_manifest())
+    del earlier["mirror_axes"]  # manifests written before the field existed
+    assert ModelManifest.from_json(json.dumps(earlier)).mirror_axes == ()
     manifest = ModelManifest.from_json(_manifest(mirror_axes=["columns"]))
     assert manifest.mirror_axes == ("columns",)
     assert ModelManifest.from_json(manifest.to_json()) == manifest
