@@ -171,11 +171,10 @@ class TwoStageEngine:
         mirrored back before it is added."""
         views = mirror_views(self.settings.mirror_axes)
         total = np.zeros(batch.shape[:3], dtype=np.float32)
-        for axes in views:
-            view = np.ascontiguousarray(np.flip(batch, axes)) if axes else batch
-            lesion = _predict(self._primary_call, view)[..., 1]
-            total += np.flip(lesion, axes) if axes else lesion
-        return total / len(views) if len(views) > 1 else total
+        for axes in views:  # np.flip along () is the batch itself, no copy
+            lesion = _predict(self._primary_call, np.ascontiguousarray(np.flip(batch, axes)))
+            total += np.flip(lesion[..., 1], axes)
+        return total / len(views)
 
     def classify_rois(self, rois: np.ndarray) -> np.ndarray:
         """Secondary network over ``(n, 64, 64)`` ROIs in one call; returns P(LACI), ``(n,)``."""

@@ -24,7 +24,7 @@ from models.package import (
     measured_metrics,
     verify_package,
 )
-from training.evaluate import OperatingPoint, calibrate_operating_point
+from training.evaluate import OperatingPoint, calibrate_operating_point, mirroring_description
 
 SWEEP_COLUMNS = (
     ("dice", "Dice"),
@@ -160,13 +160,10 @@ def calibration_markdown(manifest: ModelManifest,
         lines.append(f"| {point.lesion_threshold:.2f}{mark} | {outline} | "
                      f"{point.min_lesion_voxels} | " + " | ".join(
             "-" if metrics[key] is None else f"{metrics[key]:.2f}" for key, _ in SWEEP_COLUMNS) + " |")
-    mirrored = ("" if not manifest.mirror_axes else
-                " with test-time mirroring (the primary network's probabilities averaged over "
-                f"each slice as it is and mirrored along its {' and '.join(manifest.mirror_axes)})")
     return (
         "## Calibration\n"
         f"Version {manifest.version} is {manifest.name} {calibration['from_version']}'s networks"
-        f"{mirrored} at {chosen.description}, chosen by "
+        f"{mirroring_description(manifest.mirror_axes)} at {chosen.description}, chosen by "
         f"`lacuna-train calibrate` on {last - first + 1} validation subjects (seeds {first}-{last}, "
         f"the {calibration.get('generator', 'standard')} generator), never the subjects "
         "`lacuna-train evaluate` judges it on (900000.., and the independent generator's 700000..): "

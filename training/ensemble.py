@@ -24,7 +24,7 @@ from models.package import (
     sha256_file,
     verify_package,
 )
-from training.evaluate import OperatingPoint
+from training.evaluate import OperatingPoint, mirroring_description
 
 RULE = "mean of the members' primary network outputs and of their secondary network outputs"
 
@@ -92,9 +92,6 @@ def ensemble_card(manifest: ModelManifest, members: Sequence[ModelManifest]) -> 
         + " | ".join(f"{m.metrics[key]:.2f}" if key in m.metrics else "-"
                      for key in ("dice", "detection_precision_iou06", "detection_recall_iou06"))
         + " |" for m in members)
-    mirrored = ("" if not manifest.mirror_axes else
-                f", each slice also mirrored along its {' and '.join(manifest.mirror_axes)} and "
-                "averaged")
     return f"""# Model card: {manifest.name} {manifest.version}
 
 **Not for clinical use.** {manifest.intended_use}
@@ -113,7 +110,7 @@ Each member's own validation figures (its manifest's, at its own operating point
 {rows}
 
 ## Operating point
-{OperatingPoint.of(manifest).description.capitalize()}{mirrored}: the first
+{OperatingPoint.of(manifest).description.capitalize()}{mirroring_description(manifest.mirror_axes)}: the first
 member's, not chosen for the ensemble.
 `lacuna-train calibrate` chooses one on validation subjects; `lacuna-train evaluate` measures it on
 held-out ones.

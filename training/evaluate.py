@@ -201,6 +201,15 @@ class OperatingPoint:
                    manifest.outline_threshold)
 
 
+def mirroring_description(mirror_axes: tuple[str, ...]) -> str:
+    """A package's test-time mirroring in words, as cards say it after its networks: "" for
+    none."""
+    if not mirror_axes:
+        return ""
+    return (" with test-time mirroring (each slice also mirrored along its "
+            f"{' and '.join(mirror_axes)}, the primary network's probabilities averaged)")
+
+
 def outline_candidates(lesion_threshold: float,
                        outlines: Sequence[float] = CANDIDATE_OUTLINE_THRESHOLDS
                        ) -> list[float | None]:
