@@ -39,6 +39,10 @@ WARM_UP_SLICES = 24  # a typical 2D FLAIR study
 # bounds memory at any matrix.
 TILE_OVERLAP = 32
 TILES_PER_CALL = 16
+# The secondary network's ROIs per call: a study has tens, but a network that is still
+# training (validation between epochs) can call thousands of spots lesions, and one call on
+# all of them took 38 GB on Keras' JAX backend.
+ROIS_PER_CALL = 512
 
 
 @dataclass(frozen=True)
@@ -177,10 +181,13 @@ class TwoStageEngine:
         return total / len(views)
 
     def classify_rois(self, rois: np.ndarray) -> np.ndarray:
-        """Secondary network over ``(n, 64, 64)`` ROIs in one call; returns P(LACI), ``(n,)``."""
+        """Secondary network over ``(n, 64, 64)`` ROIs, :data:`ROIS_PER_CALL` at a time;
+        returns P(LACI), ``(n,)``."""
         if len(rois) == 0:
             return np.zeros((0,), dtype=np.float32)
-        return _predict(self._secondary_call, rois[..., np.newaxis]).reshape(-1)
+        return np.concatenate([
+            _predict(self._secondary_call, rois[start : start + ROIS_PER_CALL, ..., np.newaxis])
+            .reshape(-1) for start in range(0, len(rois), ROIS_PER_CALL)])
 
     def segment(
         self,
@@ -350,13 +357,39 @@ def in_plane_diameter_mm(coords: np.ndarray, pixel_spacing_mm: tuple[float, floa
 
 
 def _compiled(model: object) -> Callable[[Any], Any]:
-    """The network's forward pass as a graph-compiled ``tf.function`` on the TensorFlow backend
-    (bench/inference.py: 23 % more slices/s than eager calls on this CPU; XLA gave nothing), or
-    the model itself on another backend. Shapes are relaxed, so studies with other slice
-    counts do not retrace."""
+    """The network's forward pass, compiled: a ``tf.function`` on the TensorFlow backend
+    (bench/inference.py: 23 % more slices/s than eager calls on this CPU; XLA gave nothing),
+    its stateless call under ``jax.jit`` on JAX (where a package is trained on a GPU without
+    TensorFlow, and validated as it is), the model itself on another backend. The weights are
+    read at each call, so a network trained further is run as it is now. Shapes are relaxed
+    on TensorFlow, so studies with other slice counts do not retrace; on JAX batches are
+    padded to a power of two, so that it compiles a few shapes, not one per batch size."""
     import keras
 
-    if keras.backend.backend() != "tensorflow":
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        network: Any = model
+
+        @jax.jit
+        def forward(trainable: Any, non_trainable: Any, batch: Any) -> Any:
+            outputs, _ = network.stateless_call(trainable, non_trainable, batch, training=False)
+            return outputs
+
+        def call(batch: np.ndarray) -> Any:
+            # Padded to a power of two: jit compiles once per shape, and batches of every
+            # size (the last tiles of a study, a study's ROIs) would each compile anew.
+            count = len(batch)
+            padded = 1 << max(count - 1, 0).bit_length()
+            if padded != count:
+                batch = np.concatenate([batch, np.zeros((padded - count, *batch.shape[1:]),
+                                                        batch.dtype)])
+            return forward([v.value for v in network.trainable_variables],
+                           [v.value for v in network.non_trainable_variables], batch)[:count]
+
+        return call
+    if backend != "tensorflow":
         return lambda batch: model(batch, training=False)  # type: ignore[operator]
     import tensorflow as tf
 

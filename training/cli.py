@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from models.package import CARD_NAME, MIRROR_AXIS_NAMES
 from node.config import Settings
 from node.console import EXIT_OK, EXIT_USAGE, LacunaParser, run
-from node.services import registry
 
 if TYPE_CHECKING:  # training (and its scientific stack) loads only when a command needs it
     from training.train import TrainingPlan
@@ -84,13 +83,19 @@ def _register_data(commands: Any) -> None:
 
 
 def _register_training(commands: Any) -> None:
-    train = commands.add_parser("train", help="train both networks on synthetic data (CPU)")
+    train = commands.add_parser(
+        "train", help="train both networks on synthetic data (CPU; a GPU with KERAS_BACKEND=jax)")
     train.add_argument("--out", type=Path, required=True, help="folder for the model package")
     train.add_argument("--subjects", type=int, default=80)
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--epochs", type=int,
                        help="primary network epochs (default: the training plan's)")
     train.add_argument("--version", help="the package's version (default: the training plan's)")
+    train.add_argument("--base-filters", type=int,
+                       help="the U-Net's filters at full resolution, doubled per level "
+                            "(default 16; wider is for a GPU run)")
+    train.add_argument("--crops", type=int,
+                       help="primary network crops per epoch (default: the training plan's, 1600)")
     train.add_argument("--varied", action="store_true",
                        help="subjects of the richer generator, each on its own scanners")
     train.add_argument("--rotate", action="store_true", default=None,
@@ -220,6 +225,14 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 
+def _bundled_package(settings: Settings) -> Path:
+    """The bundled package's folder. The registry (SQLAlchemy, DICOM) is imported here, not at
+    the top: ``lacuna-train train`` runs on a GPU machine that holds only what training needs."""
+    from node.services import registry
+
+    return registry.bundled_package(settings.models)
+
+
 def _synth(args: argparse.Namespace, settings: Settings) -> int:
     from training.synth import write_studies
 
@@ -235,8 +248,10 @@ def _train_plan(args: argparse.Namespace) -> TrainingPlan:
     without it, the plan's own default)."""
     from training.train import recipe_plan
 
-    given = {key: value for key, value in (("version", args.version),
-                                           ("primary_epochs", args.epochs)) if value is not None}
+    given = {key: value for key, value in (
+        ("version", args.version), ("primary_epochs", args.epochs),
+        ("base_filters", args.base_filters), ("primary_crops_per_epoch", args.crops))
+        if value is not None}
     return recipe_plan(
         args.recipe, subjects=args.subjects, seed=args.seed,
         varied=args.varied, data_dir=args.data, progress=sys.stderr.isatty(),
@@ -321,7 +336,7 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from training.calibrate import calibrated_package, calibration_problem
     from training.evaluate import OperatingPoint
 
-    package = args.model or registry.bundled_package(settings.models)
+    package = args.model or _bundled_package(settings)
     seeds = list(range(args.first_seed, args.first_seed + args.subjects))
     problem = calibration_problem(read_manifest(package), args.out, args.version)
     if problem is not None:  # before minutes of loading and sweeping
@@ -374,7 +389,7 @@ def _classifiers(args: argparse.Namespace, settings: Settings) -> int:
     from models.package import read_manifest
     from training.classifiers import classifier_ensemble_package, classifiers_problem
 
-    package = args.model or registry.bundled_package(settings.models)
+    package = args.model or _bundled_package(settings)
     problem = classifiers_problem(read_manifest(package), args.out, args.version, args.members)
     if problem is not None:  # before minutes of rendering
         print(f"lacuna: {problem}", file=sys.stderr)
@@ -396,7 +411,7 @@ def _finetune(args: argparse.Namespace, settings: Settings) -> int:
     from models.package import read_manifest
     from training.finetune import finetune_package, finetune_problem
 
-    package = args.model or registry.bundled_package(settings.models)
+    package = args.model or _bundled_package(settings)
     problem = finetune_problem(read_manifest(package), args.out, args.version, args.epochs,
                                args.loss, args.learning_rate, args.context_slices)
     if problem is not None:  # before minutes of rendering
@@ -447,7 +462,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
         SubjectCounts,
     )
 
-    package = args.model or registry.bundled_package(settings.models)
+    package = args.model or _bundled_package(settings)
     manifest = verify_package(package)
     engine = TwoStageEngine.load(package)
     generator = "varied" if args.varied else args.generator

@@ -33,6 +33,7 @@ from training.train import (
     fit_primary_network,
     make_training_subjects,
     package_plan,
+    training_backend,
     training_seeds,
 )
 
@@ -117,6 +118,7 @@ def finetune_package(package: Path, out_dir: Path, version: str, *, epochs: int,
             "finetune": {"from_version": source.version, "from_files": source.files,
                          "epochs": epochs, "learning_rate": learning_rate, "loss": plan.loss,
                          "seed": seed, "context_slices": plan.context_slices,
+                         "framework": training_backend(),
                          "seconds": round(time.monotonic() - started)},
             # The source's own fine-tunes, oldest first: "finetune" holds only this run's.
             "earlier_finetunes": earlier_finetunes(source),

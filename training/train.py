@@ -236,13 +236,58 @@ LOSS_NAMES = {"ce": "cross-entropy", "dice+ce": "cross-entropy + soft Dice over 
                  for name, weight in TVERSKY_MISS_WEIGHTS.items()}}
 
 
-def _pipeline(inputs: np.ndarray, targets: np.ndarray, batch_size: int, seed: int) -> Any:
-    """A seeded, shuffled, batched, prefetched ``tf.data`` pipeline over arrays in memory."""
-    import tensorflow as tf
+def _fit_data(inputs: np.ndarray, targets: np.ndarray, batch_size: int, seed: int) -> dict[str, Any]:
+    """``fit``'s data arguments over arrays in memory, shuffled by ``seed`` every epoch. On the
+    TensorFlow backend a batched, prefetched ``tf.data`` pipeline; on another (JAX on a GPU
+    machine without TensorFlow, see :func:`training_backend`) the arrays, which ``fit`` batches
+    and shuffles from NumPy's global seed (``keras.utils.set_random_seed``) after a first
+    permutation by ``seed``."""
+    import keras
 
-    return (tf.data.Dataset.from_tensor_slices((inputs, targets))
-            .shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
-            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        pipeline = (tf.data.Dataset.from_tensor_slices((inputs, targets))
+                    .shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+                    .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        return {"x": pipeline, "shuffle": False}  # the pipeline shuffles, seeded
+    order = np.random.default_rng(seed).permutation(len(inputs))
+    return {"x": inputs[order], "y": targets[order], "batch_size": batch_size, "shuffle": True}
+
+
+def _log_callbacks(log_dir: Path) -> list[Any]:
+    """Training logs under ``log_dir``: TensorBoard's on the TensorFlow backend (its writer is
+    TensorFlow's), else one CSV row per epoch (``epochs.csv``)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        return [keras.callbacks.TensorBoard(log_dir=str(log_dir))]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return [keras.callbacks.CSVLogger(str(log_dir / "epochs.csv"), append=True)]
+
+
+def training_backend() -> str:
+    """Where the networks train, for the model card: the Keras version, its backend and the
+    backend's accelerators, e.g. ``"Keras 3.15.1, jax backend on gpu"``. Any Keras 3 backend
+    trains a package that the node's TensorFlow loads (``.keras`` files do not depend on the
+    backend); ``KERAS_BACKEND=jax`` runs ``lacuna-train train`` on a GPU machine without
+    TensorFlow."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        devices = sorted({device.platform for device in jax.devices()})
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        devices = sorted({device.device_type.lower()
+                          for device in tf.config.list_logical_devices()})
+    else:
+        devices = []
+    return f"Keras {keras.__version__}, {backend} backend" + (
+        f" on {', '.join(devices)}" if devices else "")
 
 
 def lesion_fraction(plan: TrainingPlan, epoch: int) -> float:
@@ -296,8 +341,8 @@ def fit_primary_network(plan: TrainingPlan, primary: Any, subjects: list[Subject
                         rng: np.random.Generator, out_dir: Path, started: float) -> None:
     """Train ``primary`` (new or already trained) in place for ``plan.primary_epochs`` epochs of
     fresh crops of ``subjects`` with the plan's loss and learning rate, then set its BatchNorm
-    statistics on the last epoch's crops; a checkpoint per epoch and TensorBoard logs go under
-    ``out_dir``."""
+    statistics on the last epoch's crops; a checkpoint per epoch and the training logs
+    (:func:`_log_callbacks`) go under ``out_dir``."""
     import keras
 
     if plan.loss not in LOSSES:
@@ -309,7 +354,7 @@ def fit_primary_network(plan: TrainingPlan, primary: Any, subjects: list[Subject
     )
     checkpoints = out_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    callbacks = [keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs" / "primary"))]
+    callbacks = _log_callbacks(out_dir / "logs" / "primary")
     for epoch in range(plan.primary_epochs):
         # Fresh crops each epoch (new oversampled positions, flips, rotations), seeded.
         images, masks = primary_crops(subjects, rng, plan.primary_crops_per_epoch, plan.crop_size,
@@ -320,9 +365,8 @@ def fit_primary_network(plan: TrainingPlan, primary: Any, subjects: list[Subject
                                       intensity_jitter=plan.intensity_jitter,
                                       context_slices=plan.context_slices)
         one_hot = np.eye(classes, dtype=np.float32)[masks[..., 0].astype(np.int64)]
-        history = primary.fit(_pipeline(images, one_hot, plan.batch_size, plan.seed + epoch),
+        history = primary.fit(**_fit_data(images, one_hot, plan.batch_size, plan.seed + epoch),
                               initial_epoch=epoch, epochs=epoch + 1, callbacks=callbacks,
-                              shuffle=False,  # the pipeline shuffles, seeded
                               verbose=1 if plan.progress else 0)
         primary.save_weights(checkpoints / f"primary-epoch-{epoch + 1:03d}.weights.h5")
         logger.info(
@@ -336,7 +380,7 @@ def fit_primary_network(plan: TrainingPlan, primary: Any, subjects: list[Subject
 def train_networks(plan: TrainingPlan, subjects: list[SubjectArrays], rng: np.random.Generator,
                    out_dir: Path, started: float) -> tuple[Any, Any | None]:
     """Train the primary network (and, for a two-stage plan, the secondary one) on
-    ``subjects``; checkpoints and TensorBoard logs go under ``out_dir``."""
+    ``subjects``; checkpoints and training logs go under ``out_dir``."""
     from models.networks import build_primary_network
 
     classes = 3 if plan.task == "a" else 2
@@ -385,8 +429,8 @@ def fit_secondary_network(plan: TrainingPlan, rois: np.ndarray, targets: np.ndar
         metrics=["accuracy"],
     )
     history = secondary.fit(
-        _pipeline(rois, targets, 32, seed), epochs=plan.secondary_epochs, shuffle=False,
-        callbacks=[] if log_dir is None else [keras.callbacks.TensorBoard(log_dir=str(log_dir))],
+        **_fit_data(rois, targets, 32, seed), epochs=plan.secondary_epochs,
+        callbacks=[] if log_dir is None else _log_callbacks(log_dir),
         verbose=2 if plan.progress else 0,
     )
     precise_batch_norm(secondary, rois, 32)
@@ -508,6 +552,7 @@ def write_package(out_dir: Path, plan: TrainingPlan, primary: Any, secondary: An
         metrics=measured_metrics(metrics),
         training={
             "seconds": seconds,
+            "framework": training_backend(),
             "primary": ("U-Net, " + LOSS_NAMES[plan.loss]
                         + f", RMSProp (learning rate {plan.learning_rate}"
                         + (" with cosine decay to 5 %" if plan.cosine_decay else "") + ", rho 0.9), "
@@ -516,13 +561,21 @@ def write_package(out_dir: Path, plan: TrainingPlan, primary: Any, secondary: An
             "secondary": "CNN on 32x32 T1 FLAIR ROIs at "
                          + ("the primary network's lesions" if plan.secondary_from_primary
                             else "ground-truth lesions") + ", 64x64, gamma 1.5",
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in plan.__dict__.items()
+            **{k: _json_value(v) for k, v in plan.__dict__.items()
                if k not in ("name", "version", "progress")},
         },
     )
     (out_dir / "manifest.json").write_text(manifest.to_json())
     (out_dir / CARD_NAME).write_text(model_card(manifest, plan, metrics, intervals))
     return manifest
+
+
+def _json_value(value: Any) -> Any:
+    """A plan field as the manifest's JSON reads it back (a path as text, a tuple as a list),
+    so that a written manifest equals the one read from disk."""
+    if isinstance(value, Path):
+        return str(value)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def model_card(manifest: ModelManifest, plan: TrainingPlan, metrics: dict[str, float | None],

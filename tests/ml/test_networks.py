@@ -164,6 +164,16 @@ def test_without_t1_every_lesion_is_unclassified(engine: TwoStageEngine) -> None
     assert (result.labels[result.lesion_numbers > 0] == 3).all()
 
 
+def test_rois_are_classified_in_bounded_calls_as_one_call_would(engine: TwoStageEngine) -> None:
+    import keras
+
+    from models.inference import ROIS_PER_CALL
+
+    rois = np.random.default_rng(3).random((ROIS_PER_CALL + 7, 64, 64)).astype(np.float32)
+    whole = keras.ops.convert_to_numpy(engine._secondary(rois[..., np.newaxis], training=False))  # type: ignore[operator]
+    np.testing.assert_allclose(engine.classify_rois(rois), whole.reshape(-1), atol=1e-5)
+
+
 def test_evaluation_on_varied_scanners_goes_through_the_nodes_pairing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

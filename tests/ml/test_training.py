@@ -234,3 +234,56 @@ def test_finetune_trains_a_packages_primary_network_further_and_keeps_its_classi
     assert main(["finetune", "--model", str(tmp_path / "source"), "--out",
                  str(tmp_path / "out"), "--version", "tiny-3", "--epochs", "1"]) == 2
     assert "out" in capsys.readouterr().err
+
+
+# Run in a process of its own: Keras picks its backend once per process, at import. TensorFlow
+# is made unimportable there, as on a GPU machine that has JAX and no TensorFlow.
+_TRAIN_ON_JAX = """
+import sys
+sys.modules["tensorflow"] = None  # any import of TensorFlow now fails
+from pathlib import Path
+import numpy as np
+import keras
+from training.train import TrainingPlan, train_package
+
+assert keras.backend.backend() == "jax"
+out = Path(sys.argv[1])
+plan = TrainingPlan(subjects=2, validation_subjects=1, primary_crops_per_epoch=32,
+                    primary_epochs=1, secondary_epochs=1, base_filters=4, version="tiny-jax")
+train_package(plan, out / "package")
+primary = keras.saving.load_model(out / "package" / "primary.keras", compile=False)
+rng = np.random.default_rng(7)
+slices = rng.normal(size=(2, 64, 64, 1)).astype("float32")
+np.save(out / "slices.npy", slices)
+np.save(out / "probability.npy", keras.ops.convert_to_numpy(primary(slices, training=False)))
+"""
+
+
+@pytest.mark.slow
+def test_a_package_trained_on_the_jax_backend_without_tensorflow_runs_on_the_nodes_tensorflow(
+        tmp_path: Path) -> None:
+    """The GPU path: ``KERAS_BACKEND=jax lacuna-train train`` on a machine with JAX and no
+    TensorFlow writes a package that the node's TensorFlow verifies, loads and computes as JAX
+    did (to float32 rounding, amplified by BatchNorm: 1e-4 seen)."""
+    import os
+    import subprocess
+    import sys
+
+    import keras
+    import numpy as np
+
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, "-c", _TRAIN_ON_JAX, str(tmp_path)], env=environment,
+                   check=True, timeout=900)
+
+    package = tmp_path / "package"
+    manifest = verify_package(package)
+    assert manifest.training["framework"].endswith("jax backend on cpu")
+    assert manifest.training["base_filters"] == 4
+    assert (package / "logs" / "primary" / "epochs.csv").read_text().startswith("epoch,loss")
+    assert TwoStageEngine.load(package).context_slices == 1  # as the node loads it
+    assert keras.backend.backend() == "tensorflow"
+    primary = keras.saving.load_model(package / "primary.keras", compile=False)
+    slices = np.load(tmp_path / "slices.npy")
+    on_tensorflow = keras.ops.convert_to_numpy(primary(slices, training=False))
+    np.testing.assert_allclose(on_tensorflow, np.load(tmp_path / "probability.npy"), atol=1e-3)

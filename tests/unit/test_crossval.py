@@ -222,6 +222,32 @@ def test_train_version_is_the_plans_unless_given(argv: list[str], expected: str)
     assert plan.version == expected and plan.seed == 4
 
 
+def test_train_width_and_crops_are_the_plans_unless_given() -> None:
+    from training.cli import _train_plan, build_parser
+
+    default = _train_plan(build_parser().parse_args(["train", "--out", "unused"]))
+    assert (default.base_filters, default.primary_crops_per_epoch) == (
+        TrainingPlan().base_filters, TrainingPlan().primary_crops_per_epoch)
+    wide = _train_plan(build_parser().parse_args(
+        ["train", "--out", "unused", "--base-filters", "24", "--crops", "6400"]))
+    assert (wide.base_filters, wide.primary_crops_per_epoch) == (24, 6400)
+
+
+def test_the_training_commands_load_no_model_registry() -> None:
+    """``lacuna-train train`` runs on a GPU machine without SQLAlchemy (training/gpu/train.sh):
+    parsing its commands imports neither the registry nor the database layer."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from training.cli import build_parser; "
+             "build_parser().parse_args(['train', '--out', 'unused']); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy' "
+             "or m == 'node.services.registry'))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize(("argv", "expected"), [
     ([], "ce"), (["--loss", "crop-dice+ce"], "crop-dice+ce"), (["--loss", "dice+ce"], "dice+ce")])
 def test_loss_flag_overrides_the_recipes_loss(argv: list[str], expected: str) -> None:
