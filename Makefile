@@ -38,7 +38,9 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest
 
+# Also the slow tests; the GPU training path's needs JAX (the jax extra).
 test-all: setup
+	$(VENV)/bin/pip install -q -e '.[dev,jax]'
 	$(VENV)/bin/python -m pytest -m ''
 
 # ruff; mypy strict on node/ and models/; the import contracts of pyproject.toml.

@@ -372,10 +372,11 @@ def _compiled(model: object) -> Callable[[Any], Any]:
 
         network: Any = model
 
-        @jax.jit
-        def forward(trainable: Any, non_trainable: Any, batch: Any) -> Any:
+        def stateless_forward(trainable: Any, non_trainable: Any, batch: Any) -> Any:
             outputs, _ = network.stateless_call(trainable, non_trainable, batch, training=False)
             return outputs
+
+        forward = jax.jit(stateless_forward)
 
         def call(batch: np.ndarray) -> Any:
             # Padded to a power of two: jit compiles once per shape, and batches of every

@@ -32,8 +32,10 @@ if [ "$wheels" != "-" ]; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 python3 -c 'import jax; print("JAX", jax.__version__, "devices", jax.devices())'
+# No pipe after it: if the process dies hard, the subject-rendering workers it spawned can
+# outlive it, and a pipe they hold open would keep this script waiting until its time ran out.
 python3 -c 'import sys; from training.cli import main; sys.exit(main())' \
-  "$command" --out "$work/package" "$@" 2>&1 | { grep --line-buffered -v -e '^WARNING' -e 'Warning:' || true; }
+  "$command" --out "$work/package" "$@"
 mkdir -p "$out"
 cp "$work/package/manifest.json" "$work/package/MODEL_CARD.md" "$out/"
 cp "$work/package/logs/primary/epochs.csv" "$out/primary-epochs.csv"
