@@ -15,11 +15,19 @@ dir=${1:?usage: wheels.sh DIR [PYTHON_VERSION]}
 python_version=${2:-3.12}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 keras_version=$("$here/.venv/bin/python" -c 'import keras; print(keras.__version__)' 2>/dev/null || true)
+# pyproject.toml's requirement for each of these, so that the pins are written once.
+mapfile -t pinned < <(python3 - "$here/pyproject.toml" nilearn pydicom highdicom pylibjpeg \
+    pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle <<'PYTHON'
+import re, sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+requirements = project["dependencies"] + project["optional-dependencies"]["training"]
+for name in sys.argv[2:]:
+    print(next(r for r in requirements if re.match(rf"{re.escape(name)}\b(?!-)", r)))
+PYTHON
+)
 packages=(
-  "keras${keras_version:+==$keras_version}" optree namex
-  nilearn==0.14.1 nibabel importlib-resources
-  pydicom==3.0.2 highdicom==0.28.2 pyjpegls
-  pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle
+  "keras${keras_version:+==$keras_version}" optree namex nibabel importlib-resources pyjpegls
+  "${pinned[@]}"
 )
 platforms=()
 for n in 17 27 28 31 34 35; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
