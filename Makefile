@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := dcmtk dicom3tools libgdcm-tools orthanc orthanc-dicomweb openssl
 LACUNA_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 export LACUNA_TEST_POSTGRES_URL
+# Test processes (pytest-xdist), each taking whole files: most tests wait on DICOM peers,
+# subprocesses and the queue, so two share two cores well.
+TEST_PROCESSES ?= 2
+PYTEST := $(VENV)/bin/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 .PHONY: setup system-deps serve demo test test-all lint
 
@@ -36,12 +40,12 @@ demo: setup
 	$(VENV)/bin/lacuna demo
 
 test: setup
-	$(VENV)/bin/python -m pytest
+	$(PYTEST)
 
 # Also the slow tests; the GPU training path's needs JAX (the jax extra).
 test-all: setup
 	$(VENV)/bin/pip install -q -e '.[dev,jax]'
-	$(VENV)/bin/python -m pytest -m ''
+	$(PYTEST) -m ''
 
 # ruff; mypy strict on node/ and models/; the import contracts of pyproject.toml.
 lint: setup

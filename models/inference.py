@@ -227,10 +227,15 @@ class TwoStageEngine:
         # Stage two: one ROI per lesion per slice it occupies, on the model grid.
         rois: list[np.ndarray] = []
         roi_owner: list[tuple[int, int]] = []  # (region index, pixel count on that slice)
-        if t1 is not None and available.any():
+        # Only the slices a lesion lies on are resampled (each slice is resized on its own,
+        # so this is the same as resampling all); a threshold sweep segments a study dozens
+        # of times, and most slices hold no lesion.
+        wanted = sorted({int(k) for region in regions for k in np.unique(region.coords[:, 0])
+                         if available[k]})
+        if t1 is not None and wanted:
             grid = self.settings.grid_shape(t2.shape[1:], pixel_spacing_mm)
-            t1_model = to_model_grid(
-                normalise_volume(np.where(available[:, None, None], t1, 0.0)), grid)
+            normalised = normalise_volume(np.where(available[:, None, None], t1, 0.0))
+            t1_model = dict(zip(wanted, to_model_grid(normalised[wanted], grid), strict=True))
             row_scale = grid[0] / t2.shape[1]
             col_scale = grid[1] / t2.shape[2]
             for index, region in enumerate(regions):

@@ -98,6 +98,8 @@ def open_node_database(settings: Settings) -> Database:
 
 
 SYNTHETIC_WARNING_INTERVAL_S = 900.0
+# How often a waiting node's main thread wakes to run signal handlers (seconds).
+STOP_CHECK_S = 0.5
 
 
 def synthetic_model_warning(settings: Settings, sessions: SessionFactory) -> str | None:
@@ -270,6 +272,11 @@ class EmbeddedNode:
         self.database.engine.dispose()
 
     def wait(self) -> None:
-        self._stop.wait()
+        """Return once :meth:`request_stop` is called. The main thread waits in short steps:
+        Python runs a signal handler only in the main thread, and only when it wakes, while
+        the kernel may hand SIGTERM to any thread; a wait without a timeout then never woke
+        (seen: a worker that ignored its SIGTERM until a second one came)."""
+        while not self._stop.wait(timeout=STOP_CHECK_S):
+            pass
 
 

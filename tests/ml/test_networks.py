@@ -193,13 +193,15 @@ def test_calibrate_writes_a_new_version_with_the_operating_point_it_swept(
     from training.evaluate import CANDIDATE_MIN_VOXELS, CANDIDATE_THRESHOLDS, outline_candidates
 
     out = tmp_path / "calibrated"
+    # Two validation subjects quick to render (seconds, not half a minute): 800008 has no
+    # lesion, 800009 several.
     assert main(["--json", "calibrate", "--out", str(out), "--version", "0.1.0-cal",
-                 "--first-seed", "800000", "--subjects", "2"]) == EXIT_OK
+                 "--first-seed", "800008", "--subjects", "2"]) == EXIT_OK
     answer = json.loads(capsys.readouterr().out)
     manifest = verify_package(out)  # same network files, new manifest: checksums still hold
     source = read_manifest(default_package_dir())
     assert manifest.version == "0.1.0-cal" and manifest.files == source.files
-    assert answer["seeds"] == [800_000, 800_001] and answer["from_version"] == source.version
+    assert answer["seeds"] == [800_008, 800_009] and answer["from_version"] == source.version
     assert answer["from_operating_point"] == OperatingPoint.of(source).key
     swept = answer["swept"]
     # Every lesion threshold, plain and outlined at each lower outline threshold (hysteresis).
@@ -234,7 +236,7 @@ def test_calibrate_writes_a_new_version_with_the_operating_point_it_swept(
     # (the command's exit code: tests/cli/test_cli.py).
     with pytest.raises(ValueError, match="new version"):
         calibrated_package(engine, default_package_dir(), tmp_path / "again", source.version,
-                           [800_000])
+                           [800_009])
 
 
 def test_mirroring_averages_the_primary_network_over_the_slice_and_its_mirror_image(
@@ -260,7 +262,7 @@ def test_calibrate_with_mirroring_writes_it_into_the_new_version(
 ) -> None:
     out = tmp_path / "mirrored"
     assert main(["--json", "calibrate", "--out", str(out), "--version", "0.1.0-mirror",
-                 "--first-seed", "800000", "--subjects", "1", "--mirror", "columns"]) == EXIT_OK
+                 "--first-seed", "800009", "--subjects", "1", "--mirror", "columns"]) == EXIT_OK
     answer = json.loads(capsys.readouterr().out)
     assert answer["mirror_axes"] == ["columns"] and answer["from_mirror_axes"] == []
     assert verify_package(out).mirror_axes == ("columns",)
@@ -271,7 +273,7 @@ def test_calibrate_with_mirroring_writes_it_into_the_new_version(
     from training.calibrate import calibrated_package
 
     mirrored = TwoStageEngine.load(out)
-    plain = calibrated_package(mirrored, out, tmp_path / "plain", "0.1.0-plain", [800_000],
+    plain = calibrated_package(mirrored, out, tmp_path / "plain", "0.1.0-plain", [800_009],
                                generator="realistic", mirror_axes=())
     assert plain.mirror_axes == () and verify_package(tmp_path / "plain").mirror_axes == ()
     assert plain.training["calibration"]["from_mirror_axes"] == ["columns"]
