@@ -230,16 +230,16 @@ class TwoStageEngine:
         # Only the slices a lesion lies on are resampled (each slice is resized on its own,
         # so this is the same as resampling all); a threshold sweep segments a study dozens
         # of times, and most slices hold no lesion.
-        wanted = sorted({int(k) for region in regions for k in np.unique(region.coords[:, 0])
-                         if available[k]})
+        region_slices = [np.unique(region.coords[:, 0]) for region in regions]
+        wanted = sorted({int(k) for slices in region_slices for k in slices if available[k]})
         if t1 is not None and wanted:
             grid = self.settings.grid_shape(t2.shape[1:], pixel_spacing_mm)
             normalised = normalise_volume(np.where(available[:, None, None], t1, 0.0))
             t1_model = dict(zip(wanted, to_model_grid(normalised[wanted], grid), strict=True))
             row_scale = grid[0] / t2.shape[1]
             col_scale = grid[1] / t2.shape[2]
-            for index, region in enumerate(regions):
-                for slice_index in np.unique(region.coords[:, 0]):
+            for index, (region, slices) in enumerate(zip(regions, region_slices, strict=True)):
+                for slice_index in slices:
                     if not available[slice_index]:
                         continue
                     in_slice = region.coords[region.coords[:, 0] == slice_index]
